@@ -1,0 +1,236 @@
+// bindings.cpp — the pybind11 module shapcam._C and the one place that says SHAPCAM_WITH_CUDA.
+//
+// CPU ops take NumPy buffers (C-contiguous; shapcam/ops.py checks shapes and dtypes at the
+// boundary and these checks repeat the cheap ones). CUDA ops take raw device pointers as integers,
+// a device ordinal and a stream handle: no framework types cross this boundary.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cpu/ops_cpu.h"
+#ifdef SHAPCAM_WITH_CUDA
+#include "cuda/ops_cuda.h"
+#endif
+
+namespace py = pybind11;
+using namespace shapcam;
+
+namespace {
+
+template <typename T>
+using carray = py::array_t<T, py::array::c_style>;
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw std::invalid_argument(msg);
+}
+
+template <typename T>
+T* writable(py::array& a, const char* name, int64_t expected_size) {
+  require(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
+          std::string(name) + ": expected a C-contiguous array of the right dtype");
+  require(a.writeable(), std::string(name) + ": array is read-only");
+  require(a.size() == expected_size, std::string(name) + ": expected " +
+                                         std::to_string(expected_size) + " elements, got " +
+                                         std::to_string(a.size()));
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <typename T>
+const T* readable(const py::array& a, const char* name, int64_t expected_size) {
+  require(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
+          std::string(name) + ": expected a C-contiguous array of the right dtype");
+  require(a.size() == expected_size, std::string(name) + ": expected " +
+                                         std::to_string(expected_size) + " elements, got " +
+                                         std::to_string(a.size()));
+  return static_cast<const T*>(a.data());
+}
+
+void check_range(int64_t lo, int64_t hi, const char* what) {
+  require(lo >= 0 && hi >= lo, std::string(what) + ": need 0 <= start <= stop");
+}
+
+void check_n(int64_t n) { require(n >= 2, "n: the sampled ops need at least 2 players"); }
+
+template <typename T>
+void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+                            const py::array& x, int64_t outer, int64_t inner,
+                            const py::array& players, const py::object& baseline, py::array& out) {
+  const int64_t numel = outer * inner;
+  const T* xp = readable<T>(x, "x", numel);
+  const int32_t* pp = readable<int32_t>(players, "players", inner);
+  T* op = writable<T>(out, "out", (e1 - e0) * numel);
+  const T* bp = nullptr;
+  T bscalar = 0;
+  py::array barr;
+  if (py::isinstance<py::array>(baseline)) {
+    barr = baseline.cast<py::array>();
+    bp = readable<T>(barr, "baseline", numel);
+  } else {
+    bscalar = baseline.cast<T>();
+  }
+  py::gil_scoped_release nogil;
+  cpu::masked_apply<T>(seed, e0, e1, n, antithetic, xp, outer, inner, pp, bp, bscalar, op);
+}
+
+#ifndef SHAPCAM_WITH_CUDA
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error(
+      "shapcam._C was built without CUDA (nvcc was not found at build time, or SHAPCAM_CUDA=0); "
+      "rebuild with nvcc on PATH to use device='cuda'");
+}
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "shapcam's native engine: permutations, prefix masks, fused masked apply, accumulation";
+
+#ifdef SHAPCAM_WITH_CUDA
+  m.attr("cuda_built") = true;
+#else
+  m.attr("cuda_built") = false;
+#endif
+  m.def("num_threads", &cpu::num_threads, "Threads the CPU ops use.");
+
+  m.def(
+      "permutations_cpu",
+      [](uint64_t seed, int64_t k0, int64_t k1, int64_t n, bool antithetic, py::object perm,
+         py::object rank) {
+        check_range(k0, k1, "permutations [k0, k1)");
+        require(n >= 1, "n: need at least 1 player");
+        int32_t* pp = nullptr;
+        int32_t* rp = nullptr;
+        py::array pa, ra;
+        if (!perm.is_none()) { pa = perm.cast<py::array>(); pp = writable<int32_t>(pa, "perm", (k1 - k0) * n); }
+        if (!rank.is_none()) { ra = rank.cast<py::array>(); rp = writable<int32_t>(ra, "rank", (k1 - k0) * n); }
+        py::gil_scoped_release nogil;
+        cpu::permutations(seed, k0, k1, n, antithetic, pp, rp);
+      },
+      "Permutations [k0, k1) of n players into perm [K, n] and/or rank [K, n] (int32; None skips).",
+      py::arg("seed"), py::arg("k0"), py::arg("k1"), py::arg("n"), py::arg("antithetic"),
+      py::arg("perm"), py::arg("rank"));
+
+  m.def(
+      "masks_cpu",
+      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, py::array out) {
+        check_range(e0, e1, "chunk [e0, e1)");
+        check_n(n);
+        bool* op = writable<bool>(out, "out", (e1 - e0) * n);
+        py::gil_scoped_release nogil;
+        cpu::masks(seed, e0, e1, n, antithetic, op);
+      },
+      "Prefix masks of evaluations [e0, e1) into out [B, n] (bool).", py::arg("seed"),
+      py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("antithetic"), py::arg("out"));
+
+  m.def(
+      "masked_apply_cpu",
+      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, py::array x,
+         int64_t outer, int64_t inner, py::array players, py::object baseline, py::array out) {
+        check_range(e0, e1, "chunk [e0, e1)");
+        check_n(n);
+        if (py::isinstance<carray<float>>(x)) {
+          masked_apply_cpu_typed<float>(seed, e0, e1, n, antithetic, x, outer, inner, players, baseline, out);
+        } else if (py::isinstance<carray<double>>(x)) {
+          masked_apply_cpu_typed<double>(seed, e0, e1, n, antithetic, x, outer, inner, players, baseline, out);
+        } else {
+          throw std::invalid_argument("x: dtype must be float32 or float64");
+        }
+      },
+      "Fused masked apply for evaluations [e0, e1): out[b, o, j] = x[o, j] if player players[j] is "
+      "in the prefix of eval e0+b, else baseline. x [outer, inner], players [inner] int32, baseline "
+      "a scalar or [outer, inner], out [B, outer, inner].",
+      py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("antithetic"),
+      py::arg("x"), py::arg("outer"), py::arg("inner"), py::arg("players"), py::arg("baseline"),
+      py::arg("out"));
+
+  m.def(
+      "accumulate_cpu",
+      [](uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m_out, bool antithetic,
+         py::array values, py::array v_empty, py::array v_full, int64_t count0, py::array mean,
+         py::array m2) {
+        check_n(n);
+        require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
+        const int64_t pps = antithetic ? 2 : 1;
+        require(k0 % pps == 0, "k0: must start a sample (a multiple of 2 when antithetic)");
+        const double* vp = readable<double>(values, "values", n_samples * pps * (n - 1) * m_out);
+        const double* ve = readable<double>(v_empty, "v_empty", m_out);
+        const double* vf = readable<double>(v_full, "v_full", m_out);
+        double* mp = writable<double>(mean, "mean", n * m_out);
+        double* sp = writable<double>(m2, "m2", n * m_out);
+        py::gil_scoped_release nogil;
+        cpu::accumulate(seed, k0, n_samples, n, m_out, antithetic, vp, ve, vf, count0, mp, sp);
+      },
+      "Push n_samples complete samples (values [S*pps*(n-1), m] float64) into the Welford state "
+      "mean, m2 [n, m].",
+      py::arg("seed"), py::arg("k0"), py::arg("n_samples"), py::arg("n"), py::arg("m"),
+      py::arg("antithetic"), py::arg("values"), py::arg("v_empty"), py::arg("v_full"),
+      py::arg("count0"), py::arg("mean"), py::arg("m2"));
+
+#ifdef SHAPCAM_WITH_CUDA
+  m.def("cuda_device_count", &cuda::device_count, "CUDA devices usable now (0 without a driver).");
+  m.def("cuda_max_players", &cuda::max_players, "Largest n the CUDA kernels accept on a device.",
+        py::arg("device"));
+  m.def(
+      "permutations_cuda",
+      [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
+         bool antithetic, uintptr_t perm, uintptr_t rank) {
+        check_range(k0, k1, "permutations [k0, k1)");
+        require(n >= 1, "n: need at least 1 player");
+        py::gil_scoped_release nogil;
+        cuda::permutations(device, stream, seed, k0, k1, n, antithetic, perm, rank);
+      },
+      "CUDA twin of permutations_cpu; perm/rank are device pointers (0 skips).", py::arg("device"),
+      py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("k1"), py::arg("n"),
+      py::arg("antithetic"), py::arg("perm"), py::arg("rank"));
+  m.def(
+      "masks_cuda",
+      [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+         bool antithetic, uintptr_t out) {
+        check_range(e0, e1, "chunk [e0, e1)");
+        check_n(n);
+        py::gil_scoped_release nogil;
+        cuda::masks(device, stream, seed, e0, e1, n, antithetic, out);
+      },
+      "CUDA twin of masks_cpu; out is a device pointer to [B, n] bool.", py::arg("device"),
+      py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"),
+      py::arg("antithetic"), py::arg("out"));
+  m.def(
+      "masked_apply_cuda",
+      [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+         bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
+         uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out) {
+        check_range(e0, e1, "chunk [e0, e1)");
+        check_n(n);
+        py::gil_scoped_release nogil;
+        cuda::masked_apply(device, stream, seed, e0, e1, n, antithetic, dtype_bytes, x, outer,
+                           inner, players, baseline, baseline_scalar, out);
+      },
+      "The fused CUDA kernel: permutations, prefix masks and masked write in one launch.",
+      py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"),
+      py::arg("n"), py::arg("antithetic"), py::arg("dtype_bytes"), py::arg("x"), py::arg("outer"),
+      py::arg("inner"), py::arg("players"), py::arg("baseline"), py::arg("baseline_scalar"),
+      py::arg("out"));
+  m.def(
+      "accumulate_cuda",
+      [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples, int64_t n,
+         int64_t m_out, bool antithetic, uintptr_t values, uintptr_t v_empty, uintptr_t v_full,
+         int64_t count0, uintptr_t mean, uintptr_t m2) {
+        check_n(n);
+        require(k0 % (antithetic ? 2 : 1) == 0, "k0: must start a sample");
+        py::gil_scoped_release nogil;
+        cuda::accumulate(device, stream, seed, k0, n_samples, n, m_out, antithetic, values,
+                         v_empty, v_full, count0, mean, m2);
+      },
+      "CUDA twin of accumulate_cpu over device pointers (float64).", py::arg("device"),
+      py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("n_samples"), py::arg("n"),
+      py::arg("m"), py::arg("antithetic"), py::arg("values"), py::arg("v_empty"),
+      py::arg("v_full"), py::arg("count0"), py::arg("mean"), py::arg("m2"));
+#else
+  m.def("cuda_device_count", []() { return 0; }, "CUDA devices usable now (always 0: no CUDA build).");
+  for (const char* name : {"permutations_cuda", "masks_cuda", "masked_apply_cuda", "accumulate_cuda", "cuda_max_players"}) {
+    m.def(name, [](py::args, py::kwargs) { no_cuda(); }, "Unavailable: built without CUDA.");
+  }
+#endif
+}

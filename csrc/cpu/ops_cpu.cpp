@@ -1,0 +1,143 @@
+// ops_cpu.cpp — CPU ops over the shared headers; see ops_cpu.h for the contracts.
+#include "ops_cpu.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "shapcam/accumulate.h"
+#include "shapcam/index.h"
+#include "shapcam/permutation.h"
+
+namespace shapcam {
+namespace cpu {
+
+int num_threads() { return omp_get_max_threads(); }
+
+void permutations(uint64_t seed, int64_t k0, int64_t k1, int64_t n, bool antithetic, int32_t* perm,
+                  int32_t* rank) {
+  const int64_t K = k1 - k0;
+#pragma omp parallel if (K * n > 16384)
+  {
+    std::vector<uint32_t> draws(4 * draw_blocks(n) + 4);
+    std::vector<int32_t> local(n);
+#pragma omp for schedule(static)
+    for (int64_t kk = 0; kk < K; ++kk) {
+      int32_t* p = perm ? perm + kk * n : local.data();
+      shapcam::permutation(seed, k0 + kk, n, antithetic, draws.data(), p);
+      if (rank) {
+        int32_t* r = rank + kk * n;
+        for (int64_t t = 0; t < n; ++t) r[p[t]] = static_cast<int32_t>(t);
+      }
+    }
+  }
+}
+
+namespace {
+// Ranks of every permutation that the chunk [e0, e1) touches: [k_hi - k_lo, n].
+struct ChunkRanks {
+  int64_t k_lo = 0;
+  std::vector<int32_t> rank;
+  ChunkRanks(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic) {
+    k_lo = eval_index(e0, n).k;
+    const int64_t k_hi = eval_index(e1 - 1, n).k + 1;
+    rank.resize((k_hi - k_lo) * n);
+    permutations(seed, k_lo, k_hi, n, antithetic, nullptr, rank.data());
+  }
+  const int32_t* of(int64_t k, int64_t n) const { return rank.data() + (k - k_lo) * n; }
+};
+}  // namespace
+
+void masks(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, bool* out) {
+  if (e1 <= e0) return;
+  const ChunkRanks ranks(seed, e0, e1, n, antithetic);
+#pragma omp parallel for schedule(static) if ((e1 - e0) * n > 65536)
+  for (int64_t e = e0; e < e1; ++e) {
+    const EvalIndex ix = eval_index(e, n);
+    const int32_t* r = ranks.of(ix.k, n);
+    bool* row = out + (e - e0) * n;
+    for (int64_t p = 0; p < n; ++p) row[p] = in_prefix(r[p], ix.t);
+  }
+}
+
+template <typename T>
+void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, const T* x,
+                  int64_t outer, int64_t inner, const int32_t* players, const T* baseline,
+                  T baseline_scalar, T* out) {
+  if (e1 <= e0) return;
+  const ChunkRanks ranks(seed, e0, e1, n, antithetic);
+  const int64_t B = e1 - e0;
+  const int64_t numel = outer * inner;
+  // Tiles of about 32 Ki elements: a row of inner elements is split when it is long, whole rows
+  // are grouped when it is short (the Shap-CAM layout: inner = h*w, outer = channels).
+  constexpr int64_t kTile = 1 << 15;
+  const int64_t j_tile = std::min<int64_t>(inner, kTile);
+  const int64_t j_tiles = (inner + j_tile - 1) / j_tile;
+  const int64_t o_tile = std::max<int64_t>(1, kTile / inner);
+  const int64_t o_tiles = (outer + o_tile - 1) / o_tile;
+  const int64_t tiles = B * o_tiles * j_tiles;
+#pragma omp parallel
+  {
+    std::vector<uint8_t> keep(j_tile);
+#pragma omp for schedule(static)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t b = tile / (o_tiles * j_tiles);
+      const int64_t ot = (tile / j_tiles) % o_tiles;
+      const int64_t jt = tile % j_tiles;
+      const EvalIndex ix = eval_index(e0 + b, n);
+      const int32_t* r = ranks.of(ix.k, n);
+      const int64_t j0 = jt * j_tile, j1 = std::min(inner, j0 + j_tile);
+      const int64_t o0 = ot * o_tile, o1 = std::min(outer, o0 + o_tile);
+      for (int64_t j = j0; j < j1; ++j) keep[j - j0] = in_prefix(r[players[j]], ix.t);
+      T* dst = out + b * numel;
+      for (int64_t o = o0; o < o1; ++o) {
+        const int64_t off = o * inner;
+        const uint8_t* kp = keep.data() - j0;
+        if (baseline) {
+          for (int64_t j = j0; j < j1; ++j) dst[off + j] = kp[j] ? x[off + j] : baseline[off + j];
+        } else {
+          for (int64_t j = j0; j < j1; ++j) dst[off + j] = kp[j] ? x[off + j] : baseline_scalar;
+        }
+      }
+    }
+  }
+}
+
+template void masked_apply<float>(uint64_t, int64_t, int64_t, int64_t, bool, const float*, int64_t,
+                                  int64_t, const int32_t*, const float*, float, float*);
+template void masked_apply<double>(uint64_t, int64_t, int64_t, int64_t, bool, const double*,
+                                   int64_t, int64_t, const int32_t*, const double*, double, double*);
+
+void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m, bool antithetic,
+                const double* values, const double* v_empty, const double* v_full, int64_t count0,
+                double* mean, double* m2) {
+  if (n_samples <= 0) return;
+  const int64_t pps = permutations_per_sample(antithetic);
+  const int64_t P = n_samples * pps;
+  std::vector<int32_t> rank(P * n);
+  permutations(seed, k0, k0 + P, n, antithetic, nullptr, rank.data());
+  // One (player, output) cell per iteration: its samples are pushed in order, so the result does
+  // not depend on the thread count or on how the caller chunked the evaluations.
+#pragma omp parallel for schedule(static) if (n * m * n_samples > 4096)
+  for (int64_t cell = 0; cell < n * m; ++cell) {
+    const int64_t p = cell / m, c = cell % m;
+    double mu = mean[cell], s2 = m2[cell];
+    for (int64_t s = 0; s < n_samples; ++s) {
+      double x;
+      if (antithetic) {
+        const double a = marginal(values, v_empty, v_full, 2 * s, rank[(2 * s) * n + p], n, m, c);
+        const double b = marginal(values, v_empty, v_full, 2 * s + 1, rank[(2 * s + 1) * n + p], n, m, c);
+        x = 0.5 * (a + b);
+      } else {
+        x = marginal(values, v_empty, v_full, s, rank[s * n + p], n, m, c);
+      }
+      welford_push(x, count0 + s + 1, &mu, &s2);
+    }
+    mean[cell] = mu;
+    m2[cell] = s2;
+  }
+}
+
+}  // namespace cpu
+}  // namespace shapcam

@@ -1,0 +1,342 @@
+// ops_cuda.cu — CUDA kernels and launchers; contracts in ops_cuda.h, maths in the shared headers.
+#include "ops_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "shapcam/accumulate.h"
+#include "shapcam/index.h"
+#include "shapcam/permutation.h"
+
+namespace shapcam {
+namespace cuda {
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("shapcam CUDA error in ") + what + ": " +
+                             cudaGetErrorString(err));
+  }
+}
+
+void check_launch(const char* kernel) {
+  check(cudaGetLastError(), kernel);
+}
+
+void check_pointer(uintptr_t ptr, int device, const char* name) {
+  if (ptr == 0) throw std::invalid_argument(std::string(name) + ": null device pointer");
+  cudaPointerAttributes attr;
+  const cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr));
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error state of this query
+    throw std::invalid_argument(std::string(name) + ": not a CUDA pointer (" +
+                                cudaGetErrorString(err) + ")");
+  }
+  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged) {
+    throw std::invalid_argument(std::string(name) +
+                                ": a host pointer where device memory is expected");
+  }
+  if (attr.device != device) {
+    throw std::invalid_argument(std::string(name) + ": lives on cuda:" +
+                                std::to_string(attr.device) + ", expected cuda:" +
+                                std::to_string(device));
+  }
+}
+
+cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+// Shared memory a block needs to hold one permutation: its draws (reused for the ranks) and perm.
+size_t permutation_smem_bytes(int64_t n) {
+  return static_cast<size_t>(scratch_words(n) + n) * sizeof(int32_t);
+}
+
+// The block builds permutation k's ranks in shared memory: draws in parallel (one Philox block per
+// thread), Fisher–Yates on thread 0 (serial by nature, n swaps in shared memory), ranks in
+// parallel. `scratch` holds max(4 * draw_blocks(n), n) words and ends holding the ranks; `perm`
+// holds n. Must be called by every thread of the block.
+__device__ void block_permutation(uint64_t seed, int64_t k, int64_t n, bool antithetic,
+                                  uint32_t* scratch, int32_t* perm) {
+  const uint64_t base = permutation_base(k, antithetic);
+  const int64_t blocks = draw_blocks(n);
+  for (int64_t j = threadIdx.x; j < blocks; j += blockDim.x) {
+    draw_block(seed, base, static_cast<uint32_t>(j), scratch + 4 * j);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    fisher_yates(scratch, n, perm);
+    if (antithetic && (k & 1)) reverse_in_place(perm, n);
+  }
+  __syncthreads();
+  int32_t* rank = reinterpret_cast<int32_t*>(scratch);
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) rank[perm[t]] = static_cast<int32_t>(t);
+  __syncthreads();
+}
+
+__global__ void permutations_kernel(uint64_t seed, int64_t k0, int64_t n, bool antithetic,
+                                    int32_t* __restrict__ perm_out,   // [K, n] or null
+                                    int32_t* __restrict__ rank_out) {  // [K, n] or null
+  extern __shared__ int32_t smem[];
+  const int64_t kk = blockIdx.x;
+  uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
+  int32_t* perm = smem + scratch_words(n);
+  block_permutation(seed, k0 + kk, n, antithetic, scratch, perm);
+  const int32_t* rank = reinterpret_cast<const int32_t*>(scratch);
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
+    if (perm_out) perm_out[kk * n + t] = perm[t];
+    if (rank_out) rank_out[kk * n + t] = rank[t];
+  }
+}
+
+// Evaluations are handed to blocks in tiles of consecutive e (mostly one permutation each, so a
+// block builds one or two permutations), and each eval's elements are split across gridDim.y.
+constexpr int kThreads = 256;
+constexpr int64_t kEvalsPerTile = 8;
+
+__global__ void masks_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+                             bool* __restrict__ out) {  // [B, n]
+  extern __shared__ int32_t smem[];
+  uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
+  int32_t* perm = smem + scratch_words(n);
+  const int32_t* rank = smem;
+  const int64_t first = e0 + blockIdx.x * kEvalsPerTile;
+  const int64_t last = min(e1, first + kEvalsPerTile);
+  int64_t have = -1;
+  for (int64_t e = first; e < last; ++e) {
+    const EvalIndex ix = eval_index(e, n);
+    if (ix.k != have) {
+      __syncthreads();
+      block_permutation(seed, ix.k, n, antithetic, scratch, perm);
+      have = ix.k;
+    }
+    for (int64_t p = threadIdx.x; p < n; p += blockDim.x) out[(e - e0) * n + p] = in_prefix(rank[p], ix.t);
+  }
+}
+
+template <typename T, bool kScalarBaseline>
+__global__ void __launch_bounds__(kThreads)
+masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+                    const T* __restrict__ x,              // [outer, inner]
+                    int64_t outer, int64_t inner,
+                    const int32_t* __restrict__ players,  // [inner]
+                    const T* __restrict__ baseline,       // [outer, inner] unless scalar
+                    T baseline_scalar,
+                    T* __restrict__ out,                  // [B, outer, inner]
+                    int64_t slice) {                      // elements per gridDim.y slice
+  extern __shared__ int32_t smem[];
+  uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
+  int32_t* perm = smem + scratch_words(n);
+  const int32_t* rank = smem;
+  const int64_t numel = outer * inner;
+  const int64_t first = e0 + blockIdx.x * kEvalsPerTile;
+  const int64_t last = min(e1, first + kEvalsPerTile);
+  const int64_t i0 = blockIdx.y * slice;
+  const int64_t i1 = min(numel, i0 + slice);
+  // Walk i = i0 + tid, i0 + tid + stride, ... keeping j = i % inner by increment and wrap
+  // instead of a division per element.
+  const int64_t start = i0 + threadIdx.x;
+  const int64_t stride = blockDim.x;
+  const int64_t stride_j = stride % inner;
+  int64_t have = -1;
+  for (int64_t e = first; e < last; ++e) {
+    const EvalIndex ix = eval_index(e, n);
+    if (ix.k != have) {
+      __syncthreads();
+      block_permutation(seed, ix.k, n, antithetic, scratch, perm);
+      have = ix.k;
+    }
+    T* dst = out + (e - e0) * numel;
+    int64_t j = start % inner;
+    for (int64_t i = start; i < i1; i += stride) {
+      const bool keep = in_prefix(rank[__ldg(players + j)], ix.t);
+      T v;
+      if (kScalarBaseline) {
+        v = keep ? __ldg(x + i) : baseline_scalar;
+      } else {
+        v = keep ? __ldg(x + i) : __ldg(baseline + i);
+      }
+      dst[i] = v;
+      j += stride_j;
+      if (j >= inner) j -= inner;
+    }
+  }
+}
+
+__global__ void accumulate_kernel(int64_t n_samples, int64_t n, int64_t m, bool antithetic,
+                                  const int32_t* __restrict__ rank,    // [P, n]
+                                  const double* __restrict__ values,   // [P * (n - 1), m]
+                                  const double* __restrict__ v_empty,  // [m]
+                                  const double* __restrict__ v_full,   // [m]
+                                  int64_t count0,
+                                  double* __restrict__ mean,           // [n, m]
+                                  double* __restrict__ m2) {           // [n, m]
+  const int64_t cell = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (cell >= n * m) return;
+  const int64_t p = cell / m, c = cell % m;
+  double mu = mean[cell], s2 = m2[cell];
+  for (int64_t s = 0; s < n_samples; ++s) {
+    double xs;
+    if (antithetic) {
+      const double a = marginal(values, v_empty, v_full, 2 * s, rank[(2 * s) * n + p], n, m, c);
+      const double b = marginal(values, v_empty, v_full, 2 * s + 1, rank[(2 * s + 1) * n + p], n, m, c);
+      xs = 0.5 * (a + b);
+    } else {
+      xs = marginal(values, v_empty, v_full, s, rank[s * n + p], n, m, c);
+    }
+    welford_push(xs, count0 + s + 1, &mu, &s2);
+  }
+  mean[cell] = mu;
+  m2[cell] = s2;
+}
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(bytes)),
+          "cudaFuncSetAttribute");
+  }
+}
+
+void check_players(int device, int64_t n) {
+  const int64_t limit = max_players(device);
+  if (n > limit) {
+    throw std::invalid_argument("n_players = " + std::to_string(n) +
+                                " exceeds the CUDA engine's limit of " + std::to_string(limit) +
+                                " on this device (one permutation must fit in shared memory)");
+  }
+}
+
+template <typename T>
+void launch_masked_apply(cudaStream_t stream, int sms, uint64_t seed, int64_t e0, int64_t e1,
+                         int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
+                         const int32_t* players, const T* baseline, T baseline_scalar, T* out) {
+  const int64_t B = e1 - e0;
+  const int64_t numel = outer * inner;
+  const int64_t tiles = (B + kEvalsPerTile - 1) / kEvalsPerTile;
+  // Enough blocks for 8 per SM, but at least 8 elements per thread in each slice.
+  const int64_t max_slices = std::max<int64_t>(1, numel / (kThreads * 8));
+  const int64_t slices = std::min<int64_t>(max_slices, std::max<int64_t>(1, (8 * sms + tiles - 1) / tiles));
+  const int64_t slice = (numel + slices - 1) / slices;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(slices));
+  const size_t smem = permutation_smem_bytes(n);
+  if (baseline) {
+    allow_smem(masked_apply_kernel<T, false>, smem);
+    masked_apply_kernel<T, false><<<grid, kThreads, smem, stream>>>(
+        seed, e0, e1, n, antithetic, x, outer, inner, players, baseline, baseline_scalar, out, slice);
+  } else {
+    allow_smem(masked_apply_kernel<T, true>, smem);
+    masked_apply_kernel<T, true><<<grid, kThreads, smem, stream>>>(
+        seed, e0, e1, n, antithetic, x, outer, inner, players, baseline, baseline_scalar, out, slice);
+  }
+  check_launch("masked_apply_kernel");
+}
+
+}  // namespace
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+int64_t max_players(int device) {
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  // permutation_smem_bytes(n) is about 8n bytes.
+  return std::max<int64_t>(2, optin / 8 - 8);
+}
+
+void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
+                  bool antithetic, uintptr_t perm, uintptr_t rank) {
+  if (k1 <= k0) return;
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check_players(device, n);
+  if (perm) check_pointer(perm, device, "perm");
+  if (rank) check_pointer(rank, device, "rank");
+  const size_t smem = permutation_smem_bytes(n);
+  allow_smem(permutations_kernel, smem);
+  permutations_kernel<<<static_cast<unsigned>(k1 - k0), kThreads, smem, as_stream(stream)>>>(
+      seed, k0, n, antithetic, reinterpret_cast<int32_t*>(perm), reinterpret_cast<int32_t*>(rank));
+  check_launch("permutations_kernel");
+}
+
+void masks(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+           bool antithetic, uintptr_t out) {
+  if (e1 <= e0) return;
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check_players(device, n);
+  check_pointer(out, device, "out");
+  const int64_t tiles = (e1 - e0 + kEvalsPerTile - 1) / kEvalsPerTile;
+  const size_t smem = permutation_smem_bytes(n);
+  allow_smem(masks_kernel, smem);
+  masks_kernel<<<static_cast<unsigned>(tiles), kThreads, smem, as_stream(stream)>>>(
+      seed, e0, e1, n, antithetic, reinterpret_cast<bool*>(out));
+  check_launch("masks_kernel");
+}
+
+void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+                  bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
+                  uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out) {
+  if (e1 <= e0) return;
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check_players(device, n);
+  check_pointer(x, device, "x");
+  check_pointer(players, device, "players");
+  if (baseline) check_pointer(baseline, device, "baseline");
+  check_pointer(out, device, "out");
+  int sms = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  const auto* pl = reinterpret_cast<const int32_t*>(players);
+  if (dtype_bytes == 4) {
+    launch_masked_apply<float>(as_stream(stream), sms, seed, e0, e1, n, antithetic,
+                               reinterpret_cast<const float*>(x), outer, inner, pl,
+                               reinterpret_cast<const float*>(baseline),
+                               static_cast<float>(baseline_scalar), reinterpret_cast<float*>(out));
+  } else if (dtype_bytes == 8) {
+    launch_masked_apply<double>(as_stream(stream), sms, seed, e0, e1, n, antithetic,
+                                reinterpret_cast<const double*>(x), outer, inner, pl,
+                                reinterpret_cast<const double*>(baseline), baseline_scalar,
+                                reinterpret_cast<double*>(out));
+  } else {
+    throw std::invalid_argument("x: dtype must be float32 or float64");
+  }
+}
+
+void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
+                int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
+                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2) {
+  if (n_samples <= 0) return;
+  check(cudaSetDevice(device), "cudaSetDevice");
+  check_players(device, n);
+  check_pointer(values, device, "values");
+  check_pointer(v_empty, device, "v_empty");
+  check_pointer(v_full, device, "v_full");
+  check_pointer(mean, device, "mean");
+  check_pointer(m2, device, "m2");
+  const cudaStream_t s = as_stream(stream);
+  const int64_t P = n_samples * permutations_per_sample(antithetic);
+  int32_t* rank = nullptr;
+  check(cudaMallocAsync(reinterpret_cast<void**>(&rank), P * n * sizeof(int32_t), s), "cudaMallocAsync");
+  const size_t smem = permutation_smem_bytes(n);
+  allow_smem(permutations_kernel, smem);
+  permutations_kernel<<<static_cast<unsigned>(P), kThreads, smem, s>>>(seed, k0, n, antithetic,
+                                                                       nullptr, rank);
+  check_launch("permutations_kernel");
+  const int64_t cells = n * m;
+  accumulate_kernel<<<static_cast<unsigned>((cells + 127) / 128), 128, 0, s>>>(
+      n_samples, n, m, antithetic, rank, reinterpret_cast<const double*>(values),
+      reinterpret_cast<const double*>(v_empty), reinterpret_cast<const double*>(v_full), count0,
+      reinterpret_cast<double*>(mean), reinterpret_cast<double*>(m2));
+  check_launch("accumulate_kernel");
+  check(cudaFreeAsync(rank, s), "cudaFreeAsync");
+}
+
+}  // namespace cuda
+}  // namespace shapcam

@@ -1,0 +1,40 @@
+// ops_cuda.h — the CUDA implementation of shapcam's ops: same names, contracts and bits as
+// csrc/cpu/ops_cpu.h. Pointers are raw device pointers (contiguous, row-major); `stream` is a
+// cudaStream_t passed as an integer (0 = the legacy default stream); `device` is the CUDA device
+// ordinal every pointer must live on. Every launch is followed by an error check; errors throw
+// std::runtime_error (std::invalid_argument for a pointer that is not on `device`).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace shapcam {
+namespace cuda {
+
+// perm [K, n] and/or rank [K, n] int32 (either may be 0).
+void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
+                  bool antithetic, uintptr_t perm, uintptr_t rank);
+
+// out [B, n] bool.
+void masks(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+           bool antithetic, uintptr_t out);
+
+// The fused kernel: permutations, prefix masks and the masked write in one launch.
+// x [outer, inner]; players [inner] int32; baseline [outer, inner] or 0 (then baseline_scalar);
+// out [B, outer, inner]. dtype_bytes: 4 (float32) or 8 (float64).
+void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+                  bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
+                  uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out);
+
+// values [n_samples * pps * (n - 1), m], v_empty [m], v_full [m], mean [n, m], m2 [n, m]: float64.
+void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
+                int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
+                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2);
+
+// Number of CUDA devices usable now (0 when no driver or no GPU; never throws).
+int device_count();
+
+// Largest n the fused kernels accept (their per-block shared memory holds a permutation).
+int64_t max_players(int device);
+
+}  // namespace cuda
+}  // namespace shapcam

@@ -1,0 +1,9 @@
+// common.h — portability macros shared by the host (g++) and device (nvcc) code.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SHAPCAM_HD __host__ __device__ __forceinline__
+#else
+#define SHAPCAM_HD inline
+#endif

@@ -1,0 +1,240 @@
+"""Monte-Carlo permutation sampling of Shapley values, with standard errors (the paper's Eq. 5-6;
+Castro, Gómez & Tejada 2009)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ops
+from ._arrays import host_numpy, is_cuda_array, is_torch
+from .games import Game, as_game
+
+
+@dataclass
+class ShapleyResult:
+    """Shapley estimates and what they rest on.
+
+    values: [n] (or [n, m] for m outputs) — the mean marginal contribution of each player.
+    stderr: same shape — standard error of each value over the independent samples (antithetic
+        pairs count as one sample); NaN when fewer than 2 samples were drawn.
+    n_evals: value evaluations spent (2 endpoints + n_permutations * (n - 1)).
+    n_permutations, n_samples: permutations drawn, and independent samples they form.
+    v_full, v_empty: v(all players) and v(no player), scalars or [m].
+    Arrays are NumPy, or torch tensors on the game's device when it has one.
+    """
+
+    values: object
+    stderr: object
+    n_evals: int
+    n_permutations: int
+    n_samples: int
+    v_full: object
+    v_empty: object
+    seed: int = 0
+    antithetic: bool = True
+    engine: str = "reference"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def efficiency_gap(self):
+        """sum(values) - (v_full - v_empty): zero up to float rounding for every estimate."""
+        return self.values.sum(0) - (self.v_full - self.v_empty)
+
+
+def _values_2d(v, B, m, where):
+    """Normalise value_fn's output to a float64 [B, m'] array (torch stays torch, on its device)."""
+    if is_torch(v):
+        import torch
+
+        if v.dtype == torch.bool or v.is_complex():
+            raise TypeError(f"value_fn returned {v.dtype} values for {where}; expected real numbers")
+        v = v.detach().to(torch.float64)
+    else:
+        try:
+            v = np.asarray(host_numpy(v), dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"value_fn returned something that is not an array of numbers for "
+                            f"{where}: {exc}") from None
+    shape = tuple(v.shape)
+    got_m = shape[1] if len(shape) == 2 else 0
+    if len(shape) not in (1, 2) or shape[0] != B or (m is not None and got_m != m):
+        exp = f"[{B}] or [{B}, m]" if m is None else (f"[{B}]" if m == 0 else f"[{B}, {m}]")
+        raise ValueError(f"value_fn returned shape {shape} for {where} ({B} coalitions); "
+                         f"expected {exp}")
+    return (v.reshape(B, 1) if len(shape) == 1 else v), got_m
+
+
+def _check_finite_host(v, e0, n):
+    bad = ~np.isfinite(v).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        if e0 is None:
+            which = "the empty coalition" if i == 0 else "the full coalition"
+        else:
+            k, t = (e0 + i) // (n - 1), (e0 + i) % (n - 1) + 1
+            which = f"evaluation {e0 + i} (permutation {k}, coalition of its first {t} players)"
+        raise ValueError(f"value_fn returned a non-finite value ({v[i].tolist()}) for {which}")
+
+
+class _Accumulator:
+    """Welford state [n, m] plus the carry of evaluations that do not yet form a whole sample."""
+
+    def __init__(self, seed, n, m, antithetic, v_empty, v_full, engine, on_device):
+        self.seed, self.n, self.antithetic, self.engine = seed, n, antithetic, engine
+        self.pps = 2 if antithetic else 1
+        self.per_sample = self.pps * (n - 1)
+        self.count = 0
+        self.pending = None
+        if on_device:
+            import torch
+
+            self.v_empty, self.v_full = v_empty.contiguous(), v_full.contiguous()
+            self.mean = torch.zeros((n, m), dtype=torch.float64, device=v_empty.device)
+            self.m2 = torch.zeros_like(self.mean)
+            self._cat = lambda a, b: torch.cat([a, b])
+        else:
+            self.v_empty, self.v_full = host_numpy(v_empty), host_numpy(v_full)
+            self.mean = np.zeros((n, m))
+            self.m2 = np.zeros((n, m))
+            self._cat = lambda a, b: np.concatenate([a, b])
+        self.on_device = on_device
+
+    def push(self, values):
+        if not self.on_device and is_torch(values):
+            values = host_numpy(values)
+        if self.pending is not None:
+            values = self._cat(self.pending, values)
+        whole = values.shape[0] // self.per_sample
+        if whole:
+            rows = whole * self.per_sample
+            block = values[:rows]
+            ops.accumulate(self.seed, self.count * self.pps, whole, self.n, self.antithetic,
+                           block.contiguous() if self.on_device else block, self.v_empty,
+                           self.v_full, self.count, self.mean, self.m2, engine=self.engine)
+            self.count += whole
+            values = values[rows:]
+        self.pending = (values.clone() if self.on_device else values.copy()) if len(values) else None
+
+
+def _progress(total, enabled, desc):
+    if enabled is False:
+        return None
+    if enabled is None and not (total >= 200_000 and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="eval", leave=False)
+
+
+def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True, batch_size=None,
+                     device=None, engine=None, progress=None) -> ShapleyResult:
+    """Estimate Shapley values by sampling K permutations of the players.
+
+    Args:
+        value_fn: the game. Either a callable ``value_fn(masks) -> values`` where masks is a
+            boolean ``[B, n]`` batch of coalitions (NumPy; a torch tensor on ``device`` when one
+            is given) and values is ``[B]`` or ``[B, m]`` (m outputs explained together), or a
+            :class:`~shapcam.Game` such as :class:`~shapcam.MaskedInputGame`.
+        n_players: number of players n (taken from the game when value_fn is a Game).
+        K: permutations to sample (>= 1). Each costs n - 1 evaluations; v(all) and v(none) are
+            evaluated once. With ``antithetic=True`` an odd K is rounded up to K + 1, because a
+            permutation is only drawn together with its reverse; ``n_permutations`` reports the
+            number drawn.
+        seed: the permutations are a pure function of (seed, permutation index, n): the same seed
+            gives the same estimate whatever batch_size, engine or device.
+        antithetic: pair each permutation with its reverse (lower variance on smooth games); the
+            standard error is then taken over pairs.
+        batch_size: most coalitions per value_fn call (default: the game's, e.g. 16384 masks, or
+            256 MB of masked inputs on the CPU / 1 GB on a GPU for MaskedInputGame).
+        device: None (NumPy masks) or a torch device for the masks given to value_fn.
+        engine: "native", "reference", or None for the best one built.
+        progress: show a tqdm bar (None: only for long runs on a terminal).
+
+    Returns:
+        ShapleyResult with values and stderr ``[n]`` (or ``[n, m]``), n_evals, n_permutations,
+        n_samples, v_full, v_empty. The values always sum to v_full - v_empty (efficiency) up to
+        float rounding.
+    """
+    game = as_game(value_fn, n_players, device)
+    n = game.n_players
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)):
+        raise TypeError(f"K: expected an int number of permutations, got {type(K).__name__}")
+    if K < 1:
+        raise ValueError(f"K: need at least 1 permutation, got {K}")
+    if batch_size is None:
+        batch_size = game.default_batch_size()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    eng = ops.resolve_engine(engine)
+    seed = ops._check_seed(seed)
+    K_eff = int(K) + (int(K) % 2 if antithetic else 0)
+
+    ends, m = _values_2d(game.endpoints(), 2, None, "the empty and full coalitions")
+    on_device = is_cuda_array(ends) and ops._use_cuda_kernels(eng)
+    if not is_cuda_array(ends) or not on_device:
+        _check_finite_host(host_numpy(ends), None, n)
+    v_empty, v_full = ends[0], ends[1]
+    mw = max(m, 1)
+
+    if n == 1:
+        values = (v_full - v_empty).reshape(1, mw)
+        stderr = values * 0
+        count = K_eff // (2 if antithetic else 1)
+        return _result(values, stderr, m, 2, K_eff, count, v_full, v_empty, seed, antithetic, eng, game)
+
+    acc = _Accumulator(seed, n, mw, antithetic, v_empty, v_full, eng, on_device)
+    E = K_eff * (n - 1)
+    bar = _progress(E, progress, "shapley")
+    try:
+        for e0 in range(0, E, batch_size):
+            e1 = min(E, e0 + batch_size)
+            v, _ = _values_2d(game.evaluate(seed, e0, e1, antithetic, eng), e1 - e0, m,
+                              f"evaluations [{e0}, {e1})")
+            if not on_device:
+                _check_finite_host(host_numpy(v), e0, n)
+            acc.push(v)
+            if bar is not None:
+                bar.update(e1 - e0)
+    finally:
+        if bar is not None:
+            bar.close()
+    assert acc.pending is None and acc.count == K_eff // acc.pps
+    c = acc.count
+    if c >= 2:
+        stderr = (acc.m2 / ((c - 1) * c)) ** 0.5
+    else:
+        stderr = acc.mean * float("nan")
+    if on_device:
+        import torch
+
+        if not bool(torch.isfinite(acc.mean).all() and torch.isfinite(ends).all()):
+            raise ValueError("value_fn returned a non-finite value (NaN or inf) for some coalition")
+    return _result(acc.mean, stderr, m, 2 + E, K_eff, c, v_full, v_empty, seed, antithetic, eng, game)
+
+
+def _result(values, stderr, m, n_evals, K_eff, count, v_full, v_empty, seed, antithetic, eng, game):
+    values, stderr = _to_game_type(values, game), _to_game_type(stderr, game)
+    v_full, v_empty = _to_game_type(v_full, game), _to_game_type(v_empty, game)
+    if m == 0:
+        values, stderr = values[:, 0], stderr[:, 0]
+        v_full, v_empty = v_full[0], v_empty[0]
+        if not is_torch(v_full):
+            v_full, v_empty = float(v_full), float(v_empty)
+    return ShapleyResult(values=values, stderr=stderr, n_evals=int(n_evals), n_permutations=K_eff,
+                         n_samples=int(count), v_full=v_full, v_empty=v_empty, seed=seed,
+                         antithetic=antithetic, engine=eng)
+
+
+def _to_game_type(a, game: Game):
+    """NumPy for host games; a torch tensor on the game's device otherwise."""
+    if game.device is None:
+        return np.asarray(host_numpy(a), dtype=np.float64)
+    import torch
+
+    if is_torch(a):
+        return a.to(game.device)
+    return torch.as_tensor(np.asarray(a), device=game.device)

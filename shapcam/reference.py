@@ -1,0 +1,146 @@
+"""NumPy reference engine: the pure twin of csrc/ (same names, same bits).
+
+Every function here follows the contract in ``csrc/include/shapcam/permutation.h``:
+Philox-4x32-10 keyed by the seed, Fisher–Yates driven by its words, permutation ``2j+1`` the
+reverse of ``2j`` under antithetic sampling, evaluation ``e = k*(n-1) + (t-1)``, and the prefix
+test ``rank_k[p] < t``. The native engines are tested bit for bit against these functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_M0 = np.uint64(0xD2511F53)
+_M1 = np.uint64(0xCD9E8D57)
+_W0 = np.uint32(0x9E3779B9)
+_W1 = np.uint32(0xBB67AE85)
+_LO = np.uint64(0xFFFFFFFF)
+_32 = np.uint64(32)
+
+
+def philox4x32_10(ctr, key):
+    """Philox-4x32-10 over a batch of counters.
+
+    ctr: [..., 4] uint32, key: [..., 2] uint32 (broadcastable) -> [..., 4] uint32.
+    """
+    ctr = np.asarray(ctr, dtype=np.uint32)
+    key = np.asarray(key, dtype=np.uint32)
+    c0, c1, c2, c3 = (ctr[..., i].astype(np.uint64) for i in range(4))
+    k0 = np.array(key[..., 0], dtype=np.uint32)
+    k1 = np.array(key[..., 1], dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        for _ in range(10):
+            p0 = _M0 * c0
+            p1 = _M1 * c2
+            c0, c1, c2, c3 = ((p1 >> _32) ^ c1 ^ k0, p1 & _LO, (p0 >> _32) ^ c3 ^ k1, p0 & _LO)
+            k0 = k0 + _W0
+            k1 = k1 + _W1
+    return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
+
+
+def _draws(seed: int, ks: np.ndarray, n: int, antithetic: bool) -> np.ndarray:
+    """Fisher–Yates draws of permutations ks: [K, n-1] uint32."""
+    blocks = (n - 1 + 3) // 4 if n > 1 else 0
+    base = (ks // 2 if antithetic else ks).astype(np.uint64)
+    ctr = np.zeros((len(ks), blocks, 4), dtype=np.uint32)
+    ctr[..., 0] = np.arange(blocks, dtype=np.uint32)[None, :]
+    ctr[..., 1] = (base & _LO).astype(np.uint32)[:, None]
+    ctr[..., 2] = (base >> _32).astype(np.uint32)[:, None]
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    key = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
+    return philox4x32_10(ctr, key).reshape(len(ks), 4 * blocks)[:, : max(n - 1, 0)]
+
+
+def permutations(seed: int, k0: int, k1: int, n: int, antithetic: bool = True) -> np.ndarray:
+    """Permutations k0..k1-1 of n players: [K, n] int32 (perm[k, t] is the player at position t)."""
+    ks = np.arange(k0, k1, dtype=np.int64)
+    K = len(ks)
+    perm = np.tile(np.arange(n, dtype=np.int32), (K, 1))
+    if K == 0 or n < 2:
+        return perm
+    draws = _draws(seed, ks, n, antithetic).astype(np.uint64)
+    rows = np.arange(K)
+    for i in range(n - 1, 0, -1):
+        j = ((draws[:, n - 1 - i] * np.uint64(i + 1)) >> _32).astype(np.int64)  # bounded(r, i+1)
+        a = perm[rows, i].copy()
+        perm[rows, i] = perm[rows, j]
+        perm[rows, j] = a
+    if antithetic:
+        odd = (ks & 1).astype(bool)
+        perm[odd] = perm[odd, ::-1]
+    return perm
+
+
+def ranks_of(perm: np.ndarray) -> np.ndarray:
+    """Inverse permutations: rank[k, perm[k, t]] = t. [K, n] int32."""
+    K, n = perm.shape
+    rank = np.empty_like(perm)
+    rank[np.arange(K)[:, None], perm] = np.arange(n, dtype=np.int32)[None, :]
+    return rank
+
+
+def ranks(seed: int, k0: int, k1: int, n: int, antithetic: bool = True) -> np.ndarray:
+    """Ranks of permutations k0..k1-1: [K, n] int32."""
+    return ranks_of(permutations(seed, k0, k1, n, antithetic))
+
+
+def eval_index(e, n: int):
+    """e -> (k, t), t in 1..n-1."""
+    e = np.asarray(e, dtype=np.int64)
+    return e // (n - 1), e % (n - 1) + 1
+
+
+def _chunk_ranks(seed, e0, e1, n, antithetic):
+    k, t = eval_index(np.arange(e0, e1), n)
+    k_lo = int(k[0])
+    r = ranks(seed, k_lo, int(k[-1]) + 1, n, antithetic)
+    return r[k - k_lo], t
+
+
+def masks(seed: int, e0: int, e1: int, n: int, antithetic: bool = True) -> np.ndarray:
+    """Prefix masks of evaluations [e0, e1): [B, n] bool."""
+    if e1 <= e0:
+        return np.zeros((0, n), dtype=bool)
+    r, t = _chunk_ranks(seed, e0, e1, n, antithetic)
+    return r < t[:, None]
+
+
+def masked_apply(seed, e0, e1, n, antithetic, x, players, baseline, out=None):
+    """out[b] = where(mask_{e0+b}[players], x, baseline): [B, *x.shape].
+
+    x: array; players: int array broadcastable to x.shape (ids 0..n-1); baseline: scalar or x.shape.
+    """
+    x = np.asarray(x)
+    m = masks(seed, e0, e1, n, antithetic)  # [B, n]
+    keep = m[:, np.broadcast_to(players, x.shape)]  # [B, *x.shape]
+    res = np.where(keep, x[None], np.asarray(baseline, dtype=x.dtype))
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, count0, mean, m2):
+    """Push complete samples into the Welford state (mean, m2 [n, m], float64, in place).
+
+    values: [n_samples * pps * (n-1), m] float64; the same arithmetic, in the same order, as
+    csrc/include/shapcam/accumulate.h, so the native engines match to the last bit.
+    """
+    pps = 2 if antithetic else 1
+    P = n_samples * pps
+    if P == 0:
+        return
+    m = mean.shape[1]
+    r = ranks(seed, k0, k0 + P, n, antithetic)  # [P, n]
+    v = np.empty((P, n + 1, m), dtype=np.float64)
+    v[:, 0] = v_empty
+    v[:, n] = v_full
+    v[:, 1:n] = np.asarray(values, dtype=np.float64).reshape(P, n - 1, m)
+    rows = np.arange(P)[:, None]
+    phi = v[rows, r + 1] - v[rows, r]  # [P, n, m]: marginal of each player in each permutation
+    if antithetic:
+        phi = 0.5 * (phi[0::2] + phi[1::2])
+    for s in range(n_samples):
+        x = phi[s]
+        delta = x - mean
+        mean += delta / float(count0 + s + 1)
+        m2 += delta * (x - mean)
