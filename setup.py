@@ -76,6 +76,7 @@ def build_extension():
         cxx_std=17,
         extra_compile_args=common_flags,
         extra_link_args=["-fopenmp"],
+        depends=sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h")),
         define_macros=[("SHAPCAM_WITH_CUDA", "1")] if with_cuda else [],
     )
 
@@ -100,8 +101,13 @@ def build_extension():
             out_dir = Path(self.build_temp) / "cuda"
             out_dir.mkdir(parents=True, exist_ok=True)
 
+            headers = list(CSRC.rglob("*.h"))
+
             def one(src):
                 obj = out_dir / (src.stem + ".o")
+                newest = max(p.stat().st_mtime for p in [src, *headers])
+                if obj.exists() and obj.stat().st_mtime >= newest and not self.force:
+                    return str(obj)
                 cmd = [nvcc, "-c", str(src), "-o", str(obj), "-std=c++17", "-O3", "--fmad=false",
                        "-Xcompiler", "-fPIC", "-I", str(CSRC), "-I", str(CSRC / "include"),
                        "-DSHAPCAM_WITH_CUDA=1", *gencode]
@@ -132,6 +138,7 @@ setup(
         "bench": ["pytest-benchmark", "torch>=2.0"],
     },
     ext_modules=ext_modules,
+    entry_points={"console_scripts": ["shapcam = shapcam.cli:main"]},
     cmdclass=cmdclass,
     zip_safe=False,
 )

@@ -7,3 +7,10 @@
 #else
 #define SHAPCAM_HD inline
 #endif
+
+// Loop unrolling hint for nvcc; g++ unrolls on its own at -O3.
+#if defined(__CUDACC__)
+#define SHAPCAM_UNROLL _Pragma("unroll")
+#else
+#define SHAPCAM_UNROLL
+#endif

@@ -1,0 +1,32 @@
+# make demo   — set up .venv (torch, the native extension) and run the demo
+# make test   — set up .venv and run the tests
+# make bench  — set up .venv and run the benchmarks (writes benchmarks/RESULTS.md)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS := torch==2.14.1 torchvision==0.29.1 numpy scipy pybind11 ninja pytest pytest-benchmark hypothesis tqdm
+
+.PHONY: setup build demo test bench clean
+
+$(VENV)/.deps: Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(DEPS)
+	touch $@
+
+setup: $(VENV)/.deps build
+
+build: $(VENV)/.deps
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+
+demo: setup
+	$(VENV)/bin/shapcam demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) -m pytest -q benchmarks --benchmark-json=benchmarks/results.json
+
+clean:
+	rm -rf build *.egg-info shapcam/_C*.so
