@@ -67,38 +67,56 @@ void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithe
                   T baseline_scalar, T* out) {
   if (e1 <= e0) return;
   const ChunkRanks ranks(seed, e0, e1, n, antithetic);
-  const int64_t B = e1 - e0;
   const int64_t numel = outer * inner;
-  // Tiles of about 32 Ki elements: a row of inner elements is split when it is long, whole rows
-  // are grouped when it is short (the Shap-CAM layout: inner = h*w, outer = channels).
+  const int64_t total = (e1 - e0) * numel;
+  // The mask of an eval is periodic in the flat index with period `inner`; a period of whole rows
+  // of at least ~4 Ki elements turns short rows (inner = 49 for ResNet's 7x7 map) into long,
+  // vectorisable select loops. It is held as 0/1 of type T so the select is a compare and blend.
+  const int64_t period = inner * std::max<int64_t>(1, std::min<int64_t>(4096, numel) / inner);
+  // Work is split into tiles of the flat output [B * numel] (a tile may span several small evals).
   constexpr int64_t kTile = 1 << 15;
-  const int64_t j_tile = std::min<int64_t>(inner, kTile);
-  const int64_t j_tiles = (inner + j_tile - 1) / j_tile;
-  const int64_t o_tile = std::max<int64_t>(1, kTile / inner);
-  const int64_t o_tiles = (outer + o_tile - 1) / o_tile;
-  const int64_t tiles = B * o_tiles * j_tiles;
+  const int64_t tile_len = std::max<int64_t>(kTile, period);
+  const int64_t tiles = (total + tile_len - 1) / tile_len;
 #pragma omp parallel
   {
-    std::vector<uint8_t> keep(j_tile);
+    std::vector<T> keep(period);
+    int64_t keep_b = -1;
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t b = tile / (o_tiles * j_tiles);
-      const int64_t ot = (tile / j_tiles) % o_tiles;
-      const int64_t jt = tile % j_tiles;
-      const EvalIndex ix = eval_index(e0 + b, n);
-      const int32_t* r = ranks.of(ix.k, n);
-      const int64_t j0 = jt * j_tile, j1 = std::min(inner, j0 + j_tile);
-      const int64_t o0 = ot * o_tile, o1 = std::min(outer, o0 + o_tile);
-      for (int64_t j = j0; j < j1; ++j) keep[j - j0] = in_prefix(r[players[j]], ix.t);
-      T* dst = out + b * numel;
-      for (int64_t o = o0; o < o1; ++o) {
-        const int64_t off = o * inner;
-        const uint8_t* kp = keep.data() - j0;
-        if (baseline) {
-          for (int64_t j = j0; j < j1; ++j) dst[off + j] = kp[j] ? x[off + j] : baseline[off + j];
-        } else {
-          for (int64_t j = j0; j < j1; ++j) dst[off + j] = kp[j] ? x[off + j] : baseline_scalar;
+      const int64_t g1 = std::min(total, (tile + 1) * tile_len);
+      for (int64_t g = tile * tile_len; g < g1;) {
+        const int64_t b = g / numel;
+        int64_t f = g - b * numel;
+        const int64_t f_end = std::min(numel, f + (g1 - g));
+        if (b != keep_b) {
+          const EvalIndex ix = eval_index(e0 + b, n);
+          const int32_t* r = ranks.of(ix.k, n);
+          for (int64_t j = 0; j < inner; ++j) keep[j] = in_prefix(r[players[j]], ix.t) ? T(1) : T(0);
+          for (int64_t l = inner; l < period; ++l) keep[l] = keep[l - inner];
+          keep_b = b;
         }
+        T* dst = out + b * numel;
+        while (f < f_end) {
+          const int64_t l0 = f % period;
+          const int64_t len = std::min(period - l0, f_end - f);
+          const T* kp = keep.data() + l0;
+          const T* xs = x + f;
+          T* ds = dst + f;
+          if (baseline) {
+            const T* bs = baseline + f;
+            for (int64_t l = 0; l < len; ++l) {
+              const T xv = xs[l], bv = bs[l];  // both loaded: a branch-free select vectorises
+              ds[l] = kp[l] != T(0) ? xv : bv;
+            }
+          } else {
+            for (int64_t l = 0; l < len; ++l) {
+              const T xv = xs[l];
+              ds[l] = kp[l] != T(0) ? xv : baseline_scalar;
+            }
+          }
+          f += len;
+        }
+        g = b * numel + f_end;
       }
     }
   }

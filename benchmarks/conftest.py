@@ -1,0 +1,63 @@
+"""Benchmark helpers: sizes, the machine's own ceilings (memcpy, device copy) and a summary table.
+
+Every benchmark records `bytes` (what it writes) or `items` (what it produces) in extra_info; the
+summary printed at the end turns medians into GB/s or items/s and into ratios against the
+ceiling measured in the same run, because these machines are noisy.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+# (name, x shape, player-map shape, n): Shap-CAM sizes and a tabular one.
+SIZES = [
+    ("vgg16", (512, 14, 14), (14, 14), 196),
+    ("resnet50", (2048, 7, 7), (7, 7), 49),
+    ("tabular", (30,), (30,), 30),
+]
+# Bytes of masked output per benchmark call (CPU): big enough to leave the caches.
+CPU_BYTES = 64 << 20
+TINY = os.environ.get("SHAPCAM_BENCH_TINY") == "1"  # CI's "does it still run" mode
+
+
+def evals_for(shape, budget=CPU_BYTES, dtype=np.float32):
+    per = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    b = max(1, budget // per)
+    return min(b, 64) if TINY else b
+
+
+_rows = []
+
+
+@pytest.fixture
+def record(benchmark):
+    """record(group, label, bytes=..., items=..., unit=...) after benchmark(...) has run."""
+
+    def _record(group, label, *, bytes=None, items=None, unit="items"):
+        benchmark.extra_info.update(group=group, label=label, bytes=bytes, items=items, unit=unit)
+        _rows.append((benchmark, group, label, bytes, items, unit))
+
+    return _record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _rows:
+        return
+    w = terminalreporter.write_line
+    w("")
+    w("shapcam benchmark summary (median times; ratios within one group and one run)")
+    groups = {}
+    for bm, group, label, nbytes, items, unit in _rows:
+        if bm.stats is None:
+            continue
+        groups.setdefault(group, []).append((label, bm.stats.stats.median, nbytes, items, unit))
+    for group, rows in groups.items():
+        base = next((r for r in rows if r[0].startswith("memcpy") or r[0].startswith("copy")), None)
+        w(f"== {group}")
+        for label, med, nbytes, items, unit in rows:
+            rate = f"{nbytes / med / 1e9:8.2f} GB/s" if nbytes else f"{items / med / 1e6:8.2f} M{unit}/s"
+            ratio = f"  {med / base[1]:6.2f}x {base[0]}" if base and base[0] != label else ""
+            w(f"   {label:<28} {med * 1e3:10.3f} ms {rate}{ratio}")
