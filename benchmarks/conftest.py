@@ -59,5 +59,7 @@ def pytest_terminal_summary(terminalreporter):
         w(f"== {group}")
         for label, med, nbytes, items, unit in rows:
             rate = f"{nbytes / med / 1e9:8.2f} GB/s" if nbytes else f"{items / med / 1e6:8.2f} M{unit}/s"
-            ratio = f"  {med / base[1]:6.2f}x {base[0]}" if base and base[0] != label else ""
+            # time per byte relative to the ceiling's: 1.0 = as fast as the ceiling, 2.0 = half
+            ratio = (f"  {(med / nbytes) / (base[1] / base[2]):6.2f}x the time of {base[0]}"
+                     if base and base[0] != label and nbytes and base[2] else "")
             w(f"   {label:<28} {med * 1e3:10.3f} ms {rate}{ratio}")

@@ -50,7 +50,7 @@ def _values_2d(v, B, m, where):
 
         if v.dtype == torch.bool or v.is_complex():
             raise TypeError(f"value_fn returned {v.dtype} values for {where}; expected real numbers")
-        v = v.detach().to(torch.float64)
+        v = v.detach().to(torch.float64).contiguous()
     else:
         try:
             v = np.asarray(host_numpy(v), dtype=np.float64)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _engine, reference
-from ._arrays import cuda_pointer, dtype_name, host_numpy, is_cuda_array, is_torch, shape_of
+from ._arrays import (cuda_pointer, dtype_name, host_numpy, is_cuda_array, is_torch, resolve_device,
+                      shape_of)
 
 ENGINES = ("reference", "native")
 _warned_no_cuda = False
@@ -54,30 +55,49 @@ def _check_range(lo, hi, name):
         raise ValueError(f"{name}: need 0 <= start <= stop, got [{lo}, {hi})")
 
 
-def permutations(seed, k0, k1, n, antithetic=True, *, engine=None) -> np.ndarray:
-    """Permutations k0..k1-1 of n players: [K, n] int32, perm[k, t] = the player at position t."""
-    seed = _check_seed(seed)
-    _check_range(k0, k1, "permutations [k0, k1)")
-    if n < 1:
-        raise ValueError(f"n: need at least 1 player, got {n}")
-    if resolve_engine(engine) == "reference":
-        return reference.permutations(seed, k0, k1, n, antithetic)
-    out = np.empty((k1 - k0, n), dtype=np.int32)
-    _engine.native().permutations_cpu(seed, k0, k1, n, antithetic, out, None)
-    return out
+def permutations(seed, k0, k1, n, antithetic=True, *, engine=None, device=None):
+    """Permutations k0..k1-1 of n players: [K, n] int32, perm[k, t] = the player at position t.
+
+    device: None for NumPy; a CUDA device gives a torch tensor built there by the CUDA engine.
+    """
+    return _permutations_op(seed, k0, k1, n, antithetic, engine, device, want="perm")
 
 
-def ranks(seed, k0, k1, n, antithetic=True, *, engine=None) -> np.ndarray:
-    """Ranks (inverse permutations) of permutations k0..k1-1: [K, n] int32."""
+def ranks(seed, k0, k1, n, antithetic=True, *, engine=None, device=None):
+    """Ranks (inverse permutations) of permutations k0..k1-1: [K, n] int32, rank[k, perm[k, t]] = t."""
+    return _permutations_op(seed, k0, k1, n, antithetic, engine, device, want="rank")
+
+
+def _permutations_op(seed, k0, k1, n, antithetic, engine, device, want):
     seed = _check_seed(seed)
-    _check_range(k0, k1, "ranks [k0, k1)")
+    _check_range(k0, k1, f"{want} [k0, k1)")
     if n < 1:
         raise ValueError(f"n: need at least 1 player, got {n}")
-    if resolve_engine(engine) == "reference":
-        return reference.ranks(seed, k0, k1, n, antithetic)
-    out = np.empty((k1 - k0, n), dtype=np.int32)
-    _engine.native().permutations_cpu(seed, k0, k1, n, antithetic, None, out)
-    return out
+    eng = resolve_engine(engine)
+    dev = resolve_device(device)
+    if dev is not None and dev.type == "cuda":
+        import torch
+
+        out = torch.empty((k1 - k0, n), dtype=torch.int32, device=dev)
+        if _use_cuda_kernels(eng):
+            d, ptr, stream = cuda_pointer(out, want)
+            args = (ptr, 0) if want == "perm" else (0, ptr)
+            _engine.native().permutations_cuda(d, stream, seed, k0, k1, n, antithetic, *args)
+        else:
+            out.copy_(torch.from_numpy(_permutations_op(seed, k0, k1, n, antithetic, eng, None, want)))
+        return out
+    if eng == "reference":
+        perm = reference.permutations(seed, k0, k1, n, antithetic)
+        res = perm if want == "perm" else reference.ranks_of(perm)
+    else:
+        res = np.empty((k1 - k0, n), dtype=np.int32)
+        args = (res, None) if want == "perm" else (None, res)
+        _engine.native().permutations_cpu(seed, k0, k1, n, antithetic, *args)
+    if dev is not None:
+        import torch
+
+        return torch.from_numpy(res).to(dev)
+    return res
 
 
 def masks(seed, e0, e1, n, antithetic=True, *, engine=None, out=None):

@@ -46,6 +46,24 @@ void check_pointer(uintptr_t ptr, int device, const char* name) {
   }
 }
 
+// Makes `device` current for the op and restores the caller's device afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&prev_), "cudaGetDevice");
+    if (prev_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+};
+
 cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
 // Shared memory a block needs to hold one permutation: its draws (reused for the ranks) and perm.
@@ -256,7 +274,7 @@ int64_t max_players(int device) {
 void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
                   bool antithetic, uintptr_t perm, uintptr_t rank) {
   if (k1 <= k0) return;
-  check(cudaSetDevice(device), "cudaSetDevice");
+  const DeviceGuard guard(device);
   check_players(device, n);
   if (perm) check_pointer(perm, device, "perm");
   if (rank) check_pointer(rank, device, "rank");
@@ -270,7 +288,7 @@ void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64
 void masks(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
            bool antithetic, uintptr_t out) {
   if (e1 <= e0) return;
-  check(cudaSetDevice(device), "cudaSetDevice");
+  const DeviceGuard guard(device);
   check_players(device, n);
   check_pointer(out, device, "out");
   const int64_t tiles = (e1 - e0 + kEvalsPerTile - 1) / kEvalsPerTile;
@@ -285,7 +303,7 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
                   bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
                   uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out) {
   if (e1 <= e0) return;
-  check(cudaSetDevice(device), "cudaSetDevice");
+  const DeviceGuard guard(device);
   check_players(device, n);
   check_pointer(x, device, "x");
   check_pointer(players, device, "players");
@@ -313,7 +331,7 @@ void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t
                 int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
                 uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2) {
   if (n_samples <= 0) return;
-  check(cudaSetDevice(device), "cudaSetDevice");
+  const DeviceGuard guard(device);
   check_players(device, n);
   check_pointer(values, device, "values");
   check_pointer(v_empty, device, "v_empty");

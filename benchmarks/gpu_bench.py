@@ -1,0 +1,165 @@
+"""GPU benchmarks of shapcam's CUDA engine (run by benchmarks/gpu_check.sh on a GPU machine).
+
+1. The fused masked-apply kernel's GB/s (bytes written) next to a device-to-device copy of the same
+   bytes (counting read + write, like the copy ceiling) and next to the naive torch code.
+2. End-to-end Shap-CAM estimates (MaskedInputGame on the GPU) with torchvision VGG16 and ResNet-50
+   heads (random weights), K = 8, 32, 64, 128, next to the head-only time for the same evaluations.
+Prints a table last and writes JSON to $OUT (or the current directory).
+"""
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+import shapcam
+from shapcam import ops
+
+
+def cuda_time(fn, warmup=3, reps=15):
+    """Median milliseconds of fn() with CUDA events (device work only, after warm-up)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return float(np.median(ts))
+
+
+def wall_time(fn, warmup=2, reps=7):
+    """Median milliseconds of fn() by host clock, synchronising the device (end-to-end)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(ts))
+
+
+def kernel_rows(dev):
+    rows = []
+    for name, shape, pshape, n in [("vgg16 512x14x14 n=196", (512, 14, 14), (14, 14), 196),
+                                   ("resnet50 2048x7x7 n=49", (2048, 7, 7), (7, 7), 49),
+                                   ("tabular 30 n=30", (30,), (30,), 30)]:
+        x = torch.randn(shape, device=dev)
+        players = torch.arange(int(np.prod(pshape))).reshape(pshape)
+        per = x.numel() * 4
+        B = max(1, (1 << 30) // per)  # 1 GiB of masked output
+        if B * per < (1 << 30):
+            B = (1 << 30) // per
+        out = torch.empty((B,) + shape, device=dev)
+        src = torch.randn_like(out)
+        plan = ops.plan_masked_apply(x, players, n)
+        t_k = cuda_time(lambda: ops.apply_plan(plan, 0, 0, B, True, out=out))
+        t_c = cuda_time(lambda: out.copy_(src))
+        pl = players.to(dev).expand(shape).reshape(-1).long()
+
+        def naive():
+            K = B // (n - 1) + 1
+            rank = torch.rand(K, n, device=dev).argsort(1).argsort(1)
+            e = torch.arange(B, device=dev)
+            k, t = e // (n - 1), e % (n - 1) + 1
+            mask = (rank[k] < t[:, None]).to(x.dtype)
+            return (x.reshape(-1)[None] * mask[:, pl]).reshape((B,) + shape)
+
+        t_n = cuda_time(naive, warmup=1, reps=5)
+        nbytes = out.numel() * 4
+        del src
+        rows.append(dict(case=name, evals=B, bytes_written=nbytes, kernel_ms=t_k, copy_ms=t_c,
+                         naive_ms=t_n, kernel_GBps=nbytes / t_k / 1e6,
+                         copy_GBps_rw=2 * nbytes / t_c / 1e6,
+                         kernel_vs_copy=(nbytes / t_k) / (2 * nbytes / t_c)))
+        del out
+        torch.cuda.empty_cache()
+    return rows
+
+
+def heads(dev):
+    import torchvision
+
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16(weights=None).eval().to(dev)
+    vgg_head = torch.nn.Sequential(vgg.features[30], vgg.avgpool, torch.nn.Flatten(), vgg.classifier)
+    r50 = torchvision.models.resnet50(weights=None).eval().to(dev)
+    r50_head = torch.nn.Sequential(r50.avgpool, torch.nn.Flatten(), r50.fc)
+    return [("vgg16", vgg_head, (512, 14, 14)), ("resnet50", r50_head, (2048, 7, 7))]
+
+
+def e2e_rows(dev, Ks):
+    rows = []
+    for name, head, shape in heads(dev):
+        A = torch.relu(torch.randn(shape, device=dev))
+        target = 281
+        h, w = shape[1:]
+
+        @torch.no_grad()
+        def value(feats):
+            return torch.softmax(head(feats), 1)[:, target]
+
+        game = shapcam.MaskedInputGame(value, A, players=torch.arange(h * w).reshape(h, w))
+        bs = game.default_batch_size()
+        for K in Ks:
+            res_holder = {}
+
+            def run():
+                res_holder["r"] = shapcam.estimate_shapley(game, K=K, seed=0)
+
+            t_e2e = wall_time(run, warmup=1, reps=5)
+            r = res_holder["r"]
+            E = r.n_evals
+            buf = torch.relu(torch.randn((min(bs, E),) + shape, device=dev))
+
+            @torch.no_grad()
+            def head_only():
+                done = 0
+                while done < E:
+                    b = min(bs, E - done)
+                    torch.softmax(head(buf[:b]), 1)[:, target]
+                    done += b
+
+            t_head = wall_time(head_only, warmup=1, reps=5)
+            gap = float((r.values.sum() - (r.v_full - r.v_empty)).abs())
+            rows.append(dict(model=name, K=K, evals=E, batch=bs, e2e_ms=t_e2e, head_only_ms=t_head,
+                             ratio=t_e2e / t_head, efficiency_gap=gap))
+    return rows
+
+
+def main():
+    dev = torch.device("cuda")
+    info = dict(card=torch.cuda.get_device_name(0), torch=torch.__version__,
+                python=platform.python_version(), date=time.strftime("%Y-%m-%d"),
+                engine=shapcam.engine_info())
+    quick = "--quick" in sys.argv
+    kr = kernel_rows(dev)
+    er = e2e_rows(dev, [8, 64] if quick else [8, 32, 64, 128])
+    out_dir = os.environ.get("OUT", ".")
+    with open(os.path.join(out_dir, "gpu_bench.json"), "w") as f:
+        json.dump(dict(info=info, kernel=kr, e2e=er), f, indent=2)
+    print(f"\n# {info['card']} — torch {info['torch']} — {info['date']}")
+    print("\n| case | evals | fused kernel GB/s (written) | copy GB/s (read+write) | kernel/copy | naive torch / kernel |")
+    print("|---|---|---|---|---|---|")
+    for r in kr:
+        print(f"| {r['case']} | {r['evals']} | {r['kernel_GBps']:.0f} | {r['copy_GBps_rw']:.0f} | "
+              f"{r['kernel_vs_copy']:.2f} | {r['naive_ms'] / r['kernel_ms']:.1f}x |")
+    print("\n| head | K | evals | batch | end-to-end ms | head-only ms | ratio | efficiency gap |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in er:
+        print(f"| {r['model']} | {r['K']} | {r['evals']} | {r['batch']} | {r['e2e_ms']:.2f} | "
+              f"{r['head_only_ms']:.2f} | {r['ratio']:.2f} | {r['efficiency_gap']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

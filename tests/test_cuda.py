@@ -1,0 +1,154 @@
+"""The CUDA engine against the CPU engine, bit for bit; streams; device and dtype errors.
+
+Skipped where no GPU is present (or shapcam._C was built without CUDA); run them on a GPU machine
+(benchmarks/gpu_check.sh does, also under compute-sanitizer).
+"""
+import numpy as np
+import pytest
+
+from conftest import requires_cuda
+from games_lib import table_game
+import shapcam
+from shapcam import ops
+
+pytestmark = [requires_cuda, pytest.mark.cuda]
+
+torch = pytest.importorskip("torch")
+DEV = "cuda"
+
+
+@pytest.mark.parametrize("n", [2, 3, 49, 196, 1001, 5000])
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_permutations_ranks_masks_equal_cpu(n, antithetic):
+    for seed in (0, 7, 2**63 + 5):
+        for want in ("permutations", "ranks"):
+            f = getattr(ops, want)
+            cpu = f(seed, 3, 70, n, antithetic, engine="native")
+            gpu = f(seed, 3, 70, n, antithetic, device=DEV)
+            assert gpu.is_cuda and gpu.dtype == torch.int32
+            np.testing.assert_array_equal(gpu.cpu().numpy(), cpu)
+        e0, e1 = 11, 11 + 5 * (n - 1) + 3
+        out = torch.empty((e1 - e0, n), dtype=torch.bool, device=DEV)
+        ops.masks(seed, e0, e1, n, antithetic, out=out)
+        np.testing.assert_array_equal(out.cpu().numpy(), ops.masks(seed, e0, e1, n, antithetic, engine="native"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("baseline_kind", ["scalar", "full"])
+@pytest.mark.parametrize("shape,pshape,n", [
+    ((512, 14, 14), (14, 14), 196),
+    ((2048, 7, 7), (7, 7), 49),
+    ((3, 16, 16), (3, 16, 16), 768),
+    ((30,), (30,), 30),
+    ((4, 5, 6), (5, 1), 5),
+])
+def test_masked_apply_equals_cpu(dtype, baseline_kind, shape, pshape, n):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    players = torch.randint(0, n, pshape, generator=g)
+    if players.numel() >= n:  # every player owns at least one element
+        players.view(-1)[:n] = torch.arange(n)
+    baseline = 0.25 if baseline_kind == "scalar" else torch.randn(shape, generator=g, dtype=dtype)
+    for e0, e1 in ((0, 1), (5, 5 + 3 * (n - 1) + 7), (40 * (n - 1) - 3, 40 * (n - 1) + 300)):
+        cpu = ops.masked_apply(9, e0, e1, n, True, x.numpy(), players.numpy(),
+                               baseline if baseline_kind == "scalar" else baseline.numpy(), engine="native")
+        out = torch.full((e1 - e0,) + shape, float("nan"), dtype=dtype, device=DEV)  # poisoned
+        xb = baseline if baseline_kind == "scalar" else baseline.to(DEV)
+        res = ops.masked_apply(9, e0, e1, n, True, x.to(DEV), players, xb, out=out)
+        assert res is out
+        np.testing.assert_array_equal(out.cpu().numpy(), cpu)
+
+
+def test_accumulate_equals_cpu():
+    rng = np.random.default_rng(1)
+    n, m, S = 49, 3, 9
+    for anti in (True, False):
+        pps = 2 if anti else 1
+        values = rng.normal(size=(S * pps * (n - 1), m))
+        ve, vf = rng.normal(size=m), rng.normal(size=m)
+        mean, m2 = np.zeros((n, m)), np.zeros((n, m))
+        ops.accumulate(3, 0, S, n, anti, values, ve, vf, 0, mean, m2, engine="native")
+        gm, g2 = torch.zeros((n, m), dtype=torch.float64, device=DEV), torch.zeros((n, m), dtype=torch.float64, device=DEV)
+        t = lambda a: torch.from_numpy(a).to(DEV)
+        ops.accumulate(3, 0, S, n, anti, t(values), t(ve), t(vf), 0, gm, g2)
+        # Same operations in the same order, no FMA contraction (--fmad=false): identical bits.
+        np.testing.assert_array_equal(gm.cpu().numpy(), mean)
+        np.testing.assert_array_equal(g2.cpu().numpy(), m2)
+
+
+def test_estimate_on_device_equals_host():
+    g = table_game(10, 3)
+    table_mask_fn = lambda m: torch.from_numpy(g(m.cpu().numpy())).to(m.device)
+    host = shapcam.estimate_shapley(g, 10, 33, seed=4, batch_size=50)
+    dev = shapcam.estimate_shapley(table_mask_fn, 10, 33, seed=4, batch_size=17, device=DEV)
+    assert dev.values.is_cuda and dev.stderr.is_cuda
+    np.testing.assert_array_equal(dev.values.cpu().numpy(), host.values)
+    np.testing.assert_array_equal(dev.stderr.cpu().numpy(), host.stderr)
+
+
+def test_masked_input_game_on_device_equals_host():
+    gen = torch.Generator().manual_seed(2)
+    A = torch.randn(64, 7, 7, generator=gen)
+    W = torch.randn(10, 64, generator=gen, dtype=torch.float64)
+
+    def head(feats):  # [B, 64, 7, 7] -> [B, 10]: GAP + linear, then softmax
+        z = feats.double().mean((2, 3)) @ W.to(feats.device).T
+        return torch.softmax(z, 1)
+
+    players = torch.arange(49).reshape(7, 7)
+    host = shapcam.estimate_shapley(shapcam.MaskedInputGame(head, A, players=players), K=16, seed=1, batch_size=100)
+    dev = shapcam.estimate_shapley(shapcam.MaskedInputGame(head, A.to(DEV), players=players), K=16, seed=1, batch_size=77)
+    assert dev.values.is_cuda
+    # The head's reductions round differently on the GPU: values agree to float64 rounding of the
+    # softmax (measured ~1e-16); the masked inputs themselves are bit-identical (test above).
+    np.testing.assert_allclose(dev.values.cpu().numpy(), host.values.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dev.values.sum(0).cpu().numpy(), (dev.v_full - dev.v_empty).cpu().numpy(), atol=1e-12)
+
+
+def test_caller_stream_is_honoured():
+    x = torch.randn(512, 14, 14, device=DEV)
+    players = torch.arange(196).reshape(14, 14)
+    want = ops.masked_apply(5, 0, 300, 196, True, x.cpu().numpy(), players.numpy(), engine="native")
+    s = torch.cuda.Stream()
+    out = torch.empty((300, 512, 14, 14), device=DEV)
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(50_000_000)  # keeps s busy: a launch on another stream would race ahead
+        out.fill_(float("nan"))
+        ops.masked_apply(5, 0, 300, 196, True, x, players, out=out)
+    s.synchronize()
+    np.testing.assert_array_equal(out.cpu().numpy(), want)
+    # Graph capture only admits work on the capturing stream: the kernel must be launched there.
+    g = torch.cuda.CUDAGraph()
+    out2 = torch.full_like(out, float("nan"))
+    plan = ops.plan_masked_apply(x, players, 196)
+    ops.apply_plan(plan, 5, 0, 300, True, out=out2)  # warm-up outside capture
+    out2.fill_(float("nan"))
+    with torch.cuda.graph(g):
+        ops.apply_plan(plan, 5, 0, 300, True, out=out2)
+    g.replay()
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(out2.cpu().numpy(), want)
+
+
+def test_bad_device_input():
+    x = torch.randn(8, 3, 3, device=DEV)
+    players = torch.arange(9).reshape(3, 3)
+    with pytest.raises(ValueError, match="same device"):
+        ops.masked_apply(0, 0, 4, 9, True, x, players, out=np.empty((4, 8, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="x: dtype"):
+        ops.masked_apply(0, 0, 4, 9, True, x.half(), players)
+    with pytest.raises(ValueError, match="baseline"):
+        ops.masked_apply(0, 0, 4, 9, True, x, players, torch.zeros(8, 3, 3))
+    from shapcam import _C
+
+    host = torch.empty((4, 8, 3, 3))
+    with pytest.raises(ValueError, match="host pointer|not a CUDA pointer"):
+        _C.masked_apply_cuda(0, 0, 0, 0, 4, 9, True, 4, x.data_ptr(), 8, 9,
+                             players.int().to(DEV).data_ptr(), 0, 0.0, host.data_ptr())
+    with pytest.raises(ValueError, match="exceeds the CUDA engine's limit"):
+        ops.ranks(0, 0, 1, 10**6, device=DEV)
+    if torch.cuda.device_count() > 1:
+        with pytest.raises(ValueError, match="cuda:1"):
+            _C.masked_apply_cuda(0, 0, 0, 0, 4, 9, True, 4, x.data_ptr(), 8, 9,
+                                 players.int().to(DEV).data_ptr(), 0, 0.0,
+                                 torch.empty((4, 8, 3, 3), device="cuda:1").data_ptr())
