@@ -21,7 +21,7 @@ test_rc=${PIPESTATUS[0]}
 $PY -m pytest -q tests -m "not cuda" -p no:cacheprovider 2>&1 | tail -2
 echo "== compute-sanitizer memcheck (CUDA tests)"
 if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 3 $PY -m pytest -q -x tests/test_cuda.py \
+  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -m pytest -q -x tests/test_cuda.py \
     -k "not stream" -p no:cacheprovider > "$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/memcheck.log") clean summaries)"
   grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -3

@@ -235,7 +235,7 @@ void launch_masked_apply(cudaStream_t stream, int sms, uint64_t seed, int64_t e0
   const int64_t numel = outer * inner;
   const int64_t tiles = (B + kEvalsPerTile - 1) / kEvalsPerTile;
   // Enough blocks for 8 per SM, but at least 8 elements per thread in each slice.
-  const int64_t max_slices = std::max<int64_t>(1, numel / (kThreads * 8));
+  const int64_t max_slices = std::min<int64_t>(65535, std::max<int64_t>(1, numel / (kThreads * 8)));
   const int64_t slices = std::min<int64_t>(max_slices, std::max<int64_t>(1, (8 * sms + tiles - 1) / tiles));
   const int64_t slice = (numel + slices - 1) / slices;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(slices));
