@@ -204,8 +204,9 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
             bar.close()
     assert acc.pending is None and acc.count == K_eff // acc.pps
     c = acc.count
-    if c >= 2:
-        stderr = (acc.m2 / ((c - 1) * c)) ** 0.5
+    if c >= 2:  # sqrt, not ** 0.5: IEEE sqrt is correctly rounded on every device
+        var_of_mean = acc.m2 / float((c - 1) * c)
+        stderr = var_of_mean.sqrt() if on_device else np.sqrt(var_of_mean)
     else:
         stderr = acc.mean * float("nan")
     if on_device:
