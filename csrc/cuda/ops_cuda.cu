@@ -108,10 +108,19 @@ __global__ void permutations_kernel(uint64_t seed, int64_t k0, int64_t n, bool a
   }
 }
 
-// Evaluations are handed to blocks in tiles of consecutive e (mostly one permutation each, so a
-// block builds one or two permutations), and each eval's elements are split across gridDim.y.
+// One block per permutation of the chunk (blockIdx.x): it builds that permutation once in shared
+// memory and writes every evaluation of the chunk that uses it (up to n - 1 of them). Each
+// evaluation's elements are split across gridDim.y, so the Fisher–Yates cost is paid once per
+// (permutation, slice) and amortised over (n - 1) * slice elements.
 constexpr int kThreads = 256;
-constexpr int64_t kEvalsPerTile = 8;
+
+// First and last+1 evaluation of permutation k inside the chunk [e0, e1).
+__device__ __forceinline__ void evals_of_permutation(int64_t k, int64_t n, int64_t e0, int64_t e1,
+                                                     int64_t* first, int64_t* last) {
+  const int64_t per = evals_per_permutation(n);
+  *first = max(e0, k * per);
+  *last = min(e1, (k + 1) * per);
+}
 
 __global__ void masks_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
                              bool* __restrict__ out) {  // [B, n]
@@ -119,21 +128,25 @@ __global__ void masks_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, b
   uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
   int32_t* perm = smem + scratch_words(n);
   const int32_t* rank = smem;
-  const int64_t first = e0 + blockIdx.x * kEvalsPerTile;
-  const int64_t last = min(e1, first + kEvalsPerTile);
-  int64_t have = -1;
+  const int64_t k = eval_index(e0, n).k + blockIdx.x;
+  block_permutation(seed, k, n, antithetic, scratch, perm);
+  int64_t first, last;
+  evals_of_permutation(k, n, e0, e1, &first, &last);
   for (int64_t e = first; e < last; ++e) {
-    const EvalIndex ix = eval_index(e, n);
-    if (ix.k != have) {
-      __syncthreads();
-      block_permutation(seed, ix.k, n, antithetic, scratch, perm);
-      have = ix.k;
-    }
-    for (int64_t p = threadIdx.x; p < n; p += blockDim.x) out[(e - e0) * n + p] = in_prefix(rank[p], ix.t);
+    const int64_t t = eval_index(e, n).t;
+    for (int64_t p = threadIdx.x; p < n; p += blockDim.x) out[(e - e0) * n + p] = in_prefix(rank[p], t);
   }
 }
 
-template <typename T, bool kScalarBaseline>
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// The fused kernel. V elements per thread step (16-byte loads and stores when V * sizeof(T) = 16);
+// kKeepSmem: the eval's keep flags for one period of `inner` players (plus V - 1 wrapped) are
+// staged in shared memory, else each element looks its player's rank up.
+template <typename T, bool kScalarBaseline, int V, bool kKeepSmem>
 __global__ void __launch_bounds__(kThreads)
 masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
                     const T* __restrict__ x,              // [outer, inner]
@@ -142,42 +155,52 @@ masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antit
                     const T* __restrict__ baseline,       // [outer, inner] unless scalar
                     T baseline_scalar,
                     T* __restrict__ out,                  // [B, outer, inner]
-                    int64_t slice) {                      // elements per gridDim.y slice
+                    int64_t slice) {                      // elements per blockIdx.y (multiple of V)
+  static_assert(kKeepSmem || V == 1, "the per-element rank lookup path is scalar");
   extern __shared__ int32_t smem[];
   uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
   int32_t* perm = smem + scratch_words(n);
   const int32_t* rank = smem;
+  uint8_t* keep = reinterpret_cast<uint8_t*>(perm + n);  // [inner + V - 1] when kKeepSmem
+  const int64_t k = eval_index(e0, n).k + blockIdx.x;
+  block_permutation(seed, k, n, antithetic, scratch, perm);
+  int64_t first, last;
+  evals_of_permutation(k, n, e0, e1, &first, &last);
   const int64_t numel = outer * inner;
-  const int64_t first = e0 + blockIdx.x * kEvalsPerTile;
-  const int64_t last = min(e1, first + kEvalsPerTile);
   const int64_t i0 = blockIdx.y * slice;
-  const int64_t i1 = min(numel, i0 + slice);
-  // Walk i = i0 + tid, i0 + tid + stride, ... keeping j = i % inner by increment and wrap
-  // instead of a division per element.
-  const int64_t start = i0 + threadIdx.x;
-  const int64_t stride = blockDim.x;
-  const int64_t stride_j = stride % inner;
-  int64_t have = -1;
+  // Inside the slice, 32-bit offsets (numel < 2^31 is checked by the launcher): fewer registers.
+  const int32_t len = static_cast<int32_t>(min(numel, i0 + slice) - i0);
+  const int32_t start = static_cast<int32_t>(threadIdx.x) * V;
+  const int32_t stride = static_cast<int32_t>(blockDim.x) * V;
+  const int32_t inner32 = static_cast<int32_t>(inner);
+  const int32_t stride_j = stride % inner32;  // j = i % inner advances by increment and wrap
+  const int32_t j_start = static_cast<int32_t>((i0 + start) % inner);
+  const T* xs = x + i0;
+  const T* bs = kScalarBaseline ? nullptr : baseline + i0;
   for (int64_t e = first; e < last; ++e) {
-    const EvalIndex ix = eval_index(e, n);
-    if (ix.k != have) {
-      __syncthreads();
-      block_permutation(seed, ix.k, n, antithetic, scratch, perm);
-      have = ix.k;
-    }
-    T* dst = out + (e - e0) * numel;
-    int64_t j = start % inner;
-    for (int64_t i = start; i < i1; i += stride) {
-      const bool keep = in_prefix(rank[__ldg(players + j)], ix.t);
-      T v;
-      if (kScalarBaseline) {
-        v = keep ? __ldg(x + i) : baseline_scalar;
-      } else {
-        v = keep ? __ldg(x + i) : __ldg(baseline + i);
+    const int64_t t = eval_index(e, n).t;
+    if (kKeepSmem) {
+      __syncthreads();  // the previous eval's readers are done with keep
+      for (int32_t j = threadIdx.x; j < inner32 + V - 1; j += blockDim.x) {
+        keep[j] = in_prefix(rank[__ldg(players + j % inner32)], t);
       }
-      dst[i] = v;
+      __syncthreads();
+    }
+    T* dst = out + (e - e0) * numel + i0;
+    int32_t j = j_start;
+    for (int32_t i = start; i < len; i += stride) {
+      Pack<T, V> xv = *reinterpret_cast<const Pack<T, V>*>(xs + i);
+      Pack<T, V> bv;
+      if (!kScalarBaseline) bv = *reinterpret_cast<const Pack<T, V>*>(bs + i);
+      Pack<T, V> r;
+#pragma unroll
+      for (int q = 0; q < V; ++q) {
+        const bool kq = kKeepSmem ? keep[j + q] != 0 : in_prefix(rank[__ldg(players + j)], t);
+        r.v[q] = kq ? xv.v[q] : (kScalarBaseline ? baseline_scalar : bv.v[q]);
+      }
+      *reinterpret_cast<Pack<T, V>*>(dst + i) = r;
       j += stride_j;
-      if (j >= inner) j -= inner;
+      if (j >= inner32) j -= inner32;
     }
   }
 }
@@ -227,29 +250,68 @@ void check_players(int device, int64_t n) {
   }
 }
 
+// Largest player period whose keep flags are staged in shared memory.
+constexpr int64_t kMaxKeepSmem = 16384;
+
+template <typename T, bool kScalar, int V, bool kKeep>
+void launch_variant(cudaStream_t stream, dim3 grid, size_t smem, uint64_t seed, int64_t e0,
+                    int64_t e1, int64_t n, bool antithetic, const T* x, int64_t outer,
+                    int64_t inner, const int32_t* players, const T* baseline, T bscalar, T* out,
+                    int64_t slice) {
+  auto kernel = masked_apply_kernel<T, kScalar, V, kKeep>;
+  allow_smem(kernel, smem);
+  kernel<<<grid, kThreads, smem, stream>>>(seed, e0, e1, n, antithetic, x, outer, inner, players,
+                                           baseline, bscalar, out, slice);
+  check_launch("masked_apply_kernel");
+}
+
+template <typename T, bool kScalar>
+void launch_masked_apply_b(cudaStream_t stream, int sms, uint64_t seed, int64_t e0, int64_t e1,
+                           int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
+                           const int32_t* players, const T* baseline, T bscalar, T* out) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t numel = outer * inner;
+  if (numel >= (int64_t(1) << 31)) {
+    throw std::invalid_argument("x: the CUDA engine takes inputs of fewer than 2^31 elements");
+  }
+  const bool keep_smem = inner <= kMaxKeepSmem;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec = keep_smem && numel % kVec == 0 && aligned(x) && aligned(out) &&
+                   (kScalar || aligned(baseline));
+  const int V = vec ? kVec : 1;
+  const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
+  // Slices: enough blocks for ~8 waves of 8 blocks per SM, but at least 4 steps of V elements
+  // per thread in each slice, and no more than the grid's y limit.
+  const int64_t want = std::max<int64_t>(1, (64 * sms + perms - 1) / perms);
+  const int64_t most = std::max<int64_t>(1, numel / (kThreads * V * 4));
+  const int64_t slices = std::min<int64_t>({want, most, 65535});
+  int64_t slice = (numel + slices - 1) / slices;
+  slice = (slice + V - 1) / V * V;
+  const dim3 grid(static_cast<unsigned>(perms), static_cast<unsigned>((numel + slice - 1) / slice));
+  const size_t smem = permutation_smem_bytes(n) + (keep_smem ? inner + kVec : 0);
+  if (vec) {
+    launch_variant<T, kScalar, kVec, true>(stream, grid, smem, seed, e0, e1, n, antithetic, x,
+                                           outer, inner, players, baseline, bscalar, out, slice);
+  } else if (keep_smem) {
+    launch_variant<T, kScalar, 1, true>(stream, grid, smem, seed, e0, e1, n, antithetic, x, outer,
+                                        inner, players, baseline, bscalar, out, slice);
+  } else {
+    launch_variant<T, kScalar, 1, false>(stream, grid, smem, seed, e0, e1, n, antithetic, x,
+                                         outer, inner, players, baseline, bscalar, out, slice);
+  }
+}
+
 template <typename T>
 void launch_masked_apply(cudaStream_t stream, int sms, uint64_t seed, int64_t e0, int64_t e1,
                          int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
                          const int32_t* players, const T* baseline, T baseline_scalar, T* out) {
-  const int64_t B = e1 - e0;
-  const int64_t numel = outer * inner;
-  const int64_t tiles = (B + kEvalsPerTile - 1) / kEvalsPerTile;
-  // Enough blocks for 8 per SM, but at least 8 elements per thread in each slice.
-  const int64_t max_slices = std::min<int64_t>(65535, std::max<int64_t>(1, numel / (kThreads * 8)));
-  const int64_t slices = std::min<int64_t>(max_slices, std::max<int64_t>(1, (8 * sms + tiles - 1) / tiles));
-  const int64_t slice = (numel + slices - 1) / slices;
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(slices));
-  const size_t smem = permutation_smem_bytes(n);
   if (baseline) {
-    allow_smem(masked_apply_kernel<T, false>, smem);
-    masked_apply_kernel<T, false><<<grid, kThreads, smem, stream>>>(
-        seed, e0, e1, n, antithetic, x, outer, inner, players, baseline, baseline_scalar, out, slice);
+    launch_masked_apply_b<T, false>(stream, sms, seed, e0, e1, n, antithetic, x, outer, inner,
+                                    players, baseline, baseline_scalar, out);
   } else {
-    allow_smem(masked_apply_kernel<T, true>, smem);
-    masked_apply_kernel<T, true><<<grid, kThreads, smem, stream>>>(
-        seed, e0, e1, n, antithetic, x, outer, inner, players, baseline, baseline_scalar, out, slice);
+    launch_masked_apply_b<T, true>(stream, sms, seed, e0, e1, n, antithetic, x, outer, inner,
+                                   players, baseline, baseline_scalar, out);
   }
-  check_launch("masked_apply_kernel");
 }
 
 }  // namespace
@@ -291,10 +353,10 @@ void masks(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, 
   const DeviceGuard guard(device);
   check_players(device, n);
   check_pointer(out, device, "out");
-  const int64_t tiles = (e1 - e0 + kEvalsPerTile - 1) / kEvalsPerTile;
+  const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
   const size_t smem = permutation_smem_bytes(n);
   allow_smem(masks_kernel, smem);
-  masks_kernel<<<static_cast<unsigned>(tiles), kThreads, smem, as_stream(stream)>>>(
+  masks_kernel<<<static_cast<unsigned>(perms), kThreads, smem, as_stream(stream)>>>(
       seed, e0, e1, n, antithetic, reinterpret_cast<bool*>(out));
   check_launch("masks_kernel");
 }
