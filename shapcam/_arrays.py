@@ -48,22 +48,30 @@ def resolve_device(device):
 
 
 def cuda_pointer(x, name: str):
-    """(device ordinal, pointer, stream handle) of a CUDA array; stream is torch's current one."""
+    """(device ordinal or None, pointer) of a C-contiguous CUDA array."""
     if is_torch(x):
         if not x.is_cuda:
             raise ValueError(f"{name}: expected a CUDA tensor, got one on {x.device}")
         if not x.is_contiguous():
             raise ValueError(f"{name}: must be contiguous (got strides {tuple(x.stride())})")
-        import torch
-
-        return x.device.index, x.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream
+        return x.device.index, x.data_ptr()
     iface = getattr(x, "__cuda_array_interface__", None)
     if iface is None:
         raise ValueError(f"{name}: expected a CUDA array (torch tensor or __cuda_array_interface__)")
-    if iface.get("strides") not in (None,) and iface["strides"] != _c_strides(iface):
+    if iface.get("strides") is not None and tuple(iface["strides"]) != _c_strides(iface):
         raise ValueError(f"{name}: must be C-contiguous (got strides {iface['strides']})")
-    stream = iface.get("stream") or 0
-    return None, iface["data"][0], (0 if stream in (1, 2) else int(stream))
+    return None, iface["data"][0]
+
+
+def cuda_stream(x) -> int:
+    """The stream handle work on x should go to: torch's current stream on x's device, or the
+    stream a __cuda_array_interface__ producer names (the legacy default stream otherwise)."""
+    if is_torch(x):
+        import torch
+
+        return torch.cuda.current_stream(x.device).cuda_stream
+    stream = x.__cuda_array_interface__.get("stream") or 0
+    return 0 if stream in (1, 2) else int(stream)
 
 
 def _c_strides(iface):
@@ -79,15 +87,17 @@ def _c_strides(iface):
 def dtype_name(x) -> str:
     if is_torch(x):
         return str(x.dtype).replace("torch.", "")
-    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+    if not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__"):
         return np.dtype(x.__cuda_array_interface__["typestr"]).name
     return np.asarray(x).dtype.name
 
 
 def shape_of(x) -> tuple:
-    if hasattr(x, "__cuda_array_interface__") and not is_torch(x):
+    if is_torch(x) or isinstance(x, np.ndarray):
+        return tuple(x.shape)
+    if hasattr(x, "__cuda_array_interface__"):
         return tuple(x.__cuda_array_interface__["shape"])
-    return tuple(x.shape)
+    return tuple(np.shape(x))
 
 
 def host_numpy(x) -> np.ndarray:

@@ -204,15 +204,24 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
             bar.close()
     assert acc.pending is None and acc.count == K_eff // acc.pps
     c = acc.count
-    if c >= 2:  # sqrt, not ** 0.5: IEEE sqrt is correctly rounded on every device
-        var_of_mean = acc.m2 / float((c - 1) * c)
-        stderr = var_of_mean.sqrt() if on_device else np.sqrt(var_of_mean)
+    if c >= 2:
+        # Correctly rounded division and sqrt on every device, so device and host agree to the
+        # bit: torch divides a CUDA tensor by a Python scalar as a multiplication by its
+        # reciprocal (1 ulp off), hence a device-tensor denominator; and sqrt, not ** 0.5.
+        if on_device:
+            import torch
+
+            denom = torch.tensor(float((c - 1) * c), dtype=torch.float64, device=acc.m2.device)
+            stderr = torch.sqrt(acc.m2 / denom)
+        else:
+            stderr = np.sqrt(acc.m2 / float((c - 1) * c))
     else:
         stderr = acc.mean * float("nan")
     if on_device:
         import torch
 
-        if not bool(torch.isfinite(acc.mean).all() and torch.isfinite(ends).all()):
+        # A non-finite value anywhere reaches some player's marginals, hence the mean.
+        if not bool(torch.isfinite(acc.mean).all()):
             raise ValueError("value_fn returned a non-finite value (NaN or inf) for some coalition")
     return _result(acc.mean, stderr, m, 2 + E, K_eff, c, v_full, v_empty, seed, antithetic, eng, game)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _engine, reference
-from ._arrays import (cuda_pointer, dtype_name, host_numpy, is_cuda_array, is_torch, resolve_device,
+from ._arrays import (cuda_pointer, cuda_stream, dtype_name, host_numpy, is_cuda_array, is_torch, resolve_device,
                       shape_of)
 
 ENGINES = ("reference", "native")
@@ -80,9 +80,9 @@ def _permutations_op(seed, k0, k1, n, antithetic, engine, device, want):
 
         out = torch.empty((k1 - k0, n), dtype=torch.int32, device=dev)
         if _use_cuda_kernels(eng):
-            d, ptr, stream = cuda_pointer(out, want)
+            d, ptr = cuda_pointer(out, want)
             args = (ptr, 0) if want == "perm" else (0, ptr)
-            _engine.native().permutations_cuda(d, stream, seed, k0, k1, n, antithetic, *args)
+            _engine.native().permutations_cuda(d, cuda_stream(out), seed, k0, k1, n, antithetic, *args)
         else:
             out.copy_(torch.from_numpy(_permutations_op(seed, k0, k1, n, antithetic, eng, None, want)))
         return out
@@ -117,8 +117,8 @@ def masks(seed, e0, e1, n, antithetic=True, *, engine=None, out=None):
                              f"{dtype_name(out)}")
         if is_cuda_array(out):
             if _use_cuda_kernels(eng):
-                dev, ptr, stream = cuda_pointer(out, "out")
-                _engine.native().masks_cuda(_device_of(out, dev), stream, seed, e0, e1, n,
+                dev, ptr = cuda_pointer(out, "out")
+                _engine.native().masks_cuda(_device_of(out, dev), cuda_stream(out), seed, e0, e1, n,
                                             antithetic, ptr)
                 return out
             _copy_into(out, masks(seed, e0, e1, n, antithetic, engine=eng))
@@ -337,20 +337,21 @@ def _apply_host(plan, seed, e0, e1, antithetic, eng, target):
 
 
 def _apply_cuda(plan, seed, e0, e1, antithetic, out):
-    dev, xptr, stream = cuda_pointer(plan.x, "x")
+    dev, xptr = cuda_pointer(plan.x, "x")
     dev = _device_of(plan.x, dev)
     if plan.players_dev is None:
         plan.players_dev = _to_device_like(plan.players_flat, plan.x)
-    _, pptr, _ = cuda_pointer(plan.players_dev, "players")
+    _, pptr = cuda_pointer(plan.players_dev, "players")
     bptr, bscalar = 0, 0.0
     if isinstance(plan.baseline, float):
         bscalar = plan.baseline
     else:
-        _, bptr, _ = cuda_pointer(plan.baseline, "baseline")
-    _, optr, _ = cuda_pointer(out, "out")
+        _, bptr = cuda_pointer(plan.baseline, "baseline")
+    _, optr = cuda_pointer(out, "out")
     nbytes = 4 if plan.dtype == "float32" else 8
-    _engine.native().masked_apply_cuda(dev, stream, seed, e0, e1, plan.n, antithetic, nbytes, xptr,
-                                       plan.outer, plan.inner, pptr, bptr, bscalar, optr)
+    _engine.native().masked_apply_cuda(dev, cuda_stream(out), seed, e0, e1, plan.n, antithetic,
+                                       nbytes, xptr, plan.outer, plan.inner, pptr, bptr, bscalar,
+                                       optr)
 
 
 def _to_device_like(arr_np, like):
@@ -382,8 +383,8 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
             raise ValueError("accumulate: device state needs the CUDA engine")
         ptrs = [cuda_pointer(a, name) for a, name in ((values, "values"), (v_empty, "v_empty"),
                                                      (v_full, "v_full"), (mean, "mean"), (m2, "m2"))]
-        dev, stream = ptrs[0][0], ptrs[0][2]
-        _engine.native().accumulate_cuda(dev, stream, seed, k0, n_samples, n, m, antithetic,
+        dev = _device_of(mean, ptrs[3][0])
+        _engine.native().accumulate_cuda(dev, cuda_stream(mean), seed, k0, n_samples, n, m, antithetic,
                                          *[p[1] for p in ptrs[:3]], count0, ptrs[3][1], ptrs[4][1])
         return
     if eng == "reference":

@@ -155,17 +155,23 @@ masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antit
                     const T* __restrict__ baseline,       // [outer, inner] unless scalar
                     T baseline_scalar,
                     T* __restrict__ out,                  // [B, outer, inner]
-                    int64_t slice) {                      // elements per blockIdx.y (multiple of V)
+                    int64_t slice,                        // elements per blockIdx.y (multiple of V)
+                    int64_t groups, int64_t group_evals) {  // blockIdx.x = perm * groups + group
   static_assert(kKeepSmem || V == 1, "the per-element rank lookup path is scalar");
   extern __shared__ int32_t smem[];
   uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
   int32_t* perm = smem + scratch_words(n);
   const int32_t* rank = smem;
   uint8_t* keep = reinterpret_cast<uint8_t*>(perm + n);  // [inner + V - 1] when kKeepSmem
-  const int64_t k = eval_index(e0, n).k + blockIdx.x;
-  block_permutation(seed, k, n, antithetic, scratch, perm);
+  const int64_t k = eval_index(e0, n).k + blockIdx.x / groups;
+  const int64_t g = blockIdx.x % groups;
   int64_t first, last;
   evals_of_permutation(k, n, e0, e1, &first, &last);
+  // This block's group of the permutation's evaluations (t-1 in [g*G, (g+1)*G)).
+  first = max(first, k * evals_per_permutation(n) + g * group_evals);
+  last = min(last, k * evals_per_permutation(n) + (g + 1) * group_evals);
+  if (first >= last) return;  // uniform across the block
+  block_permutation(seed, k, n, antithetic, scratch, perm);
   const int64_t numel = outer * inner;
   const int64_t i0 = blockIdx.y * slice;
   // Inside the slice, 32-bit offsets (numel < 2^31 is checked by the launcher): fewer registers.
@@ -253,20 +259,40 @@ void check_players(int device, int64_t n) {
 // Largest player period whose keep flags are staged in shared memory.
 constexpr int64_t kMaxKeepSmem = 16384;
 
+// Grid of the fused kernel: blockIdx.y splits each eval's elements into slices (at least two
+// V-wide steps per thread), blockIdx.x walks (permutation, group of its evals). Groups split a
+// permutation's evals only as much as needed for ~4 waves of resident blocks, because each block
+// pays one Fisher–Yates.
 template <typename T, bool kScalar, int V, bool kKeep>
-void launch_variant(cudaStream_t stream, dim3 grid, size_t smem, uint64_t seed, int64_t e0,
+void launch_variant(cudaStream_t stream, int device, size_t smem, uint64_t seed, int64_t e0,
                     int64_t e1, int64_t n, bool antithetic, const T* x, int64_t outer,
-                    int64_t inner, const int32_t* players, const T* baseline, T bscalar, T* out,
-                    int64_t slice) {
+                    int64_t inner, const int32_t* players, const T* baseline, T bscalar, T* out) {
   auto kernel = masked_apply_kernel<T, kScalar, V, kKeep>;
   allow_smem(kernel, smem);
+  int sms = 0, per_sm = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  const int64_t target = 4 * std::max<int64_t>(1, static_cast<int64_t>(sms) * per_sm);
+  const int64_t numel = outer * inner;
+  const int64_t per = evals_per_permutation(n);
+  const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
+  const int64_t max_slices = std::min<int64_t>(65535, std::max<int64_t>(1, numel / (kThreads * V * 2)));
+  const int64_t slices = std::min<int64_t>(max_slices, std::max<int64_t>(1, (target + perms - 1) / perms));
+  int64_t slice = (numel + slices - 1) / slices;
+  slice = (slice + V - 1) / V * V;
+  const int64_t y = (numel + slice - 1) / slice;
+  int64_t groups = std::min<int64_t>(per, std::max<int64_t>(1, (target + perms * y - 1) / (perms * y)));
+  const int64_t group_evals = (per + groups - 1) / groups;
+  groups = (per + group_evals - 1) / group_evals;
+  const dim3 grid(static_cast<unsigned>(perms * groups), static_cast<unsigned>(y));
   kernel<<<grid, kThreads, smem, stream>>>(seed, e0, e1, n, antithetic, x, outer, inner, players,
-                                           baseline, bscalar, out, slice);
+                                           baseline, bscalar, out, slice, groups, group_evals);
   check_launch("masked_apply_kernel");
 }
 
 template <typename T, bool kScalar>
-void launch_masked_apply_b(cudaStream_t stream, int sms, uint64_t seed, int64_t e0, int64_t e1,
+void launch_masked_apply_b(cudaStream_t stream, int device, uint64_t seed, int64_t e0, int64_t e1,
                            int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
                            const int32_t* players, const T* baseline, T bscalar, T* out) {
   constexpr int kVec = 16 / sizeof(T);
@@ -278,38 +304,28 @@ void launch_masked_apply_b(cudaStream_t stream, int sms, uint64_t seed, int64_t 
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const bool vec = keep_smem && numel % kVec == 0 && aligned(x) && aligned(out) &&
                    (kScalar || aligned(baseline));
-  const int V = vec ? kVec : 1;
-  const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
-  // Slices: enough blocks for ~8 waves of 8 blocks per SM, but at least 4 steps of V elements
-  // per thread in each slice, and no more than the grid's y limit.
-  const int64_t want = std::max<int64_t>(1, (64 * sms + perms - 1) / perms);
-  const int64_t most = std::max<int64_t>(1, numel / (kThreads * V * 4));
-  const int64_t slices = std::min<int64_t>({want, most, 65535});
-  int64_t slice = (numel + slices - 1) / slices;
-  slice = (slice + V - 1) / V * V;
-  const dim3 grid(static_cast<unsigned>(perms), static_cast<unsigned>((numel + slice - 1) / slice));
   const size_t smem = permutation_smem_bytes(n) + (keep_smem ? inner + kVec : 0);
   if (vec) {
-    launch_variant<T, kScalar, kVec, true>(stream, grid, smem, seed, e0, e1, n, antithetic, x,
-                                           outer, inner, players, baseline, bscalar, out, slice);
+    launch_variant<T, kScalar, kVec, true>(stream, device, smem, seed, e0, e1, n, antithetic, x,
+                                           outer, inner, players, baseline, bscalar, out);
   } else if (keep_smem) {
-    launch_variant<T, kScalar, 1, true>(stream, grid, smem, seed, e0, e1, n, antithetic, x, outer,
-                                        inner, players, baseline, bscalar, out, slice);
+    launch_variant<T, kScalar, 1, true>(stream, device, smem, seed, e0, e1, n, antithetic, x,
+                                        outer, inner, players, baseline, bscalar, out);
   } else {
-    launch_variant<T, kScalar, 1, false>(stream, grid, smem, seed, e0, e1, n, antithetic, x,
-                                         outer, inner, players, baseline, bscalar, out, slice);
+    launch_variant<T, kScalar, 1, false>(stream, device, smem, seed, e0, e1, n, antithetic, x,
+                                         outer, inner, players, baseline, bscalar, out);
   }
 }
 
 template <typename T>
-void launch_masked_apply(cudaStream_t stream, int sms, uint64_t seed, int64_t e0, int64_t e1,
+void launch_masked_apply(cudaStream_t stream, int device, uint64_t seed, int64_t e0, int64_t e1,
                          int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
                          const int32_t* players, const T* baseline, T baseline_scalar, T* out) {
   if (baseline) {
-    launch_masked_apply_b<T, false>(stream, sms, seed, e0, e1, n, antithetic, x, outer, inner,
+    launch_masked_apply_b<T, false>(stream, device, seed, e0, e1, n, antithetic, x, outer, inner,
                                     players, baseline, baseline_scalar, out);
   } else {
-    launch_masked_apply_b<T, true>(stream, sms, seed, e0, e1, n, antithetic, x, outer, inner,
+    launch_masked_apply_b<T, true>(stream, device, seed, e0, e1, n, antithetic, x, outer, inner,
                                    players, baseline, baseline_scalar, out);
   }
 }
@@ -371,16 +387,14 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
   check_pointer(players, device, "players");
   if (baseline) check_pointer(baseline, device, "baseline");
   check_pointer(out, device, "out");
-  int sms = 0;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
   const auto* pl = reinterpret_cast<const int32_t*>(players);
   if (dtype_bytes == 4) {
-    launch_masked_apply<float>(as_stream(stream), sms, seed, e0, e1, n, antithetic,
+    launch_masked_apply<float>(as_stream(stream), device, seed, e0, e1, n, antithetic,
                                reinterpret_cast<const float*>(x), outer, inner, pl,
                                reinterpret_cast<const float*>(baseline),
                                static_cast<float>(baseline_scalar), reinterpret_cast<float*>(out));
   } else if (dtype_bytes == 8) {
-    launch_masked_apply<double>(as_stream(stream), sms, seed, e0, e1, n, antithetic,
+    launch_masked_apply<double>(as_stream(stream), device, seed, e0, e1, n, antithetic,
                                 reinterpret_cast<const double*>(x), outer, inner, pl,
                                 reinterpret_cast<const double*>(baseline), baseline_scalar,
                                 reinterpret_cast<double*>(out));
