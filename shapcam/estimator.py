@@ -211,7 +211,8 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         if on_device:
             import torch
 
-            denom = torch.tensor(float((c - 1) * c), dtype=torch.float64, device=acc.m2.device)
+            # torch.full, not torch.tensor: no blocking host-to-device copy
+            denom = torch.full((), float((c - 1) * c), dtype=torch.float64, device=acc.m2.device)
             stderr = torch.sqrt(acc.m2 / denom)
         else:
             stderr = np.sqrt(acc.m2 / float((c - 1) * c))
