@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEPS := torch==2.14.1 torchvision==0.29.1 numpy scipy pybind11 ninja pytest pytest-benchmark hypothesis tqdm
+DEPS := torch==2.14.1 torchvision==0.29.1 numpy scipy pybind11 ninja pytest pytest-benchmark hypothesis tqdm \
+	pillow scikit-learn grad-cam
 
 .PHONY: setup build demo test bench clean
 

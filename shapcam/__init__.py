@@ -3,12 +3,25 @@
     res = shapcam.estimate_shapley(value_fn, n_players, K=64)   # res.values, res.stderr
     phi = shapcam.exact_shapley(value_fn, n_players)             # enumeration oracle
     game = shapcam.MaskedInputGame(f, x, players=player_map)     # fused masked-input game
+    cam = shapcam.ShapCAM(model, "layer4", K=64); maps = cam(images)   # needs torch
+
+The CAM classes load torch on first use; the estimator needs only NumPy.
 """
 from ._engine import engine_info
 from .estimator import ShapleyResult, estimate_shapley
 from .exact import exact_shapley
 from .games import Game, MaskedInputGame, MaskGame
 
+_CAM_NAMES = ("ShapCAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "CAMResult")
+
 __all__ = ["engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame",
-           "MaskedInputGame"]
+           "MaskedInputGame", *_CAM_NAMES]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _CAM_NAMES:
+        from . import cam
+
+        return getattr(cam, name)
+    raise AttributeError(f"module 'shapcam' has no attribute {name!r}")

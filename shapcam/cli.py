@@ -1,57 +1,246 @@
-"""The `shapcam` command: `shapcam demo`, `shapcam info`."""
+"""The `shapcam` command.
+
+    shapcam demo [--out DIR] [--n 6] [--K 64]          # the bundled model on held-out images
+    shapcam explain IMAGE... [--model digits|NAME|FILE] [--layer L] [--method shapcam,gradcam]
+                             [--target C] [--out DIR]
+    shapcam info                                        # which engine runs
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 import numpy as np
 
+METHOD_NAMES = ("shapcam", "gradcam", "gradcam++", "scorecam")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-def _tabular_demo(args) -> int:
-    """Explain one prediction of a small nonlinear tabular model (n = 12 features) and check the
-    sampled values against the exact ones."""
-    from . import engine_info, estimate_shapley, exact_shapley
 
-    rng = np.random.default_rng(0)
-    n = 12
-    W1 = rng.normal(size=(n, 16))
-    w2 = rng.normal(size=16)
-    x = rng.normal(size=n)
-    background = np.zeros(n)
+def _methods(spec: str):
+    names = list(METHOD_NAMES) if spec == "all" else [m.strip().lower() for m in spec.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHOD_NAMES]
+    if bad or not names:
+        raise SystemExit(f"--method: unknown {bad or spec!r}; choose from {', '.join(METHOD_NAMES)} or all")
+    return names
 
-    def model(X):  # [B, n] -> [B]: a one-hidden-layer network
-        return np.tanh(X @ W1) @ w2
 
-    def value_fn(masks):  # coalition S keeps x on S, the background elsewhere
-        return model(np.where(masks, x, background))
+def make_cam(name, model, layer, args):
+    from . import cam
 
-    t0 = time.perf_counter()
-    res = estimate_shapley(value_fn, n, K=args.K, seed=args.seed)
-    t_est = time.perf_counter() - t0
-    exact = exact_shapley(value_fn, n)
-    print(f"shapcam demo — a tabular model, n = {n} features, K = {res.n_permutations} "
-          f"permutations ({res.n_evals} evaluations, engine: {res.engine}, {t_est * 1e3:.1f} ms)")
-    print(f"{'feature':>7} {'estimate':>10} {'stderr':>8} {'exact':>10} {'|err|/se':>8}")
+    if name == "shapcam":
+        return cam.ShapCAM(model, layer, K=args.K, seed=args.seed, batch_size=args.batch_size)
+    if name == "scorecam":
+        return cam.ScoreCAM(model, layer)
+    return cam.METHODS[name](model, layer)
+
+
+def default_layer(model, example):
+    """The module that finishes last with a spatial (h*w > 1) 4-D output, called once: for a
+    ResNet `layer4`, for the bundled model `features`."""
+    import torch
+
+    seen, order = {}, []
+    hooks = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _i, out, name=name):
+            seen[name] = seen.get(name, 0) + 1
+            if torch.is_tensor(out) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
+                order.append(name)
+
+        hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name in reversed(order):
+        if seen[name] == 1:
+            return name
+    raise SystemExit("--layer: could not find a convolutional layer; name one")
+
+
+def load_model(spec: str, arch: str | None, pretrained: bool, device):
+    """(model, input spec) for 'digits', a torchvision name, or a TorchScript / torch.save file."""
+    import torch
+
+    from .models import digits
+
+    if spec == "digits":
+        return digits.load_model(device=device), {"channels": 1, "size": 64, "mean": None, "std": None}
+    imagenet = {"channels": 3, "size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    if os.path.exists(spec):
+        try:
+            model = torch.jit.load(spec, map_location=device)
+        except (RuntimeError, ValueError):
+            obj = torch.load(spec, map_location=device, weights_only=False)
+            if isinstance(obj, torch.nn.Module):
+                model = obj
+            elif isinstance(obj, dict):
+                if not arch:
+                    raise SystemExit(f"--model {spec}: a state dict needs --arch (digits or a torchvision name)")
+                model, info = load_model(arch, None, False, device)
+                model.load_state_dict(obj)
+                return model.eval(), info
+            else:
+                raise SystemExit(f"--model {spec}: neither TorchScript, a module nor a state dict")
+        return model.eval().to(device), imagenet
+    try:
+        import torchvision
+    except ImportError:
+        raise SystemExit(f"--model {spec}: not a file, and torchvision is not installed") from None
+    names = torchvision.models.list_models(module=torchvision.models)
+    if spec not in names:
+        raise SystemExit(f"--model {spec!r}: not 'digits', a file, or a torchvision model "
+                         f"({', '.join(n for n in names if n[:3] in ('res', 'vgg', 'den', 'mob'))}, ...)")
+    if not pretrained:
+        print(f"note: {spec} with random weights (pass --pretrained for torchvision's weights, "
+              "which are downloaded once)", file=sys.stderr)
+    model = torchvision.models.get_model(spec, weights="DEFAULT" if pretrained else None)
+    return model.eval().to(device), imagenet
+
+
+def load_images(paths, info, device):
+    import torch
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        try:
+            im = Image.open(p)
+            im = im.convert("L" if info["channels"] == 1 else "RGB").resize((info["size"], info["size"]),
+                                                                            Image.BILINEAR)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"{p}: cannot read image ({exc})") from None
+        a = np.asarray(im, dtype=np.float32) / 255.0
+        a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+        out.append(a)
+    x = torch.from_numpy(np.stack(out)).to(device)
+    raw = x.clone()
+    if info["mean"] is not None:
+        mean = torch.tensor(info["mean"], device=device)[:, None, None]
+        std = torch.tensor(info["std"], device=device)[:, None, None]
+        x = (x - mean) / std
+    return x, raw
+
+
+def _run_methods(model, layer, x, targets, names, args, progress=True):
+    results = {}
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(names), desc="methods", unit="method", leave=False)
+        except ImportError:
+            pass
+    for m in names:
+        results[m] = make_cam(m, model, layer, args).explain(x, targets=targets)
+        if bar is not None:
+            bar.set_postfix_str(m)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def cmd_explain(args) -> int:
+    import torch
+
+    from . import viz
+
+    device = torch.device(args.device)
+    model, info = load_model(args.model, args.arch, args.pretrained, device)
+    x, raw = load_images(args.images, info, device)
+    layer = args.layer or default_layer(model, x[:1])
+    names = _methods(args.method)
+    targets = None if args.target is None else [args.target] * len(x)
+    results = _run_methods(model, layer, x, targets, names, args)
+    os.makedirs(args.out, exist_ok=True)
+    summary = []
+    for i, path in enumerate(args.images):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for m, r in results.items():
+            viz.save_overlay(raw[i], r.maps[i], os.path.join(args.out, f"{stem}_{m}.png"))
+        summary.append({"image": path, "target": int(results[names[0]].targets[i, 0]),
+                        "probability": float(results[names[0]].scores[i, 0]),
+                        **{f"seconds_{m}": r.seconds / len(x) for m, r in results.items()}})
+        if "shapcam" in results:
+            summary[-1]["efficiency_residual"] = float(results["shapcam"].efficiency_residual[i, 0])
+    viz.grid(raw, {m: r.maps for m, r in results.items()}, os.path.join(args.out, "grid.png"), scale=max(1, 128 // raw.shape[-1]))
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"model": args.model, "layer": layer, "results": summary}, f, indent=2)
+    print(f"layer {layer}; wrote {len(summary) * len(results) + 1} PNGs and results.json to {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from . import engine_info, viz
+    from .models import digits
+
+    torch.manual_seed(0)
+    model = digits.load_model()
+    data = digits.load_heldout()
+    n = min(args.n, len(data["labels"]))
+    x = digits.to_tensor(data["images"][:n])
+    names = list(METHOD_NAMES)
+    results = _run_methods(model, digits.TARGET_LAYER, x, None, names, args)
+    os.makedirs(args.out, exist_ok=True)
+    path = viz.grid(x, {m: r.maps for m, r in results.items()}, os.path.join(args.out, "demo_grid.png"),
+                    scale=2, boxes=data["boxes"][:n],
+                    row_labels=[f"true {data['labels'][i]}" for i in range(n)])
+    sc = results["shapcam"]
+    print(f"shapcam demo: the bundled digits CNN ({digits.TARGET_LAYER}: 64 players), {n} held-out "
+          f"images, Shap-CAM K={args.K} (engine: {engine_info()['default_engine']})")
+    print(f"{'image':>5} {'true':>4} {'pred':>4} {'conf':>6} {'eff. residual':>13}")
     for i in range(n):
-        z = abs(res.values[i] - exact[i]) / res.stderr[i] if res.stderr[i] > 0 else 0.0
-        print(f"{i:>7} {res.values[i]:>10.4f} {res.stderr[i]:>8.4f} {exact[i]:>10.4f} {z:>8.2f}")
-    print(f"efficiency: sum(values) - (v(all) - v(none)) = {res.efficiency_gap:.2e}")
-    print(f"engine: {json.dumps(engine_info())}")
+        print(f"{i:>5} {data['labels'][i]:>4} {int(sc.targets[i, 0]):>4} {float(sc.scores[i, 0]):>6.3f} "
+              f"{float(sc.efficiency_residual[i, 0]):>13.1e}")
+    print(f"{'method':<10} {'ms / image':>10}")
+    for m, r in results.items():
+        print(f"{m:<10} {r.seconds / n * 1e3:>10.1f}")
+    print(f"wrote {path}")
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="shapcam", description=__doc__)
+    parser = argparse.ArgumentParser(prog="shapcam", description="Shapley values and Shap-CAM saliency maps")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    demo = sub.add_parser("demo", help="run the bundled demo")
-    demo.add_argument("--K", type=int, default=256, help="permutations to sample")
-    demo.add_argument("--seed", type=int, default=0)
+
+    def common(p):
+        p.add_argument("--K", type=int, default=64, help="Shap-CAM permutations per image (default 64)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--batch-size", type=int, default=None, help="coalitions per head call")
+
+    demo = sub.add_parser("demo", help="explain held-out images of the bundled model with all four methods")
+    demo.add_argument("--n", type=int, default=6, help="images (default 6)")
+    demo.add_argument("--out", default="shapcam-demo", help="output folder (default ./shapcam-demo)")
+    common(demo)
+    ex = sub.add_parser("explain", help="saliency maps for image files")
+    ex.add_argument("images", nargs="+")
+    ex.add_argument("--model", default="digits", help="digits (bundled), a torchvision name, or a model file")
+    ex.add_argument("--arch", default=None, help="architecture for a state-dict file")
+    ex.add_argument("--pretrained", action="store_true", help="torchvision's pretrained weights")
+    ex.add_argument("--layer", default=None, help="target layer (default: the last conv block)")
+    ex.add_argument("--method", default="shapcam", help="comma list of " + ", ".join(METHOD_NAMES) + ", or all")
+    ex.add_argument("--target", type=int, default=None, help="class to explain (default: predicted)")
+    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--out", default="shapcam-out")
+    common(ex)
     sub.add_parser("info", help="print which engine shapcam runs on")
     args = parser.parse_args(argv)
     if args.cmd == "demo":
-        return _tabular_demo(args)
+        return cmd_demo(args)
+    if args.cmd == "explain":
+        return cmd_explain(args)
     from . import engine_info
 
     print(json.dumps(engine_info(), indent=2))

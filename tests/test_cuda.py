@@ -152,3 +152,21 @@ def test_bad_device_input():
             _C.masked_apply_cuda(0, 0, 0, 0, 4, 9, True, 4, x.data_ptr(), 8, 9,
                                  players.int().to(DEV).data_ptr(), 0, 0.0,
                                  torch.empty((4, 8, 3, 3), device="cuda:1").data_ptr())
+
+
+def test_shapcam_on_gpu_equals_cpu():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.resnet18(weights=None, num_classes=10).eval().double()
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    cpu = shapcam.ShapCAM(model, "layer4", K=8).explain(x, targets=[1, 2])
+    gpu = shapcam.ShapCAM(model.to(DEV), "layer4", K=8).explain(x.to(DEV), targets=[1, 2])
+    assert gpu.maps.is_cuda
+    # Same permutations and bit-identical masked features; the head's float64 reductions differ
+    # between cuDNN and the CPU by rounding only.
+    np.testing.assert_allclose(gpu.values.cpu().numpy(), cpu.values.numpy(), atol=1e-12)
+    assert gpu.efficiency_residual.abs().max() < 1e-12
+    for cls in (shapcam.GradCAM, shapcam.ScoreCAM):
+        np.testing.assert_allclose(cls(model, "layer4").explain(x.to(DEV), targets=[1, 2]).maps.cpu().numpy(),
+                                   cls(model.cpu(), "layer4").explain(x, targets=[1, 2]).maps.numpy(), atol=1e-5)
+        model.to(DEV)

@@ -1,0 +1,187 @@
+"""The base of every CAM method: input checks, the trunk/head split, targets, eval mode,
+upsampling and normalisation. Each method overrides one thing: how its low-resolution map is
+computed from the feature map A of the target layer."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .split import resolve_layer, split_model
+
+
+@dataclass
+class CAMResult:
+    """What a CAM method computed for a batch of N images.
+
+    maps: [N, H, W] saliency maps at input size in [0, 1] ([N, m, H, W] with m targets per image).
+    raw: [N, h, w] (or [N, m, h, w]) the method's map at feature-map resolution before ReLU and
+        normalisation: for Shap-CAM, the Shapley value of each position.
+    targets: [N, m] the classes explained; scores: [N, m] their probability on the full image.
+    stderr, efficiency_residual: Shap-CAM only — standard errors [like raw], and
+        sum(values) - (v(all) - v(none)) per image and target [N, m] (zero up to rounding).
+    """
+
+    maps: torch.Tensor
+    raw: torch.Tensor
+    targets: torch.Tensor
+    scores: torch.Tensor
+    method: str
+    seconds: float
+    stderr: torch.Tensor | None = None
+    efficiency_residual: torch.Tensor | None = None
+    n_evals: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def values(self):
+        """Shap-CAM's raw Shapley map [N, h, w] (alias of raw)."""
+        return self.raw
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run in eval mode (BatchNorm statistics and dropout must not mix coalitions); restore after."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+def normalize_maps(cams: torch.Tensor, size) -> torch.Tensor:
+    """ReLU, bilinear upsampling to size (H, W), then min-max to [0, 1] per map — the convention of
+    Grad-CAM implementations (pytorch-grad-cam normalises before and after resizing; bilinear
+    interpolation commutes with the affine min-max, so once after is the same). cams: [N, m, h, w]."""
+    cams = torch.relu(cams.float())
+    up = F.interpolate(cams, size=tuple(size), mode="bilinear", align_corners=False)
+    flat = up.flatten(2)
+    flat = flat - flat.min(-1, keepdim=True).values
+    flat = flat / (flat.max(-1, keepdim=True).values + 1e-7)
+    return flat.view_as(up)
+
+
+def _first_conv_channels(model: nn.Module):
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+class BaseCAM:
+    """Shared machinery; subclasses implement ``_cams(images, A, extras, targets) -> (cams
+    [N, m, h, w], extra fields)``.
+
+    Args:
+        model: a torch CNN (any nn.Module whose forward maps images [N, C, H, W] to logits).
+        target_layer: the layer whose output is the feature map: a submodule or its dotted name
+            ("layer4", "features.29").
+        split: how the network is cut at the layer: "auto" (torch.fx, else hooks), "fx", "hooks".
+    """
+
+    name = "cam"
+
+    def __init__(self, model: nn.Module, target_layer, *, split: str = "auto"):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.layer_name, self.layer = resolve_layer(model, target_layer)
+        self._split_method = split
+        self._split = None
+
+    @property
+    def split(self):
+        if self._split is None:
+            self._split = split_model(self.model, self.layer_name, self._split_method)
+        return self._split
+
+    # --- public API -------------------------------------------------------------------------
+    def __call__(self, images, targets=None) -> torch.Tensor:
+        """Saliency maps [N, H, W] in [0, 1] (or [N, m, H, W] for several targets per image)."""
+        return self.explain(images, targets).maps
+
+    def explain(self, images, targets=None) -> CAMResult:
+        """Explain images [N, C, H, W] (or one image [C, H, W]) for targets: None (the predicted
+        class), an int (the same class for every image), or one class (or list of classes) per
+        image."""
+        t0 = time.perf_counter()
+        images, squeeze_batch = self._check_images(images)
+        with eval_mode(self.model), torch.no_grad():
+            A, extras = self.split.trunk(images)
+            logits = self.split.head(A, extras)
+        if A.dim() != 4:
+            raise ValueError(f"target_layer {self.layer_name!r}: output has shape "
+                             f"{tuple(A.shape)}; a CAM needs a [N, C, h, w] feature map")
+        tgt, multi = self._resolve_targets(targets, logits)
+        scores = torch.softmax(logits.double(), 1).gather(1, tgt)
+        with eval_mode(self.model):
+            cams, fields = self._cams(images, A, extras, tgt)
+        maps = normalize_maps(cams, images.shape[-2:])
+        res = CAMResult(maps=maps, raw=cams, targets=tgt.cpu(), scores=scores.cpu(), method=self.name,
+                        seconds=time.perf_counter() - t0, **fields)
+        if not multi:
+            res.maps, res.raw = res.maps[:, 0], res.raw[:, 0]
+            if res.stderr is not None:
+                res.stderr = res.stderr[:, 0]
+        if squeeze_batch:
+            res.maps, res.raw = res.maps[0], res.raw[0]
+        return res
+
+    def _cams(self, images, A, extras, targets):
+        raise NotImplementedError
+
+    # --- checks -----------------------------------------------------------------------------
+    def _model_param(self):
+        return next(self.model.parameters(), None)
+
+    def _check_images(self, images):
+        if not torch.is_tensor(images):
+            raise TypeError(f"images: expected a torch tensor [N, C, H, W], got {type(images).__name__}")
+        squeeze = images.dim() == 3
+        if squeeze:
+            images = images[None]
+        if images.dim() != 4:
+            raise ValueError(f"images: expected [N, C, H, W] (or [C, H, W]), got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("images: empty batch")
+        if not images.is_floating_point():
+            raise TypeError(f"images: expected a floating-point tensor, got {images.dtype}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images: contain NaN or inf")
+        want = _first_conv_channels(self.model)
+        if want is not None and images.shape[1] != want:
+            raise ValueError(f"images: the model's first convolution takes {want} channels, "
+                             f"got {images.shape[1]} (shape {tuple(images.shape)})")
+        p = self._model_param()
+        if p is not None:
+            images = images.to(device=p.device, dtype=p.dtype)
+        return images, squeeze
+
+    def _resolve_targets(self, targets, logits):
+        N, classes = logits.shape[0], logits.shape[1]
+        multi = False
+        if targets is None:
+            t = logits.argmax(1)[:, None]
+        elif isinstance(targets, int) or (torch.is_tensor(targets) and targets.dim() == 0):
+            t = torch.full((N, 1), int(targets), dtype=torch.long)
+        else:
+            rows = list(targets.tolist() if torch.is_tensor(targets) else targets)
+            if len(rows) != N:
+                raise ValueError(f"targets: expected one entry per image ({N}), got {len(rows)}")
+            multi = any(isinstance(r, (list, tuple)) for r in rows)
+            if multi:
+                if not all(isinstance(r, (list, tuple)) for r in rows) or len({len(r) for r in rows}) != 1:
+                    raise ValueError("targets: several classes per image need the same number of "
+                                     "classes (a list) for every image")
+                t = torch.tensor(rows, dtype=torch.long)
+            else:
+                t = torch.tensor([int(r) for r in rows], dtype=torch.long)[:, None]
+        if t.numel() and (t.min() < 0 or t.max() >= classes):
+            raise ValueError(f"targets: class ids must lie in [0, {classes}), got {t.flatten().tolist()}")
+        return t.to(logits.device), multi

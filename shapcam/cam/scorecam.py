@@ -1,0 +1,48 @@
+"""Score-CAM (Wang et al. 2020): channel weights from the model's score on the input masked by
+each upsampled, normalised activation map; batched forward passes."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import BaseCAM
+
+
+class ScoreCAM(BaseCAM):
+    """Score-CAM: w = softmax over channels of the target's score on image * norm(up(A_k)).
+
+    score: "logit" (as pytorch-grad-cam) or "probability" (Wang et al.'s confidence).
+    batch_size: masked images per forward pass.
+    """
+
+    name = "scorecam"
+
+    def __init__(self, model, target_layer, *, score: str = "logit", batch_size: int = 64,
+                 split: str = "auto", progress=None):
+        super().__init__(model, target_layer, split=split)
+        if score not in ("logit", "probability"):
+            raise ValueError(f"score: expected 'logit' or 'probability', got {score!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
+        self.score, self.batch_size, self.progress = score, int(batch_size), progress
+
+    @torch.no_grad()
+    def _cams(self, images, A, extras, targets):
+        N, C = A.shape[:2]
+        # UpsamplingBilinear2d (align_corners=True), as in the reference implementation.
+        up = F.interpolate(A, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        flat = up.flatten(2)
+        lo, hi = flat.min(-1).values[..., None, None], flat.max(-1).values[..., None, None]
+        up = (up - lo) / (hi - lo + 1e-8)
+        cams = []
+        for i in range(N):
+            scores = []
+            for s in range(0, C, self.batch_size):
+                batch = images[i:i + 1] * up[i, s:s + self.batch_size, None]  # [b, ch, H, W]
+                out = self.model(batch)
+                if self.score == "probability":
+                    out = torch.softmax(out, 1)
+                scores.append(out[:, targets[i]])  # [b, m]
+            w = torch.softmax(torch.cat(scores, 0).T.double(), -1).to(A.dtype)  # [m, C]
+            cams.append((w[..., None, None] * A[i, None]).sum(1))
+        return torch.stack(cams), {"n_evals": N * C}

@@ -1,0 +1,90 @@
+"""Shap-CAM: the Shapley value of each position of the target layer's feature map (the paper's
+Eq. 4), estimated by permutation sampling (Eq. 5-6) on the fused masked-input game."""
+from __future__ import annotations
+
+import torch
+
+from ..estimator import estimate_shapley
+from ..games import MaskedInputGame
+from .base import BaseCAM
+
+
+class ShapCAM(BaseCAM):
+    """Shap-CAM saliency maps.
+
+    Players are the h*w positions of the feature map A [C, h, w]; coalition S keeps A at S (all
+    channels) and puts ``baseline`` elsewhere; the value is the target's softmax probability
+    (``value="probability"``, the paper) or logit from the rest of the network — the head, which
+    is all that runs per coalition: the trunk runs once per image.
+
+    Args:
+        model, target_layer: as for every CAM (module or dotted name).
+        K: permutations per image (each costs h*w - 1 head evaluations).
+        seed: the permutations; the same for every image, so an image's map does not depend on
+            the batch it came in.
+        baseline: value of the removed positions (default 0, the paper's).
+        value: "probability" or "logit".
+        batch_size: coalitions per head call (default: 256 MB of masked features on the CPU,
+            1 GB on a GPU).
+        antithetic: pair each permutation with its reverse.
+        engine: "native" / "reference" / None (best built).
+        progress: a tqdm bar over images (None: when several images on a terminal).
+    """
+
+    name = "shapcam"
+
+    def __init__(self, model, target_layer, K: int = 64, *, seed: int = 0, baseline: float = 0.0,
+                 value: str = "probability", batch_size=None, antithetic: bool = True,
+                 engine=None, split: str = "auto", progress=None):
+        super().__init__(model, target_layer, split=split)
+        if value not in ("probability", "logit"):
+            raise ValueError(f"value: expected 'probability' or 'logit', got {value!r}")
+        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+            raise ValueError(f"K: expected a positive int, got {K!r}")
+        self.K, self.seed, self.baseline, self.value = K, seed, baseline, value
+        self.batch_size, self.antithetic, self.engine, self.progress = batch_size, antithetic, engine, progress
+
+    def _cams(self, images, A, extras, targets):
+        N, C, h, w = A.shape
+        players = torch.arange(h * w).reshape(h, w)
+        maps, ses, gaps = [], [], []
+        n_evals = 0
+        bar = _bar(N, self.progress)
+        for i in range(N):
+            ex_i = [e[i:i + 1] if torch.is_tensor(e) and e.dim() > 0 and e.shape[0] == N else e
+                    for e in extras]
+            t_i = targets[i]
+
+            @torch.no_grad()
+            def value_fn(feats, ex_i=ex_i, t_i=t_i):
+                out = self.split.head(feats, ex_i)
+                if self.value == "probability":
+                    out = torch.softmax(out.double(), 1)
+                return out[:, t_i]  # [B, m]
+
+            game = MaskedInputGame(value_fn, A[i], baseline=self.baseline, players=players)
+            res = estimate_shapley(game, K=self.K, seed=self.seed, antithetic=self.antithetic,
+                                   batch_size=self.batch_size, engine=self.engine, progress=False)
+            maps.append(torch.as_tensor(res.values).T.reshape(-1, h, w))
+            ses.append(torch.as_tensor(res.stderr).T.reshape(-1, h, w))
+            gaps.append(torch.as_tensor(res.efficiency_gap).reshape(-1))
+            n_evals += res.n_evals
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return torch.stack(maps).to(A.device), {"stderr": torch.stack(ses).cpu(),
+                                                "efficiency_residual": torch.stack(gaps).cpu(),
+                                                "n_evals": n_evals}
+
+
+def _bar(total, enabled):
+    import sys
+
+    if enabled is False or (enabled is None and not (total > 1 and sys.stderr.isatty())):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="shap-cam", unit="image", leave=False)

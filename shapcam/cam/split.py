@@ -1,0 +1,191 @@
+"""Split a network at a layer into a trunk (run once per image) and a head (run per coalition).
+
+The default splitter traces the model with torch.fx, keeping the target layer as one node, and
+builds the head graph from the nodes that depend on the layer's output. Values the head needs from
+before the layer (a skip connection over it, the input itself) are computed once by the trunk and
+broadcast over the coalition batch. Models that fx cannot trace fall back to hooks: the head then
+runs the whole network with the layer's output replaced, which is correct but recomputes the
+trunk for every batch of coalitions (a warning says so).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def resolve_layer(model: nn.Module, target_layer) -> tuple[str, nn.Module]:
+    """(dotted name, module) of target_layer, given as a module of model or its dotted name."""
+    names = dict(model.named_modules())
+    if isinstance(target_layer, str):
+        if target_layer not in names or target_layer == "":
+            candidates = [n for n in names if n]
+            close = difflib.get_close_matches(target_layer, candidates, n=8, cutoff=0.4)
+            shown = close or candidates[-12:]
+            raise ValueError(f"target_layer: no module named {target_layer!r} in "
+                             f"{type(model).__name__}; candidates: {', '.join(shown)}")
+        return target_layer, names[target_layer]
+    if isinstance(target_layer, nn.Module):
+        for name, mod in names.items():
+            if mod is target_layer and name:
+                return name, mod
+        raise ValueError("target_layer: the module given is not a submodule of the model")
+    raise TypeError(f"target_layer: expected a module or a dotted name, got {type(target_layer).__name__}")
+
+
+@dataclass
+class Split:
+    """trunk(images [N, ...]) -> (A [N, C, h, w], extras); head(A_batch [B, C, h, w], extras of
+    one image) -> model output [B, classes]."""
+
+    trunk: object
+    head: object
+    layer_name: str
+    method: str  # "fx" or "hooks"
+
+
+class _LeafTracer(torch.fx.Tracer):
+    def __init__(self, leaf: nn.Module):
+        super().__init__()
+        self._leaf = leaf
+
+    def is_leaf_module(self, m, qualname):
+        return m is self._leaf or super().is_leaf_module(m, qualname)
+
+
+def _fx_split(model, name, layer) -> Split:
+    tracer = _LeafTracer(layer)
+    graph = tracer.trace(model)
+    gm = torch.fx.GraphModule(tracer.root, graph)
+    nodes = list(gm.graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module" and n.target == name]
+    if not calls:
+        raise RuntimeError(f"layer {name!r} is not called in the traced forward")
+    if len(calls) > 1:
+        raise ValueError(f"target_layer {name!r} is called {len(calls)} times in the forward (a "
+                         "shared module); pick a layer that is called once")
+    tnode = calls[0]
+    dependents = set()
+    for n in nodes[nodes.index(tnode) + 1:]:
+        if any(a is tnode or a in dependents for a in n.all_input_nodes):
+            dependents.add(n)
+    out = next(n for n in nodes if n.op == "output")
+    if out not in dependents:
+        raise ValueError(f"target_layer {name!r}: its output does not feed the model's output "
+                         "(pick a layer on the path to the logits)")
+    frontier = []
+    for n in nodes:
+        if n in dependents:
+            for a in n.all_input_nodes:
+                if a is not tnode and a not in dependents and a.op != "get_attr" and a not in frontier:
+                    frontier.append(a)
+    head_graph = torch.fx.Graph()
+    env = {tnode: head_graph.placeholder("activation")}
+    for i, f in enumerate(frontier):
+        env[f] = head_graph.placeholder(f"extra_{i}")
+    for n in nodes:
+        if n in dependents:
+            if n.op == "output":
+                head_graph.output(torch.fx.graph.map_arg(n.args[0], lambda a: env[a]))
+            else:
+                for a in n.all_input_nodes:
+                    if a.op == "get_attr" and a not in env:
+                        env[a] = head_graph.node_copy(a)
+                env[n] = head_graph.node_copy(n, lambda a: env[a])
+    head_gm = torch.fx.GraphModule(gm, head_graph)
+    wanted = [tnode] + frontier
+
+    class _Done(Exception):
+        pass
+
+    class _Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            res = super().run_node(n)
+            if n in wanted:
+                # A copy: later in-place ops of the forward (DenseNet's relu_) must not touch it.
+                self.captured[n] = res.clone() if torch.is_tensor(res) else res
+                if len(self.captured) == len(wanted):
+                    raise _Done  # the rest of the forward is the head's business
+            return res
+
+    def trunk(images):
+        interp = _Recorder(gm)
+        interp.captured = {}
+        try:
+            interp.run(images)
+        except _Done:
+            pass
+        return interp.captured[tnode], [interp.captured[f] for f in frontier]
+
+    def head(acts, extras):
+        B = acts.shape[0]
+        expanded = [e.expand((B,) + tuple(e.shape[1:])) if torch.is_tensor(e) and e.dim() > 0 and
+                    e.shape[0] == 1 else e for e in extras]
+        return head_gm(acts, *expanded)
+
+    return Split(trunk=trunk, head=head, layer_name=name, method="fx")
+
+
+@contextlib.contextmanager
+def _hook(module, fn):
+    handle = module.register_forward_hook(fn)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _hook_split(model, name, layer) -> Split:
+    def trunk(images):
+        store = {}
+
+        def grab(_m, _i, out):
+            if "a" in store:
+                raise ValueError(f"target_layer {name!r} is called more than once in the forward "
+                                 "(a shared module); pick a layer that is called once")
+            store["a"] = out
+
+        with _hook(layer, grab):
+            model(images)
+        if "a" not in store:
+            raise RuntimeError(f"layer {name!r} was not called in the forward pass")
+        return store["a"], [images]
+
+    def head(acts, extras):
+        image = extras[0]
+        B = acts.shape[0]
+
+        def replace(_m, _i, out):
+            if out.shape[1:] != acts.shape[1:]:
+                raise RuntimeError("layer output shape changed")
+            return acts
+
+        with _hook(layer, replace):
+            out = model(image.expand((B,) + tuple(image.shape[1:])))
+        return out
+
+    return Split(trunk=trunk, head=head, layer_name=name, method="hooks")
+
+
+def split_model(model: nn.Module, target_layer, method: str = "auto") -> Split:
+    """Split model at target_layer. method: "fx", "hooks", or "auto" (fx, else hooks + warning)."""
+    name, layer = resolve_layer(model, target_layer)
+    if method not in ("auto", "fx", "hooks"):
+        raise ValueError(f"split: expected 'auto', 'fx' or 'hooks', got {method!r}")
+    if method == "hooks":
+        return _hook_split(model, name, layer)
+    try:
+        return _fx_split(model, name, layer)
+    except ValueError:
+        raise
+    except Exception as exc:  # tracing failed: dynamic control flow, unsupported ops
+        if method == "fx":
+            raise
+        warnings.warn(f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: "
+                      f"{exc}); falling back to hooks, which run the whole network for every "
+                      "batch of coalitions (slower)", RuntimeWarning, stacklevel=3)
+        return _hook_split(model, name, layer)

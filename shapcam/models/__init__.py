@@ -1,0 +1,1 @@
+"""Models shipped with shapcam: the bundled digits CNN (shapcam.models.digits)."""

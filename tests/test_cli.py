@@ -1,0 +1,94 @@
+"""The command line: `shapcam demo` on the bundled model, `shapcam explain` writing valid PNGs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+PIL = pytest.importorskip("PIL.Image")
+
+from shapcam.models import digits  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(*args, cwd=ROOT):
+    out = subprocess.run([sys.executable, "-m", "shapcam.cli", *args], capture_output=True, text=True,
+                         cwd=cwd, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    im = PIL.open(path)
+    im.load()
+    return im
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = run_cli("demo", "--n", "3", "--K", "8", "--out", str(tmp_path))
+    assert "shapcam demo" in out and "eff. residual" in out
+    for m in ("shapcam", "gradcam", "gradcam++", "scorecam"):
+        assert m in out
+    im = _is_png(tmp_path / "demo_grid.png")
+    assert im.width > 5 * 128 and im.height > 3 * 128  # 5 columns x 3 rows of 128 px tiles
+
+
+def test_explain_writes_pngs_and_json(tmp_path):
+    data = digits.load_heldout()
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"img{i}.png"
+        PIL.fromarray(data["images"][i]).save(p)
+        paths.append(str(p))
+    out_dir = tmp_path / "out"
+    run_cli("explain", *paths, "--method", "shapcam,gradcam", "--K", "4", "--out", str(out_dir))
+    for i in range(2):
+        for m in ("shapcam", "gradcam"):
+            im = _is_png(out_dir / f"img{i}_{m}.png")
+            assert im.size == (64, 64)
+    _is_png(out_dir / "grid.png")
+    res = json.loads((out_dir / "results.json").read_text())
+    assert res["layer"] == "features" and len(res["results"]) == 2
+    assert abs(res["results"][0]["efficiency_residual"]) < 1e-9
+
+
+def test_explain_torchvision_model_and_bad_method(tmp_path):
+    pytest.importorskip("torchvision")
+    p = tmp_path / "rgb.png"
+    PIL.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(p)
+    run_cli("explain", str(p), "--model", "resnet18", "--method", "gradcam", "--out", str(tmp_path / "o"))
+    _is_png(tmp_path / "o" / "rgb_gradcam.png")
+    bad = subprocess.run([sys.executable, "-m", "shapcam.cli", "explain", str(p), "--method", "magic"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "unknown" in bad.stderr
+
+
+def test_bundled_model_accuracy_and_size():
+    """The shipped weights are small and as accurate as promised on the shipped held-out set."""
+    assert os.path.getsize(digits.WEIGHTS) <= 2 * 2**20
+    model = digits.load_model()
+    data = digits.load_heldout()
+    with torch.no_grad():
+        pred = model(digits.to_tensor(data["images"])).argmax(1).numpy()
+    assert (pred == data["labels"]).mean() >= 0.95
+    # Boxes are inside the image and cover under half of it.
+    b = data["boxes"]
+    assert (b[:, :2] >= 0).all() and (b[:, 2:] <= digits.CANVAS).all()
+    assert ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) < digits.CANVAS ** 2 / 2).all()
+
+
+def test_dataset_is_deterministic():
+    pytest.importorskip("sklearn")
+    a = digits.make_canvases(5, seed=2, digit_ids=digits.HELDOUT_DIGITS)
+    b = digits.make_canvases(5, seed=2, digit_ids=digits.HELDOUT_DIGITS)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    held = digits.load_heldout()
+    np.testing.assert_array_equal(a["images"], held["images"][:5])  # the bundled file is this
