@@ -3,6 +3,7 @@
     shapcam demo [--out DIR] [--n 6] [--K 64]          # the bundled model on held-out images
     shapcam explain IMAGE... [--model digits|NAME|FILE] [--layer L] [--method shapcam,gradcam]
                              [--target C] [--out DIR]
+    shapcam evaluate [--data bundled|DIR|voc:IMAGES:ANN] [--methods ...] [--limit N] [--out DIR]
     shapcam info                                        # which engine runs
 """
 from __future__ import annotations
@@ -235,8 +236,31 @@ def main(argv=None) -> int:
     ex.add_argument("--device", default="cpu")
     ex.add_argument("--out", default="shapcam-out")
     common(ex)
+    ev = sub.add_parser("evaluate", help="the paper's recognition and localization metrics over a dataset "
+                                         "(torchrun --nproc_per_node N ... shards images)")
+    ev.add_argument("--model", default="digits")
+    ev.add_argument("--arch", default=None)
+    ev.add_argument("--pretrained", action="store_true")
+    ev.add_argument("--layer", default=None)
+    ev.add_argument("--data", default="bundled", help="bundled, an image folder, or voc:IMAGES:ANNOTATIONS")
+    ev.add_argument("--classes", default=None, help="class names, one per line (for voc:)")
+    ev.add_argument("--methods", default="gradcam,gradcam++,scorecam,shapcam")
+    # not --n: torchrun's own parser would take it for an abbreviation of its --nnodes
+    ev.add_argument("--limit", dest="n", type=int, default=None, help="evaluate the first N images")
+    ev.add_argument("--keep", type=float, default=0.5,
+                    help="fraction of highest-saliency pixels kept for Average Drop (default 0.5; 1 = all)")
+    ev.add_argument("--deletion", action="store_true", help="also RISE deletion / insertion AUC")
+    ev.add_argument("--steps", type=int, default=32, help="deletion / insertion steps")
+    ev.add_argument("--no-resume", dest="resume", action="store_false", help="recompute finished images")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", default="shapcam-eval")
+    common(ev)
     sub.add_parser("info", help="print which engine shapcam runs on")
     args = parser.parse_args(argv)
+    if args.cmd == "evaluate":
+        from .evaluate import run
+
+        return run(args)
     if args.cmd == "demo":
         return cmd_demo(args)
     if args.cmd == "explain":

@@ -3,8 +3,9 @@
 Data: scikit-learn's bundled handwritten digits (8x8, load_digits), scaled to 20-32 px and pasted
 at a random place on a 64x64 canvas cluttered with fragments of other digits and strokes; the
 digit's true box is known (objects cover at most a quarter of the image). Everything is a pure
-function of a seed. Digit instances are split by index: train/validation canvases use digits
-0..1399, the held-out canvases (bundled as shapcam/data/digits_heldout.npz) digits 1400..1796.
+function of a seed. Digit instances are split once: training canvases use a fixed random 80% of
+the instances, the held-out canvases (bundled as shapcam/data/digits_heldout.npz)
+the other 20%, never seen in training.
 
     python -m shapcam.models.train_digits      # regenerates the data and the weights
 """
@@ -20,8 +21,10 @@ TARGET_LAYER = "features.10"  # the last ReLU: a 64 x 8 x 8 feature map, 64 play
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 WEIGHTS = os.path.join(DATA_DIR, "digits_cnn.pt")
 HELDOUT = os.path.join(DATA_DIR, "digits_heldout.npz")
-TRAIN_DIGITS = range(0, 1400)
-HELDOUT_DIGITS = range(1400, 1797)
+# Digit instances are split once, at random (seed 0): 1437 for training, 360 held out.
+_SPLIT = np.random.default_rng(0).permutation(1797)
+TRAIN_DIGITS = np.sort(_SPLIT[:1437])
+HELDOUT_DIGITS = np.sort(_SPLIT[1437:])
 
 
 def build_model():

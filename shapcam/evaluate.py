@@ -1,0 +1,339 @@
+"""The paper's evaluation protocol over a dataset: recognition (Average Drop, Increase in
+Confidence; optionally RISE deletion/insertion) and localization (energy-based pointing game),
+per image and method, resumable, and sharded across processes under torchrun.
+
+Datasets (``--data``):
+- ``bundled``: the held-out digit canvases shipped with shapcam (true classes and boxes);
+- a folder of images (ImageFolder layout or flat): recognition only, target = predicted class;
+- ``voc:IMAGES:ANNOTATIONS`` with ``--classes FILE``: ImageNet/VOC-style images with Pascal-VOC XML
+  boxes (the ILSVRC2012 val and VOC 2007 format). The paper's localization filter keeps images with
+  exactly one box of the target class covering under 50% of the image; preprocessing is 224x224
+  and the ImageNet mean/std.
+
+Each image is explained alone (batch of one), so its numbers do not depend on how images are
+batched or sharded: a 2-process run equals a 1-process run exactly.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+METRIC_LABELS = [("average_drop", "Average Drop (%) ↓"), ("increase_in_confidence", "Increase in Confidence (%) ↑"),
+                 ("proportion", "Energy pointing game (%) ↑"), ("deletion", "Deletion AUC ↓"),
+                 ("insertion", "Insertion AUC ↑")]
+
+
+@dataclass
+class Item:
+    id: str
+    load: object  # () -> (image tensor [C, H, W] as the model takes it, raw [C, H, W] in [0, 1])
+    target: int | None  # None: the predicted class
+    boxes: list = field(default_factory=list)  # [(x0, y0, x1, y1)] in model-input pixels
+
+
+@dataclass
+class Dataset:
+    items: list
+    has_boxes: bool
+    skipped: dict = field(default_factory=dict)  # reason -> count
+
+
+def bundled_dataset(n=None) -> Dataset:
+    from .models import digits
+
+    data = digits.load_heldout()
+    x = digits.to_tensor(data["images"])
+    N = len(x) if n is None else min(n, len(x))
+    items = [Item(f"digits-{i:04d}", (lambda i=i: (x[i], x[i])), int(data["labels"][i]),
+                  [tuple(int(v) for v in data["boxes"][i])]) for i in range(N)]
+    return Dataset(items, True)
+
+
+def _image_loader(path, channels, size, mean, std):
+    def load():
+        import torch
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+        raw = torch.from_numpy(a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0).copy())
+        x = raw
+        if mean is not None:
+            x = (raw - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        return x, raw
+
+    return load
+
+
+def folder_dataset(root, info, n=None) -> Dataset:
+    if not os.path.isdir(root):
+        raise SystemExit(f"--data {root}: not a folder")
+    paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+                   if p.lower().endswith(IMAGE_EXT))
+    if not paths:
+        raise SystemExit(f"--data {root}: no images ({', '.join(IMAGE_EXT)})")
+    paths = paths[:n] if n else paths
+    items = [Item(os.path.relpath(p, root), _image_loader(p, info["channels"], info["size"], info["mean"], info["std"]),
+                  None) for p in paths]
+    return Dataset(items, False)
+
+
+def parse_voc(xml_path):
+    """(filename, (width, height), [(name, (x0, y0, x1, y1))]) from a Pascal-VOC XML file; boxes are
+    1-based inclusive in VOC and returned as 0-based, end-exclusive pixel edges."""
+    try:
+        root = ET.parse(xml_path).getroot()
+        fname = root.findtext("filename")
+        w, h = int(root.find("size").findtext("width")), int(root.find("size").findtext("height"))
+        objs = []
+        for o in root.iter("object"):
+            b = o.find("bndbox")
+            x0, y0 = float(b.findtext("xmin")) - 1, float(b.findtext("ymin")) - 1
+            x1, y1 = float(b.findtext("xmax")), float(b.findtext("ymax"))
+            objs.append((o.findtext("name").strip(), (x0, y0, x1, y1)))
+    except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{xml_path}: malformed Pascal-VOC XML ({type(exc).__name__}: {exc})") from None
+    if not fname or w <= 0 or h <= 0:
+        raise ValueError(f"{xml_path}: malformed Pascal-VOC XML (no filename or size)")
+    return fname, (w, h), objs
+
+
+def voc_dataset(images_dir, ann_dir, classes_file, info, n=None, max_area=0.5) -> Dataset:
+    if not classes_file:
+        raise SystemExit("--data voc:...: needs --classes FILE (one class name per line, line i = class i)")
+    with open(classes_file) as f:
+        names = [line.strip().split()[0] for line in f if line.strip()]
+    index = {c: i for i, c in enumerate(names)}
+    items, skipped = [], {}
+
+    def skip(reason):
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    for xml_path in sorted(glob.glob(os.path.join(ann_dir, "*.xml"))):
+        try:
+            fname, (w, h), objs = parse_voc(xml_path)
+        except ValueError:
+            skip("malformed XML")
+            continue
+        img_path = os.path.join(images_dir, fname)
+        if not os.path.exists(img_path):
+            stem = os.path.splitext(os.path.basename(xml_path))[0]
+            found = [p for p in glob.glob(os.path.join(images_dir, stem + ".*")) if p.lower().endswith(IMAGE_EXT)]
+            if not found:
+                skip("image missing")
+                continue
+            img_path = found[0]
+        known = [(nm, b) for nm, b in objs if nm in index]
+        if not known:
+            skip("no box of a known class")
+            continue
+        cls = known[0][0]
+        boxes = [b for nm, b in known if nm == cls]
+        x0, y0, x1, y1 = boxes[0]
+        if len(boxes) != 1 or len({nm for nm, _ in known}) != 1:
+            skip("not exactly one box of the target class")
+            continue
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h or x1 <= x0 or y1 <= y0:
+            skip("box outside the image")
+            continue
+        if (x1 - x0) * (y1 - y0) >= max_area * w * h:
+            skip(f"object covers {int(max_area * 100)}% of the image or more")
+            continue
+        s = info["size"]
+        box = (math.floor(x0 * s / w), math.floor(y0 * s / h), math.ceil(x1 * s / w), math.ceil(y1 * s / h))
+        items.append(Item(os.path.basename(img_path), _image_loader(img_path, info["channels"], s, info["mean"], info["std"]),
+                          index[cls], [box]))
+        if n and len(items) >= n:
+            break
+    if not items:
+        raise SystemExit(f"--data voc: no usable image (skipped: {skipped})")
+    return Dataset(items, True, skipped)
+
+
+# --- the runner ---------------------------------------------------------------------------------
+
+def _read_done(out_dir):
+    """Records already written (any rank's file); a torn last line (a crash mid-write) is ignored."""
+    done = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "per_image*.jsonl"))):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[(rec["id"], rec["method"])] = rec
+    return done
+
+
+def _drop_torn_tail(path):
+    """Cut a record torn by a crash mid-write, so the next append starts on a line of its own."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def evaluate_item(model, layer, item, method, cam, keep, deletion, steps):
+    import torch
+
+    from . import metrics
+
+    x, raw = item.load()
+    x = x[None].to(next(model.parameters()).device)
+    t0 = time.perf_counter()
+    res = cam.explain(x, targets=None if item.target is None else [item.target])
+    secs = time.perf_counter() - t0
+    maps = res.maps.to(x.dtype)
+    tgt = res.targets[:, 0]
+    rec = {"id": item.id, "method": method, "target": int(tgt[0]), "seconds": secs}
+    r = metrics.average_drop_increase(model, x, maps, tgt, keep=keep)
+    rec.update(Y=float(r["Y"][0]), O=float(r["O"][0]), average_drop=float(r["drop"][0]) * 100,
+               increase_in_confidence=float(r["increase"][0]) * 100)
+    if item.boxes:
+        rec["proportion"] = float(metrics.energy_pointing_game(maps.cpu(), [item.boxes])[0]) * 100
+    if deletion:
+        d = metrics.deletion_insertion(model, x, maps, tgt, steps=steps)
+        rec.update(deletion=d["deletion"], insertion=d["insertion"])
+    if res.efficiency_residual is not None:
+        rec["efficiency_residual"] = float(res.efficiency_residual.abs().max())
+    del torch
+    return rec
+
+
+def summarize(records, methods):
+    """{method: {metric: (mean, 95% half-width, n)}} over images (normal approximation)."""
+    out = {}
+    for m in methods:
+        rows = [r for r in records if r["method"] == m]
+        out[m] = {}
+        for key, _ in METRIC_LABELS:
+            vals = np.array([r[key] for r in rows if key in r], dtype=np.float64)
+            if len(vals):
+                half = 1.96 * vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
+                out[m][key] = (float(vals.mean()), float(half), int(len(vals)))
+    return out
+
+
+def markdown_table(summary, methods, title=""):
+    lines = [title] if title else []
+    lines += ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for key, label in METRIC_LABELS:
+        if not any(key in summary[m] for m in methods):
+            continue
+        cells = []
+        for m in methods:
+            if key in summary[m]:
+                mean, half, n = summary[m][key]
+                cells.append(f"{mean:.2f} ± {half:.2f}" if key not in ("deletion", "insertion")
+                             else f"{mean:.3f} ± {half:.3f}")
+            else:
+                cells.append("—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    n = max((v[2] for s in summary.values() for v in s.values()), default=0)
+    lines.append(f"\n{n} images; mean ± 95% confidence half-width over images.")
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir, records, methods, header):
+    records = sorted(records, key=lambda r: (r["id"], methods.index(r["method"])))
+    keys = ["id", "method", "target", "Y", "O", "average_drop", "increase_in_confidence", "proportion",
+            "deletion", "insertion", "efficiency_residual", "seconds"]
+    with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow(r)
+    summary = summarize(records, methods)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump({"header": header, "summary": summary}, f, indent=2)
+    table = markdown_table(summary, methods, title=header)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    return table
+
+
+def run(args) -> int:
+    """`shapcam evaluate`: see the module docstring."""
+    import torch
+
+    from .cli import _methods, default_layer, load_model, make_cam
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    dist = None
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    device = torch.device(args.device if not args.device.startswith("cuda") or world == 1
+                          else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    model, info = load_model(args.model, args.arch, args.pretrained, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if args.data == "bundled":
+        if args.model != "digits":
+            raise SystemExit("--data bundled goes with --model digits")
+        ds = bundled_dataset(args.n)
+    elif args.data.startswith("voc:"):
+        parts = args.data.split(":")
+        if len(parts) != 3:
+            raise SystemExit("--data voc:IMAGES_DIR:ANNOTATIONS_DIR")
+        ds = voc_dataset(parts[1], parts[2], args.classes, info, args.n)
+    else:
+        ds = folder_dataset(args.data, info, args.n)
+    methods = _methods(args.methods)
+    os.makedirs(args.out, exist_ok=True)
+    example, _ = ds.items[0].load()
+    layer = args.layer or default_layer(model, example[None].to(device))
+    done = _read_done(args.out) if args.resume else {}
+    mine = [it for i, it in enumerate(ds.items) if i % world == rank]
+    todo = [(it, m) for it in mine for m in methods if (it.id, m) not in done]
+    cams = {m: make_cam(m, model, layer, args) for m in methods}
+    bar = None
+    if rank == 0 and todo:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo) * world, desc="evaluate", unit="map")
+        except ImportError:
+            pass
+    path = os.path.join(args.out, f"per_image.rank{rank}.jsonl" if world > 1 else "per_image.jsonl")
+    _drop_torn_tail(path)
+    with open(path, "a") as f:
+        for it, m in todo:
+            rec = evaluate_item(model, layer, it, m, cams[m], args.keep, args.deletion, args.steps)
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            if bar is not None:
+                bar.update(world)
+    if bar is not None:
+        bar.close()
+    if dist is not None:
+        dist.barrier()
+    if rank == 0:
+        ids = {it.id for it in ds.items}
+        records = [r for (i, m), r in _read_done(args.out).items() if i in ids and m in methods]
+        header = (f"shapcam evaluate — model {args.model}, layer {layer}, data {args.data}, "
+                  f"{len(ds.items)} images" + (f" (skipped: {ds.skipped})" if ds.skipped else "")
+                  + f", keep={args.keep}, Shap-CAM K={args.K}")
+        table = write_outputs(args.out, records, methods, header)
+        print(table)
+        print(f"wrote per_image.csv, summary.json, table.md to {args.out}", file=sys.stderr)
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
