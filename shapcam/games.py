@@ -84,13 +84,16 @@ class MaskedInputGame(Game):
         players: integer player ids broadcastable to x.shape (default: every element of x is a
             player). A ``[h, w]`` map over a ``[C, h, w]`` feature map is the Shap-CAM game.
         n_players: number of players (default: max id + 1).
+        workspace: optional buffer ``[B, *x.shape]`` (x's array type, dtype and device) for the
+            masked inputs, reused across games (e.g. one per image) to skip allocating and
+            first-touching it each time; a smaller one is replaced when a batch needs more.
 
     The estimator asks the engine to write each chunk of masked inputs straight into one reused
     buffer of at most ``batch_size`` inputs: masks are never stored, and memory does not grow
     with K.
     """
 
-    def __init__(self, f, x, baseline=0.0, players=None, n_players=None):
+    def __init__(self, f, x, baseline=0.0, players=None, n_players=None, workspace=None):
         if not callable(f):
             raise TypeError(f"f: expected a callable, got {type(f).__name__}")
         if players is None:
@@ -106,6 +109,16 @@ class MaskedInputGame(Game):
         self.n_players = self.plan.n
         self.device = x.device if is_torch(x) else None
         self._buffer = None
+        if workspace is not None:
+            ws_shape = shape_of(workspace)
+            if ws_shape[1:] != self.plan.shape or is_cuda_array(workspace) != is_cuda_array(self.plan.x):
+                raise ValueError(f"workspace: expected [B, *{self.plan.shape}] on x's device, got {ws_shape}")
+            self._buffer = workspace
+
+    @property
+    def workspace(self):
+        """The buffer of masked inputs (pass it to the next game to reuse it)."""
+        return self._buffer
 
     @property
     def x(self):

@@ -49,6 +49,7 @@ class ShapCAM(BaseCAM):
         players = torch.arange(h * w).reshape(h, w)
         maps, ses, gaps = [], [], []
         n_evals = 0
+        workspace = None  # one buffer of masked features for all images
         bar = _bar(N, self.progress)
         for i in range(N):
             ex_i = [e[i:i + 1] if torch.is_tensor(e) and e.dim() > 0 and e.shape[0] == N else e
@@ -62,9 +63,11 @@ class ShapCAM(BaseCAM):
                     out = torch.softmax(out.double(), 1)
                 return out[:, t_i]  # [B, m]
 
-            game = MaskedInputGame(value_fn, A[i], baseline=self.baseline, players=players)
+            game = MaskedInputGame(value_fn, A[i], baseline=self.baseline, players=players,
+                                   workspace=workspace)
             res = estimate_shapley(game, K=self.K, seed=self.seed, antithetic=self.antithetic,
                                    batch_size=self.batch_size, engine=self.engine, progress=False)
+            workspace = game.workspace
             maps.append(torch.as_tensor(res.values).T.reshape(-1, h, w))
             ses.append(torch.as_tensor(res.stderr).T.reshape(-1, h, w))
             gaps.append(torch.as_tensor(res.efficiency_gap).reshape(-1))
