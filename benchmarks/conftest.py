@@ -44,9 +44,10 @@ def record(benchmark):
 
 
 def pytest_terminal_summary(terminalreporter):
+    w = terminalreporter.write_line
+    _report_extra(w)
     if not _rows:
         return
-    w = terminalreporter.write_line
     w("")
     w("shapcam benchmark summary (median times; ratios within one group and one run)")
     groups = {}
@@ -63,3 +64,46 @@ def pytest_terminal_summary(terminalreporter):
             ratio = (f"  {(med / nbytes) / (base[1] / base[2]):6.2f}x the time of {base[0]}"
                      if base and base[0] != label and nbytes and base[2] else "")
             w(f"   {label:<28} {med * 1e3:10.3f} ms {rate}{ratio}")
+
+
+def _report_extra(w):
+    """Shap-CAM end to end, the Grad-CAM family and the accuracy tables (from bench_shapcam /
+    bench_estimator), printed and appended to benchmarks/RESULTS_latest.md."""
+    lines = []
+    try:
+        import bench_shapcam
+    except Exception:  # noqa: BLE001 — torch missing: those benchmarks were skipped
+        bench_shapcam = None
+    if bench_shapcam is not None and bench_shapcam.IDEAL:
+        lines += ["", "Shap-CAM end to end (seconds for one 224x224 image; ratios to the ideal = trunk + "
+                  "evaluations at the head's best throughput)", "",
+                  "| head | K | ideal s | shapcam s | shapcam/ideal | captum s | captum/shapcam | shap s | shap/shapcam |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, rows in bench_shapcam.IDEAL.items():
+            if name.endswith("cams"):
+                continue
+            for K in sorted({k for (_, k) in rows}):
+                ide, sc, ca = rows[("ideal", K)], rows[("shapcam", K)], rows[("captum", K)]
+                sh = rows.get(("shap", K))
+                lines.append(f"| {name} | {K} | {ide:.3f} | {sc:.3f} | {sc / ide:.2f} | {ca:.3f} | {ca / sc:.2f} | "
+                             + (f"{sh:.3f} | {sh / sc:.2f} |" if sh else "— | — |"))
+        lines += ["", "| model | method | seconds |", "|---|---|---|"]
+        for name, rows in bench_shapcam.IDEAL.items():
+            if name.endswith("cams"):
+                for m, v in rows.items():
+                    lines.append(f"| {name[:-5]} | {m} | {v:.4f} |")
+    try:
+        import bench_estimator
+    except Exception:  # noqa: BLE001
+        bench_estimator = None
+    if bench_estimator is not None and bench_estimator.ACCURACY:
+        names = list(bench_estimator.ACCURACY[0][4])
+        lines += ["", "Accuracy: mean squared error against the exact values at equal budgets (n = 10)", "",
+                  "| game | K | evaluations | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+        for game, n, K, budget, mse in bench_estimator.ACCURACY:
+            lines.append(f"| {game} | {K} | {budget} | " + " | ".join(f"{mse[k]:.2e}" for k in names) + " |")
+    for line in lines:
+        w(line)
+    if lines:
+        with open(os.path.join(os.path.dirname(__file__), "RESULTS_latest.md"), "a") as f:
+            f.write("\n".join(lines) + "\n")

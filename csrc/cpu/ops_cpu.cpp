@@ -15,10 +15,17 @@ namespace cpu {
 
 int num_threads() { return omp_get_max_threads(); }
 
+namespace {
+// Work (in elements) under which an op runs on one thread. A parallel region costs little on an
+// idle machine, but after a BLAS call (NumPy's or torch's spinning worker threads) waking the
+// team on a 2-core machine was measured at 10-20 ms for a 0.4 ms op: only large ops fan out.
+constexpr int64_t kParallelMin = int64_t(1) << 18;
+}  // namespace
+
 void permutations(uint64_t seed, int64_t k0, int64_t k1, int64_t n, bool antithetic, int32_t* perm,
                   int32_t* rank) {
   const int64_t K = k1 - k0;
-#pragma omp parallel if (K * n > 16384)
+#pragma omp parallel if (K * n > kParallelMin)
   {
     std::vector<uint32_t> draws(4 * draw_blocks(n) + 4);
     std::vector<int32_t> local(n);
@@ -52,7 +59,7 @@ struct ChunkRanks {
 void masks(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, bool* out) {
   if (e1 <= e0) return;
   const ChunkRanks ranks(seed, e0, e1, n, antithetic);
-#pragma omp parallel for schedule(static) if ((e1 - e0) * n > 65536)
+#pragma omp parallel for schedule(static) if ((e1 - e0) * n > 4 * kParallelMin)
   for (int64_t e = e0; e < e1; ++e) {
     const EvalIndex ix = eval_index(e, n);
     const int32_t* r = ranks.of(ix.k, n);
@@ -77,7 +84,7 @@ void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithe
   constexpr int64_t kTile = 1 << 15;
   const int64_t tile_len = std::max<int64_t>(kTile, period);
   const int64_t tiles = (total + tile_len - 1) / tile_len;
-#pragma omp parallel
+#pragma omp parallel if (total > 4 * kParallelMin)
   {
     std::vector<T> keep(period);
     int64_t keep_b = -1;
@@ -137,7 +144,7 @@ void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t
   permutations(seed, k0, k0 + P, n, antithetic, nullptr, rank.data());
   // One (player, output) cell per iteration: its samples are pushed in order, so the result does
   // not depend on the thread count or on how the caller chunked the evaluations.
-#pragma omp parallel for schedule(static) if (n * m * n_samples > 4096)
+#pragma omp parallel for schedule(static) if (n * m * n_samples > kParallelMin)
   for (int64_t cell = 0; cell < n * m; ++cell) {
     const int64_t p = cell / m, c = cell % m;
     double mu = mean[cell], s2 = m2[cell];
