@@ -104,6 +104,7 @@ def bench_shapcam_vs_peers(benchmark, record, name, layer, Ks):
                 return value(Af[None] * m).numpy()
 
             expl = shap.explainers.Permutation(shap_fn, shap.maskers.Independent(np.zeros((1, n)), max_samples=1))
+            expl(np.ones((1, n)), max_evals=2 * n + 1, batch_size=512, silent=True)  # warm-up (JIT)
             t = time.perf_counter()
             expl(np.ones((1, n)), max_evals=max(2 * n + 1, evals), batch_size=512, silent=True)
             rows[("shap", K)] = trunk + time.perf_counter() - t

@@ -44,31 +44,77 @@ def record(benchmark):
 
 
 def pytest_terminal_summary(terminalreporter):
-    w = terminalreporter.write_line
+    out = []
+
+    def w(line=""):
+        terminalreporter.write_line(line)
+        out.append(line)
+
+    if _rows:
+        w("")
+        w("shapcam benchmark summary (median times; ratios within one group and one run)")
+        w("")
+        w("| group | what | median ms | rate | time per byte vs the ceiling |")
+        w("|---|---|---|---|---|")
+        groups = {}
+        for bm, group, label, nbytes, items, unit in _rows:
+            if bm.stats is None:
+                continue
+            groups.setdefault(group, []).append((label, bm.stats.stats.median, nbytes, items, unit))
+        for group, rows in groups.items():
+            base = next((r for r in rows if r[0].startswith("memcpy") or r[0].startswith("copy")), None)
+            for label, med, nbytes, items, unit in rows:
+                rate = f"{nbytes / med / 1e9:.2f} GB/s" if nbytes else f"{items / med / 1e6:.2f} M{unit}/s"
+                # time per byte relative to the ceiling's: 1.0 = as fast as the ceiling
+                ratio = (f"{(med / nbytes) / (base[1] / base[2]):.2f}x {base[0]}"
+                         if base and base[0] != label and nbytes and base[2] else "")
+                w(f"| {group} | {label} | {med * 1e3:.3f} | {rate} | {ratio} |")
     _report_extra(w)
-    if not _rows:
-        return
-    w("")
-    w("shapcam benchmark summary (median times; ratios within one group and one run)")
-    groups = {}
-    for bm, group, label, nbytes, items, unit in _rows:
-        if bm.stats is None:
-            continue
-        groups.setdefault(group, []).append((label, bm.stats.stats.median, nbytes, items, unit))
-    for group, rows in groups.items():
-        base = next((r for r in rows if r[0].startswith("memcpy") or r[0].startswith("copy")), None)
-        w(f"== {group}")
-        for label, med, nbytes, items, unit in rows:
-            rate = f"{nbytes / med / 1e9:8.2f} GB/s" if nbytes else f"{items / med / 1e6:8.2f} M{unit}/s"
-            # time per byte relative to the ceiling's: 1.0 = as fast as the ceiling, 2.0 = half
-            ratio = (f"  {(med / nbytes) / (base[1] / base[2]):6.2f}x the time of {base[0]}"
-                     if base and base[0] != label and nbytes and base[2] else "")
-            w(f"   {label:<28} {med * 1e3:10.3f} ms {rate}{ratio}")
+    if out and os.environ.get("SHAPCAM_BENCH_WRITE") == "1":
+        _write_results(out)
+
+
+def _machine():
+    import platform
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    vers = {}
+    for mod in ("numpy", "torch", "torchvision", "captum", "shap", "shapiq", "pytorch_grad_cam"):
+        try:
+            vers[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 — not installed
+            pass
+    import shapcam
+
+    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; "
+            + ", ".join(f"{k} {v}" for k, v in vers.items()) + f"; shapcam engine {shapcam.engine_info()}")
+
+
+def _write_results(lines):
+    """Replace the CPU section of benchmarks/RESULTS.md (between its markers) with this run."""
+    import time
+
+    path = os.path.join(os.path.dirname(__file__), "RESULTS.md")
+    start, end = "<!-- make-bench:start -->", "<!-- make-bench:end -->"
+    body = "\n".join([start, f"## `make bench` — {time.strftime('%Y-%m-%d %H:%M')}", "", _machine(),
+                      *lines, end])
+    text = open(path).read() if os.path.exists(path) else "# shapcam benchmark results\n"
+    if start in text and end in text:
+        text = text[:text.index(start)] + body + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + body + "\n"
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def _report_extra(w):
     """Shap-CAM end to end, the Grad-CAM family and the accuracy tables (from bench_shapcam /
-    bench_estimator), printed and appended to benchmarks/RESULTS_latest.md."""
+    bench_estimator): printed, and returned as Markdown lines."""
     lines = []
     try:
         import bench_shapcam
@@ -104,6 +150,4 @@ def _report_extra(w):
             lines.append(f"| {game} | {K} | {budget} | " + " | ".join(f"{mse[k]:.2e}" for k in names) + " |")
     for line in lines:
         w(line)
-    if lines:
-        with open(os.path.join(os.path.dirname(__file__), "RESULTS_latest.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
+    return lines

@@ -184,6 +184,24 @@ def profile_small(dev, out_dir):
     print("\n".join(l for l in text.splitlines() if l.strip())[:2500])
 
 
+def shapcam_rows(dev):
+    """shapcam.ShapCAM end to end (trunk, sampling, maps) on one 224x224 image, torchvision models
+    with random weights, K = 64."""
+    import torchvision
+
+    rows = []
+    for name, layer in (("resnet50", "layer4"), ("resnet18", "layer4"), ("vgg16", "features.29")):
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, name)(weights=None).eval().to(dev)
+        x = torch.rand(1, 3, 224, 224, device=dev)
+        cam = shapcam.ShapCAM(model, layer, K=64)
+        t = wall_time(lambda: cam.explain(x, targets=[281]), warmup=1, reps=5)
+        r = cam.explain(x, targets=[281])
+        rows.append(dict(model=name, layer=layer, K=64, ms=t, n_evals=r.n_evals,
+                         efficiency_residual=float(r.efficiency_residual.abs().max())))
+    return rows
+
+
 def main():
     dev = torch.device("cuda")
     info = dict(card=torch.cuda.get_device_name(0), torch=torch.__version__,
@@ -193,9 +211,10 @@ def main():
     kr = kernel_rows(dev)
     profile_small(dev, out_dir=os.environ.get("OUT", "."))
     er = e2e_rows(dev, [8, 64] if quick else [8, 32, 64, 128])
+    sr = shapcam_rows(dev)
     out_dir = os.environ.get("OUT", ".")
     with open(os.path.join(out_dir, "gpu_bench.json"), "w") as f:
-        json.dump(dict(info=info, kernel=kr, e2e=er), f, indent=2)
+        json.dump(dict(info=info, kernel=kr, e2e=er, shapcam=sr), f, indent=2)
     print(f"\n# {info['card']} — torch {info['torch']} — {info['date']}")
     print("\n| case | evals | fused kernel GB/s (written) | copy GB/s (read+write) | kernel/copy | fill_ GB/s (write-only) | kernel/fill | naive torch time / kernel |")
     print("|---|---|---|---|---|---|---|---|")
@@ -209,6 +228,10 @@ def main():
         print(f"| {r['model']} | {r['K']} | {r['evals']} | {r['batch']} | {r['e2e_ms']:.2f} | "
               f"{r['head_only_ms']:.2f} | {r['ratio']:.2f} | {r['engine_only_ms']:.2f} | "
               f"{r['efficiency_gap']:.1e} |")
+    print("\n| shapcam.ShapCAM (trunk + sampling + maps), 1 image 224x224 | K | evaluations | ms | efficiency residual |")
+    print("|---|---|---|---|---|")
+    for r in sr:
+        print(f"| {r['model']} {r['layer']} | {r['K']} | {r['n_evals']} | {r['ms']:.2f} | {r['efficiency_residual']:.1e} |")
 
 
 if __name__ == "__main__":
