@@ -98,28 +98,25 @@ def _fx_split(model, name, layer) -> Split:
                 env[n] = head_graph.node_copy(n, lambda a: env[a])
     head_gm = torch.fx.GraphModule(gm, head_graph)
     wanted = [tnode] + frontier
-
-    class _Done(Exception):
-        pass
-
-    class _Recorder(torch.fx.Interpreter):
-        def run_node(self, n):
-            res = super().run_node(n)
-            if n in wanted:
-                # A copy: later in-place ops of the forward (DenseNet's relu_) must not touch it.
-                self.captured[n] = res.clone() if torch.is_tensor(res) else res
-                if len(self.captured) == len(wanted):
-                    raise _Done  # the rest of the forward is the head's business
-            return res
+    # The trunk: only the ancestors of the layer and of the head's extra inputs, as generated code
+    # (not an interpreter): the rest of the forward is the head's business.
+    needed, stack = set(), list(wanted)
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack.extend(n.all_input_nodes)
+    trunk_graph = torch.fx.Graph()
+    tenv = {}
+    for n in nodes:
+        if n in needed or n.op == "placeholder":
+            tenv[n] = trunk_graph.node_copy(n, lambda a: tenv[a])
+    trunk_graph.output(tuple(tenv[n] for n in wanted))
+    trunk_gm = torch.fx.GraphModule(gm, trunk_graph)
 
     def trunk(images):
-        interp = _Recorder(gm)
-        interp.captured = {}
-        try:
-            interp.run(images)
-        except _Done:
-            pass
-        return interp.captured[tnode], [interp.captured[f] for f in frontier]
+        outs = trunk_gm(images)
+        return outs[0], list(outs[1:])
 
     def head(acts, extras):
         B = acts.shape[0]
