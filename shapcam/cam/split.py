@@ -46,6 +46,7 @@ class Split:
     head: object
     layer_name: str
     method: str  # "fx" or "hooks"
+    head_module: object = None  # the module whose parameters the head uses
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -124,7 +125,7 @@ def _fx_split(model, name, layer) -> Split:
                     e.shape[0] == 1 else e for e in extras]
         return head_gm(acts, *expanded)
 
-    return Split(trunk=trunk, head=head, layer_name=name, method="fx")
+    return Split(trunk=trunk, head=head, layer_name=name, method="fx", head_module=head_gm)
 
 
 @contextlib.contextmanager
@@ -165,7 +166,7 @@ def _hook_split(model, name, layer) -> Split:
             out = model(image.expand((B,) + tuple(image.shape[1:])))
         return out
 
-    return Split(trunk=trunk, head=head, layer_name=name, method="hooks")
+    return Split(trunk=trunk, head=head, layer_name=name, method="hooks", head_module=model)
 
 
 def split_model(model: nn.Module, target_layer, method: str = "auto") -> Split:
