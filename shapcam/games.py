@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from ._arrays import host_numpy, is_cuda_array, is_torch, resolve_device, shape_of
+from ._arrays import is_cuda_array, is_torch, resolve_device, shape_of
 
 # Memory for one batch of masked inputs when the caller gives no batch_size.
 DEFAULT_BATCH_BYTES_CPU = 256 * 2**20
@@ -102,8 +102,6 @@ class MaskedInputGame(Game):
             x = x.detach()
         if not (is_torch(x) or is_cuda_array(x)):
             x = np.asarray(x)
-        if is_torch(x) and not np.isscalar(baseline) and not is_torch(baseline):
-            baseline = np.asarray(host_numpy(baseline))
         self.f = f
         self.plan = ops.plan_masked_apply(x, players, n_players, baseline)
         self.n_players = self.plan.n

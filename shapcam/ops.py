@@ -198,11 +198,11 @@ def plan_masked_apply(x, players, n=None, baseline=0.0) -> MaskPlan:
         raise ValueError(f"players: shape {pl.shape} has more dimensions than x {shape}")
     padded = (1,) * (len(shape) - pl.ndim) + pl.shape
     try:
-        np.broadcast_shapes(padded, shape)
-        if np.broadcast_shapes(padded, shape) != shape:
-            raise ValueError
+        fits = np.broadcast_shapes(padded, shape) == shape
     except ValueError:
-        raise ValueError(f"players: shape {pl.shape} does not broadcast to x's shape {shape}") from None
+        fits = False
+    if not fits:
+        raise ValueError(f"players: shape {pl.shape} does not broadcast to x's shape {shape}")
     if pl.size == 0:
         raise ValueError("players: empty player map")
     lo, hi = int(pl.min()), int(pl.max())
@@ -241,7 +241,8 @@ def _prepare_baseline(baseline, x, shape):
     if is_torch(x):
         import torch
 
-        b = baseline if is_torch(baseline) else torch.as_tensor(np.asarray(baseline))
+        # A host array is a value and moves to x's device; a tensor elsewhere is a mistake.
+        b = baseline if is_torch(baseline) else torch.as_tensor(np.asarray(baseline), device=x.device)
         if b.device != x.device:
             raise ValueError(f"baseline: on {b.device} but x is on {x.device}")
         b = b.to(dtype=x.dtype)

@@ -151,3 +151,16 @@ def test_bad_inputs_name_the_argument(rng):
     with pytest.raises(ValueError, match="k0"):
         ops.accumulate(0, 1, 1, 3, True, np.zeros((4, 1)), np.zeros(1), np.zeros(1), 0,
                        np.zeros((3, 1)), np.zeros((3, 1)))
+
+
+def test_torch_x_with_numpy_baseline(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.normal(size=(4, 3, 3)).astype(np.float32)
+    base = rng.normal(size=(3, 3)).astype(np.float32)
+    players = np.arange(9).reshape(3, 3)
+    got = ops.masked_apply(2, 0, 8, 9, True, torch.from_numpy(x), players, base)
+    assert torch.is_tensor(got)
+    np.testing.assert_array_equal(got.numpy(), ops.masked_apply(2, 0, 8, 9, True, x, players, base,
+                                                                engine="reference"))
+    with pytest.raises(ValueError, match="baseline: shape"):
+        ops.masked_apply(2, 0, 8, 9, True, torch.from_numpy(x), players, np.zeros(4, np.float32))
