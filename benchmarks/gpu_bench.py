@@ -208,6 +208,11 @@ def main():
                 python=platform.python_version(), date=time.strftime("%Y-%m-%d"),
                 engine=shapcam.engine_info())
     quick = "--quick" in sys.argv
+    if "--shapcam-only" in sys.argv:  # just shapcam.ShapCAM end to end (a short re-check)
+        for r in shapcam_rows(dev):
+            print(f"| {r['model']} {r['layer']} | K={r['K']} | {r['n_evals']} evals | {r['ms']:.2f} ms | "
+                  f"residual {r['efficiency_residual']:.1e} |")
+        return
     kr = kernel_rows(dev)
     profile_small(dev, out_dir=os.environ.get("OUT", "."))
     er = e2e_rows(dev, [8, 64] if quick else [8, 32, 64, 128])
