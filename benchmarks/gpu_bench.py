@@ -58,8 +58,6 @@ def kernel_rows(dev):
         players = torch.arange(int(np.prod(pshape))).reshape(pshape)
         per = x.numel() * 4
         B = max(1, (1 << 30) // per)  # 1 GiB of masked output
-        if B * per < (1 << 30):
-            B = (1 << 30) // per
         out = torch.empty((B,) + shape, device=dev)
         src = torch.randn_like(out)
         plan = ops.plan_masked_apply(x, players, n)

@@ -32,6 +32,7 @@ def test_average_drop_and_increase_by_hand():
     drops = [(Y0 - O0) / Y0, 0.0]
     assert r["average_drop"] == pytest.approx(np.mean(drops) * 100, rel=1e-12)
     assert r["increase_in_confidence"] == 0.0
+    assert r["Y"][1].item() == pytest.approx(Y1) and r["O"][1].item() == pytest.approx(O1)
     # Class 1 on the first image: confidence rises when the map removes pixels.
     r = metrics.average_drop_increase(SumModel(), img[:1], maps[:1], [1], keep=None)
     assert r["increase_in_confidence"] == 100.0 and r["average_drop"] == 0.0
