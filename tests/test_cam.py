@@ -6,7 +6,6 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-import shapcam  # noqa: E402
 from shapcam.cam import GradCAM, GradCAMPlusPlus, ScoreCAM, ShapCAM, split_model  # noqa: E402
 
 
