@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from ._progress import progress_bar
+
 METHOD_NAMES = ("shapcam", "gradcam", "gradcam++", "scorecam")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -132,21 +134,12 @@ def load_images(paths, info, device):
 
 def _run_methods(model, layer, x, targets, names, args, progress=True):
     results = {}
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(names), desc="methods", unit="method", leave=False)
-        except ImportError:
-            pass
+    bar = progress_bar(len(names), bool(progress), desc="methods", unit="method")
     for m in names:
         results[m] = make_cam(m, model, layer, args).explain(x, targets=targets)
-        if bar is not None:
-            bar.set_postfix_str(m)
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.set_postfix_str(m)
+        bar.update(1)
+    bar.close()
     return results
 
 

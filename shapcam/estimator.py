@@ -2,13 +2,13 @@
 Castro, Gómez & Tejada 2009)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import ops
 from ._arrays import host_numpy, is_cuda_array, is_torch
+from ._progress import progress_bar
 from .games import Game, as_game
 
 
@@ -118,18 +118,6 @@ class _Accumulator:
         self.pending = (values.clone() if self.on_device else values.copy()) if len(values) else None
 
 
-def _progress(total, enabled, desc):
-    if enabled is False:
-        return None
-    if enabled is None and not (total >= 200_000 and sys.stderr.isatty()):
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="eval", leave=False)
-
-
 def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True, batch_size=None,
                      device=None, engine=None, progress=None) -> ShapleyResult:
     """Estimate Shapley values by sampling K permutations of the players.
@@ -188,7 +176,7 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
 
     acc = _Accumulator(seed, n, mw, antithetic, v_empty, v_full, eng, on_device)
     E = K_eff * (n - 1)
-    bar = _progress(E, progress, "shapley")
+    bar = progress_bar(E, progress, desc="shapley", unit="eval", auto_min=200_000)
     try:
         for e0 in range(0, E, batch_size):
             e1 = min(E, e0 + batch_size)
@@ -197,11 +185,9 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
             if not on_device:
                 _check_finite_host(host_numpy(v), e0, n)
             acc.push(v)
-            if bar is not None:
-                bar.update(e1 - e0)
+            bar.update(e1 - e0)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     assert acc.pending is None and acc.count == K_eff // acc.pps
     c = acc.count
     if c >= 2:

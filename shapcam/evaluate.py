@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._progress import progress_bar
+
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 METRIC_LABELS = [("average_drop", "Average Drop (%) ↓"), ("increase_in_confidence", "Increase in Confidence (%) ↑"),
                  ("proportion", "Energy pointing game (%) ↑"), ("deletion", "Deletion AUC ↓"),
@@ -303,14 +305,7 @@ def run(args) -> int:
     mine = [it for i, it in enumerate(ds.items) if i % world == rank]
     todo = [(it, m) for it in mine for m in methods if (it.id, m) not in done]
     cams = {m: make_cam(m, model, layer, args) for m in methods}
-    bar = None
-    if rank == 0 and todo:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(todo) * world, desc="evaluate", unit="map")
-        except ImportError:
-            pass
+    bar = progress_bar(len(todo) * world, rank == 0 and bool(todo), desc="evaluate", unit="map")
     path = os.path.join(args.out, f"per_image.rank{rank}.jsonl" if world > 1 else "per_image.jsonl")
     _drop_torn_tail(path)
     with open(path, "a") as f:
@@ -318,10 +313,8 @@ def run(args) -> int:
             rec = evaluate_item(model, layer, it, m, cams[m], args.keep, args.deletion, args.steps)
             f.write(json.dumps(rec) + "\n")
             f.flush()
-            if bar is not None:
-                bar.update(world)
-    if bar is not None:
-        bar.close()
+            bar.update(world)
+    bar.close()
     if dist is not None:
         dist.barrier()
     if rank == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._progress import progress_bar
 from ..estimator import estimate_shapley
 from ..games import MaskedInputGame
 from .base import BaseCAM
@@ -61,7 +62,7 @@ class ShapCAM(BaseCAM):
         maps, ses, gaps = [], [], []
         n_evals = 0
         workspace = None  # one buffer of masked features for all images
-        bar = _bar(N, self.progress)
+        bar = progress_bar(N, self.progress, desc="shap-cam", unit="image")
         for i in range(N):
             ex_i = [e[i:i + 1] if torch.is_tensor(e) and e.dim() > 0 and e.shape[0] == N else e
                     for e in extras]
@@ -83,10 +84,8 @@ class ShapCAM(BaseCAM):
             ses.append(torch.as_tensor(res.stderr).T.reshape(-1, h, w))
             gaps.append(torch.as_tensor(res.efficiency_gap).reshape(-1))
             n_evals += res.n_evals
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+        bar.close()
         return torch.stack(maps).to(A.device), {"stderr": torch.stack(ses).cpu(),
                                                 "efficiency_residual": torch.stack(gaps).cpu(),
                                                 "n_evals": n_evals}
@@ -99,15 +98,3 @@ CPU_BATCH_MAX_BYTES = 256 * 2**20
 def _default_batch_cpu(per_eval_bytes, head_param_bytes):
     want = max(CPU_BATCH_BYTES, head_param_bytes)
     return int(max(1, min(want, CPU_BATCH_MAX_BYTES) // max(per_eval_bytes, 1)))
-
-
-def _bar(total, enabled):
-    import sys
-
-    if enabled is False or (enabled is None and not (total > 1 and sys.stderr.isatty())):
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="shap-cam", unit="image", leave=False)
