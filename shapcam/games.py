@@ -150,13 +150,10 @@ def as_game(value_fn, n_players=None, device=None) -> Game:
     if isinstance(value_fn, Game):
         if n_players is not None and n_players != value_fn.n_players:
             raise ValueError(f"n_players: the game has {value_fn.n_players} players, got {n_players}")
-        if device is not None:
-            dev = resolve_device(device)
+        if device is not None and resolve_device(device) != value_fn.device:
             gdev = value_fn.device
-            if (gdev is None) != (dev is None) or (gdev is not None and gdev != dev and
-                                                   not (gdev.type == dev.type == "cpu")):
-                raise ValueError(f"device: {device!r} does not match the game's data on "
-                                 f"{gdev if gdev is not None else 'host (NumPy)'}")
+            raise ValueError(f"device: {device!r} does not match the game's data on "
+                             f"{gdev if gdev is not None else 'host (NumPy)'}")
         return value_fn
     if n_players is None:
         raise TypeError("n_players: required when value_fn is a plain function")
