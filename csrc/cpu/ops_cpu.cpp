@@ -1,7 +1,9 @@
 // ops_cpu.cpp — CPU ops over the shared headers; see ops_cpu.h for the contracts.
 #include "ops_cpu.h"
 
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 
 #include <algorithm>
 #include <vector>
@@ -13,7 +15,14 @@
 namespace shapcam {
 namespace cpu {
 
-int num_threads() { return omp_get_max_threads(); }
+// Built without OpenMP (a compiler that lacks it), the pragmas below are ignored: one thread.
+int num_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
 
 namespace {
 // Work (in elements) under which an op runs on one thread. A parallel region costs little on an
@@ -146,21 +155,8 @@ void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t
   // not depend on the thread count or on how the caller chunked the evaluations.
 #pragma omp parallel for schedule(static) if (n * m * n_samples > kParallelMin)
   for (int64_t cell = 0; cell < n * m; ++cell) {
-    const int64_t p = cell / m, c = cell % m;
-    double mu = mean[cell], s2 = m2[cell];
-    for (int64_t s = 0; s < n_samples; ++s) {
-      double x;
-      if (antithetic) {
-        const double a = marginal(values, v_empty, v_full, 2 * s, rank[(2 * s) * n + p], n, m, c);
-        const double b = marginal(values, v_empty, v_full, 2 * s + 1, rank[(2 * s + 1) * n + p], n, m, c);
-        x = 0.5 * (a + b);
-      } else {
-        x = marginal(values, v_empty, v_full, s, rank[s * n + p], n, m, c);
-      }
-      welford_push(x, count0 + s + 1, &mu, &s2);
-    }
-    mean[cell] = mu;
-    m2[cell] = s2;
+    accumulate_cell(values, v_empty, v_full, rank.data(), n_samples, n, m, antithetic, cell / m,
+                    cell % m, count0, mean, m2);
   }
 }
 

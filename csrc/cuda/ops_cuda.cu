@@ -221,21 +221,8 @@ __global__ void accumulate_kernel(int64_t n_samples, int64_t n, int64_t m, bool 
                                   double* __restrict__ m2) {           // [n, m]
   const int64_t cell = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (cell >= n * m) return;
-  const int64_t p = cell / m, c = cell % m;
-  double mu = mean[cell], s2 = m2[cell];
-  for (int64_t s = 0; s < n_samples; ++s) {
-    double xs;
-    if (antithetic) {
-      const double a = marginal(values, v_empty, v_full, 2 * s, rank[(2 * s) * n + p], n, m, c);
-      const double b = marginal(values, v_empty, v_full, 2 * s + 1, rank[(2 * s + 1) * n + p], n, m, c);
-      xs = 0.5 * (a + b);
-    } else {
-      xs = marginal(values, v_empty, v_full, s, rank[s * n + p], n, m, c);
-    }
-    welford_push(xs, count0 + s + 1, &mu, &s2);
-  }
-  mean[cell] = mu;
-  m2[cell] = s2;
+  accumulate_cell(values, v_empty, v_full, rank, n_samples, n, m, antithetic, cell / m, cell % m,
+                  count0, mean, m2);
 }
 
 template <typename Kernel>

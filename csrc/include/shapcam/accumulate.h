@@ -33,4 +33,30 @@ SHAPCAM_HD void welford_push(double x, int64_t count, double* mean, double* m2) 
   *m2 += delta * (x - *mean);
 }
 
+// One (player p, output c) cell of the accumulation: push n_samples samples, in sample order, into
+// its Welford state (mean and m2 at [p, c] of [n, m]). rank: [n_samples * pps, n], the ranks of
+// the samples' permutations; values: their evaluations as for prefix_value; count0: samples pushed
+// before. The CPU engine runs it per cell on threads, the CUDA engine one cell per thread: the
+// order of the arithmetic is this function's, so both give the same bits.
+SHAPCAM_HD void accumulate_cell(const double* values, const double* v_empty, const double* v_full,
+                                const int32_t* rank, int64_t n_samples, int64_t n, int64_t m,
+                                bool antithetic, int64_t p, int64_t c, int64_t count0,
+                                double* mean, double* m2) {
+  const int64_t cell = p * m + c;
+  double mu = mean[cell], s2 = m2[cell];
+  for (int64_t s = 0; s < n_samples; ++s) {
+    double x;
+    if (antithetic) {
+      const double a = marginal(values, v_empty, v_full, 2 * s, rank[(2 * s) * n + p], n, m, c);
+      const double b = marginal(values, v_empty, v_full, 2 * s + 1, rank[(2 * s + 1) * n + p], n, m, c);
+      x = 0.5 * (a + b);
+    } else {
+      x = marginal(values, v_empty, v_full, s, rank[s * n + p], n, m, c);
+    }
+    welford_push(x, count0 + s + 1, &mu, &s2);
+  }
+  mean[cell] = mu;
+  m2[cell] = s2;
+}
+
 }  // namespace shapcam
