@@ -1,11 +1,17 @@
-"""Build shapcam and its native engine shapcam._C (pybind11; CUDA when nvcc is found).
+"""Build shapcam's native engine shapcam._C (pybind11; CUDA when nvcc is found).
+
+The package metadata, dependencies and version live in pyproject.toml (the version in
+shapcam/_version.py); this file only builds the extension, so `pip install .`, `pip wheel .` and
+an sdist install all take the same path (build isolation brings setuptools and pybind11).
 
 Environment overrides:
   SHAPCAM_CUDA=0|1|auto   compile the CUDA sources (auto: when nvcc is found; 1: fail without it)
   SHAPCAM_CUDA_ARCH       semicolon list of compute capabilities, default "80;90" (+ PTX of the last)
   SHAPCAM_NATIVE=0        skip the extension altogether (pure-Python install)
   CUDA_HOME / NVCC        where the toolkit / nvcc is
+  SHAPCAM_OPENMP=0|1|auto threads in the CPU ops (auto: when the compiler accepts -fopenmp)
 C++ sources compile in parallel (pybind11's ParallelCompile); CUDA sources with nvcc, in parallel.
+A compiler without OpenMP still builds the engine, single-threaded, and says so.
 """
 import os
 import re
@@ -55,6 +61,21 @@ def cuda_lib_dir(nvcc):
     raise RuntimeError(f"nvcc at {nvcc} but no libcudart_static.a under {roots}; set CUDA_HOME")
 
 
+def compiler_has_openmp(compiler) -> bool:
+    """Whether the C++ compiler compiles and links a tiny OpenMP program with -fopenmp."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "omp_probe.cpp"
+        src.write_text("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            objs = compiler.compile([str(src)], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objs, str(Path(tmp) / "omp_probe"), extra_postargs=["-fopenmp"])
+        except Exception:  # CompileError, LinkError, or a compiler that cannot run at all
+            return False
+    return True
+
+
 def build_extension():
     from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 
@@ -68,20 +89,30 @@ def build_extension():
 
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cpp"))
     cu_sources = sorted(CSRC.rglob("*.cu"))
-    common_flags = ["-O3", "-ffp-contract=off", "-fopenmp"]
     ext = Pybind11Extension(
         "shapcam._C",
         sources,
         include_dirs=[str(CSRC), str(CSRC / "include")],
         cxx_std=17,
-        extra_compile_args=common_flags,
-        extra_link_args=["-fopenmp"],
+        extra_compile_args=["-O3", "-ffp-contract=off"],
         depends=sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h")),
         define_macros=[("SHAPCAM_WITH_CUDA", "1")] if with_cuda else [],
     )
 
     class BuildExt(build_ext):
         def build_extensions(self):
+            want_omp = _env_flag("SHAPCAM_OPENMP")
+            omp = want_omp != "0" and compiler_has_openmp(self.compiler)
+            if want_omp == "1" and not omp:
+                raise RuntimeError("SHAPCAM_OPENMP=1 but the C++ compiler does not accept -fopenmp")
+            if not omp:
+                print("shapcam: building the native engine without OpenMP (single-threaded CPU ops)"
+                      + ("" if want_omp == "0" else ": the compiler does not accept -fopenmp"),
+                      flush=True)
+            for e in self.extensions:
+                if omp:
+                    e.extra_compile_args = list(e.extra_compile_args) + ["-fopenmp"]
+                    e.extra_link_args = list(e.extra_link_args or []) + ["-fopenmp"]
             if with_cuda:
                 objects = self._compile_cuda()
                 for e in self.extensions:
@@ -123,24 +154,5 @@ def build_extension():
 
 ext_modules, cmdclass = ([], {}) if _env_flag("SHAPCAM_NATIVE", "1") == "0" else build_extension()
 
-setup(
-    name="shapcam",
-    version="0.1.0",
-    description="Fast, honest Shapley values (permutation sampling with standard errors) and Shap-CAM",
-    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["shapcam", "shapcam.*"]),
-    package_data={"shapcam": ["data/*.pt", "data/*.npz"]},
-    python_requires=">=3.9",
-    install_requires=["numpy>=1.22"],
-    extras_require={
-        "torch": ["torch>=2.0", "pillow", "tqdm"],
-        "test": ["pytest", "hypothesis", "scipy", "torch>=2.0", "torchvision", "scikit-learn",
-                 "grad-cam"],
-        "bench": ["pytest-benchmark", "torch>=2.0"],
-    },
-    ext_modules=ext_modules,
-    entry_points={"console_scripts": ["shapcam = shapcam.cli:main"]},
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
+# Metadata, dependencies, the console script and package data: pyproject.toml.
+setup(ext_modules=ext_modules, cmdclass=cmdclass, zip_safe=False)

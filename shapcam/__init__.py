@@ -8,6 +8,7 @@
 The CAM classes load torch on first use; the estimator needs only NumPy.
 """
 from ._engine import engine_info
+from ._version import __version__
 from .estimator import ShapleyResult, estimate_shapley
 from .exact import exact_shapley
 from .games import Game, MaskedInputGame, MaskGame
@@ -16,7 +17,6 @@ _CAM_NAMES = ("ShapCAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "CAMResult")
 
 __all__ = ["engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame",
            "MaskedInputGame", *_CAM_NAMES]
-__version__ = "0.1.0"
 
 
 def __getattr__(name):

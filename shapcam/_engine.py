@@ -24,13 +24,20 @@ def native():
     return _native
 
 
+# What to do about a missing extension: a plain install from source builds it (pyproject.toml
+# declares the build requirements, so pip's default build isolation brings pybind11).
+FIX_NATIVE = ("reinstall shapcam from source with a C++17 compiler on the machine: `pip install .` "
+              "in a checkout (developers: `pip install -e .`), or pass engine='reference' to use "
+              "the NumPy engine")
+FIX_CUDA = ("reinstall from source with the CUDA toolkit's nvcc on PATH (or CUDA_HOME set): "
+            "`SHAPCAM_CUDA=1 pip install --force-reinstall --no-deps .`")
+
+
 def require_native():
     mod = native()
     if mod is None:
-        raise RuntimeError(
-            "shapcam's native engine (shapcam._C) is not available "
-            f"({_error}); build it with `pip install -e .` or pick engine='reference'"
-        )
+        raise RuntimeError(f"shapcam's native engine (shapcam._C) is not available ({_error}); "
+                           f"{FIX_NATIVE}")
     return mod
 
 
@@ -52,9 +59,14 @@ def engine_info() -> dict:
     Returns a dict: ``native`` (the C++ extension loaded), ``cuda_built`` (it was compiled with
     CUDA), ``cuda_available`` (a GPU can be used now), ``default_engine`` ("native" or
     "reference"), ``threads`` (CPU threads of the native engine) and ``error`` (why the extension
-    did not load, or None).
+    did not load, or None), ``fix`` (what to run to get the missing engine, or None).
     """
     mod = native()
+    fix = None
+    if mod is None:
+        fix = FIX_NATIVE
+    elif not mod.cuda_built and _torch_sees_cuda():
+        fix = "a GPU is present but shapcam._C was built without CUDA: " + FIX_CUDA
     return {
         "native": mod is not None,
         "cuda_built": cuda_built(),
@@ -62,4 +74,12 @@ def engine_info() -> dict:
         "default_engine": "native" if mod is not None else "reference",
         "threads": int(mod.num_threads()) if mod is not None else 1,
         "error": _error,
+        "fix": fix,
     }
+
+
+def _torch_sees_cuda() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch just to answer this
+    return bool(torch is not None and torch.cuda.is_available())

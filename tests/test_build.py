@@ -1,13 +1,17 @@
 """Build, import and fallback: importing never builds; without shapcam._C the reference works."""
 import os
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
+import pytest
 
 import shapcam
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses run outside the source tree: `python -c/-m` puts the cwd on sys.path, and the
+# tests are about the installed package.
+ROOT = tempfile.gettempdir()
 
 
 def test_engine_info_keys():
@@ -61,3 +65,59 @@ def test_native_matches_build_flags():
         r = np.empty((3, 4), dtype=np.int32)
         _C.permutations_cpu(1, 0, 3, 4, True, r, None)
         assert sorted(r[0].tolist()) == [0, 1, 2, 3]
+
+
+def test_tests_import_the_installed_package():
+    """Under `make test` (SHAPCAM_SOURCE_TREE set) the package must come from site-packages, not
+    from the checkout: a test that passes by importing the source folder proves nothing about the
+    wheel users install."""
+    src = os.environ.get("SHAPCAM_SOURCE_TREE")
+    if not src:
+        pytest.skip("not run by `make test` (SHAPCAM_SOURCE_TREE unset)")
+    pkg = os.path.realpath(os.path.dirname(shapcam.__file__))
+    assert pkg != os.path.realpath(os.path.join(src, "shapcam")), pkg
+    assert "site-packages" in pkg or "dist-packages" in pkg, pkg
+    # the console script is the installed one too
+    from importlib.metadata import entry_points, version
+
+    assert version("shapcam") == shapcam.__version__
+    scripts = [e for e in entry_points(group="console_scripts") if e.name == "shapcam"]
+    assert scripts and scripts[0].value == "shapcam.cli:main"
+
+
+def test_version_is_written_once():
+    """pyproject.toml takes the version from shapcam/_version.py (dynamic), and nothing else
+    writes it."""
+    src = os.environ.get("SHAPCAM_SOURCE_TREE")
+    if not src:
+        pytest.skip("needs the checkout (SHAPCAM_SOURCE_TREE)")
+    pyproject = open(os.path.join(src, "pyproject.toml")).read()
+    assert 'dynamic = ["version"]' in pyproject and "shapcam._version.__version__" in pyproject
+    setup_py = open(os.path.join(src, "setup.py")).read()
+    assert "version=" not in setup_py
+
+
+@pytest.mark.skipif(not os.environ.get("SHAPCAM_SOURCE_TREE"), reason="needs the checkout")
+def test_builds_without_openmp(tmp_path):
+    """A compiler without OpenMP still builds a working engine (single-threaded), with a message.
+    SHAPCAM_OPENMP=0 takes the same path as a compiler whose -fopenmp probe fails; CUDA off to
+    keep it short."""
+    src = os.environ["SHAPCAM_SOURCE_TREE"]
+    env = dict(os.environ, SHAPCAM_OPENMP="0", SHAPCAM_CUDA="0")
+    build = tmp_path / "build"
+    out = subprocess.run([sys.executable, os.path.join(src, "setup.py"), "-q", "build_ext",
+                          "--build-lib", str(build), "--build-temp", str(tmp_path / "tmp")],
+                         capture_output=True, text=True, cwd=src, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "without OpenMP" in out.stdout
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib.util as u, numpy as np\n"
+            "import glob; so = glob.glob(sys.argv[1] + '/shapcam/_C*.so')[0]\n"
+            "spec = u.spec_from_file_location('shapcam._C', so); m = u.module_from_spec(spec)\n"
+            "spec.loader.exec_module(m)\n"
+            "r = np.empty((2, 5), np.int32); m.permutations_cpu(3, 0, 2, 5, True, r, None)\n"
+            "print(m.num_threads(), sorted(r[0].tolist()), r[1].tolist() == r[0][::-1].tolist())")
+    res = subprocess.run([sys.executable, "-c", code, str(build)], capture_output=True, text=True,
+                         cwd=str(tmp_path), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split(maxsplit=1)[0] == "1"
+    assert "[0, 1, 2, 3, 4] True" in res.stdout

@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -12,7 +13,9 @@ PIL = pytest.importorskip("PIL.Image")
 
 from shapcam.models import digits  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses run outside the source tree: `python -c/-m` puts the cwd on sys.path, and the
+# tests are about the installed package.
+ROOT = tempfile.gettempdir()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -18,7 +19,9 @@ from shapcam.cam import GradCAM, ShapCAM  # noqa: E402
 from shapcam.evaluate import parse_voc  # noqa: E402
 from shapcam.models import digits  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses run outside the source tree: `python -c/-m` puts the cwd on sys.path, and the
+# tests are about the installed package.
+ROOT = tempfile.gettempdir()
 ARGS = ["--methods", "gradcam,shapcam", "--K", "4"]
 
 
