@@ -8,6 +8,7 @@ import pytest
 
 from conftest import SIZES, TINY, evals_for
 from shapcam import _engine, ops
+from shapcam.games import MaskPlan
 
 HOST = ["reference"] + (["native"] if _engine.native() is not None else [])
 
@@ -43,7 +44,7 @@ def bench_masked_apply(benchmark, record, engine, name, shape, pshape, n):
     B = evals_for(shape)
     if engine == "reference":
         B = min(B, max(1, evals_for(shape) // 16))  # the reference is slow: time a slice
-    plan = ops.plan_masked_apply(x, players, n)
+    plan = MaskPlan.build(x, players, n)
     out = np.empty((B,) + shape, np.float32)
     benchmark(ops.apply_plan, plan, 0, 0, B, True, out=out, engine=engine)
     record(f"masked_apply {name}", engine, bytes=out.nbytes)

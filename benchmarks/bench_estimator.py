@@ -75,7 +75,7 @@ def bench_accuracy(benchmark, game_name, K):
     K * (n - 1) + 2 evaluations (captum's sampler spends K * n + 1: one more per permutation)."""
     n, R = 10, (4 if TINY else 40)
     game = table_game(n, 1) if game_name == "table" else smooth_game(n)
-    exact = shapcam.exact_shapley(game, n)
+    exact = shapcam.exact_shapley(game, n).values
     budget = K * (n - 1) + 2
     runs = {
         "shapcam antithetic": lambda s: shapcam.estimate_shapley(game, n, K, seed=s).values,

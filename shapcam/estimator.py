@@ -2,7 +2,7 @@
 Castro, Gómez & Tejada 2009)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,6 +23,8 @@ class ShapleyResult:
     n_permutations, n_samples: permutations drawn, and independent samples they form.
     v_full, v_empty: v(all players) and v(no player), scalars or [m].
     Arrays are NumPy, or torch tensors on the game's device when it has one.
+    ``np.asarray(result)`` is ``result.values`` as a NumPy array (exact_shapley returns this type
+    too, with stderr 0).
     """
 
     values: object
@@ -35,7 +37,12 @@ class ShapleyResult:
     seed: int = 0
     antithetic: bool = True
     engine: str = "reference"
-    extra: dict = field(default_factory=dict)
+
+    def __array__(self, dtype=None, copy=None):
+        from ._arrays import host_numpy
+
+        a = np.asarray(host_numpy(self.values))
+        return a.astype(dtype) if dtype is not None else a
 
     @property
     def efficiency_gap(self):
@@ -157,13 +164,15 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         batch_size = game.default_batch_size()
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    eng = ops.resolve_engine(engine)
-    seed = ops._check_seed(seed)
+    seed = ops.check_seed(seed)
     K_eff = int(K) + (int(K) % 2 if antithetic else 0)
 
     ends, m = _values_2d(game.endpoints(), 2, None, "the empty and full coalitions")
-    on_device = is_cuda_array(ends) and ops._use_cuda_kernels(eng)
-    if not is_cuda_array(ends) or not on_device:
+    # One routing decision for the whole run: device values accumulate on the device with the
+    # CUDA kernels; host values (or an explicit host engine) on the host.
+    rt = ops.route(engine, is_cuda_array(ends))
+    eng, on_device = rt.engine, rt.cuda
+    if not on_device:
         _check_finite_host(host_numpy(ends), None, n)
     v_empty, v_full = ends[0], ends[1]
     mw = max(m, 1)

@@ -61,33 +61,24 @@ def bundled_dataset(n=None) -> Dataset:
     return Dataset(items, True)
 
 
-def _image_loader(path, channels, size, mean, std):
+def _image_loader(path, spec):
     def load():
-        import torch
-        from PIL import Image
+        from .loading import read_image
 
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.float32) / 255.0
-        raw = torch.from_numpy(a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0).copy())
-        x = raw
-        if mean is not None:
-            x = (raw - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-        return x, raw
+        return read_image(path, spec)
 
     return load
 
 
 def folder_dataset(root, info, n=None) -> Dataset:
     if not os.path.isdir(root):
-        raise SystemExit(f"--data {root}: not a folder")
+        raise ValueError(f"--data {root}: not a folder")
     paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
                    if p.lower().endswith(IMAGE_EXT))
     if not paths:
-        raise SystemExit(f"--data {root}: no images ({', '.join(IMAGE_EXT)})")
+        raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXT)})")
     paths = paths[:n] if n else paths
-    items = [Item(os.path.relpath(p, root), _image_loader(p, info["channels"], info["size"], info["mean"], info["std"]),
-                  None) for p in paths]
+    items = [Item(os.path.relpath(p, root), _image_loader(p, info), None) for p in paths]
     return Dataset(items, False)
 
 
@@ -113,7 +104,7 @@ def parse_voc(xml_path):
 
 def voc_dataset(images_dir, ann_dir, classes_file, info, n=None, max_area=0.5) -> Dataset:
     if not classes_file:
-        raise SystemExit("--data voc:...: needs --classes FILE (one class name per line, line i = class i)")
+        raise ValueError("--data voc:...: needs --classes FILE (one class name per line, line i = class i)")
     with open(classes_file) as f:
         names = [line.strip().split()[0] for line in f if line.strip()]
     index = {c: i for i, c in enumerate(names)}
@@ -152,14 +143,13 @@ def voc_dataset(images_dir, ann_dir, classes_file, info, n=None, max_area=0.5) -
         if (x1 - x0) * (y1 - y0) >= max_area * w * h:
             skip(f"object covers {int(max_area * 100)}% of the image or more")
             continue
-        s = info["size"]
+        s = info.size
         box = (math.floor(x0 * s / w), math.floor(y0 * s / h), math.ceil(x1 * s / w), math.ceil(y1 * s / h))
-        items.append(Item(os.path.basename(img_path), _image_loader(img_path, info["channels"], s, info["mean"], info["std"]),
-                          index[cls], [box]))
+        items.append(Item(os.path.basename(img_path), _image_loader(img_path, info), index[cls], [box]))
         if n and len(items) >= n:
             break
     if not items:
-        raise SystemExit(f"--data voc: no usable image (skipped: {skipped})")
+        raise ValueError(f"--data voc: no usable image (skipped: {skipped})")
     return Dataset(items, True, skipped)
 
 
@@ -189,9 +179,9 @@ def _drop_torn_tail(path):
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def evaluate_item(model, layer, item, method, cam, keep, deletion, steps):
-    import torch
-
+def evaluate_item(model, item, method, cam, keep, deletion, steps):
+    """One image, one method: its record (target, Y, O, Average Drop, Increase in Confidence,
+    pointing game when it has boxes, deletion/insertion when asked, efficiency gap, seconds)."""
     from . import metrics
 
     x, raw = item.load()
@@ -200,7 +190,7 @@ def evaluate_item(model, layer, item, method, cam, keep, deletion, steps):
     res = cam.explain(x, targets=None if item.target is None else [item.target])
     secs = time.perf_counter() - t0
     maps = res.maps.to(x.dtype)
-    tgt = res.targets[:, 0]
+    tgt = res.targets
     rec = {"id": item.id, "method": method, "target": int(tgt[0]), "seconds": secs}
     r = metrics.average_drop_increase(model, x, maps, tgt, keep=keep)
     rec.update(Y=float(r["Y"][0]), O=float(r["O"][0]), average_drop=float(r["drop"][0]) * 100,
@@ -210,9 +200,8 @@ def evaluate_item(model, layer, item, method, cam, keep, deletion, steps):
     if deletion:
         d = metrics.deletion_insertion(model, x, maps, tgt, steps=steps)
         rec.update(deletion=d["deletion"], insertion=d["insertion"])
-    if res.efficiency_residual is not None:
-        rec["efficiency_residual"] = float(res.efficiency_residual.abs().max())
-    del torch
+    if res.efficiency_gap is not None:
+        rec["efficiency_gap"] = float(res.efficiency_gap.abs().max())
     return rec
 
 
@@ -253,7 +242,7 @@ def markdown_table(summary, methods, title=""):
 def write_outputs(out_dir, records, methods, header):
     records = sorted(records, key=lambda r: (r["id"], methods.index(r["method"])))
     keys = ["id", "method", "target", "Y", "O", "average_drop", "increase_in_confidence", "proportion",
-            "deletion", "insertion", "efficiency_residual", "seconds"]
+            "deletion", "insertion", "efficiency_gap", "seconds"]
     with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
@@ -272,7 +261,9 @@ def run(args) -> int:
     """`shapcam evaluate`: see the module docstring."""
     import torch
 
-    from .cli import _methods, default_layer, load_model, make_cam
+    from .cam import make_cam, parse_methods
+    from .cli import cam_options, output_folder
+    from .loading import default_layer, load_model
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -283,34 +274,35 @@ def run(args) -> int:
         dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     device = torch.device(args.device if not args.device.startswith("cuda") or world == 1
                           else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    model, info = load_model(args.model, args.arch, args.pretrained, device)
+    methods = parse_methods(args.methods)
+    output_folder(args.out)
+    model, info = load_model(args.model, args.arch, args.pretrained, device,
+                             trust_pickle=args.trust_pickle)
     for p in model.parameters():
         p.requires_grad_(False)
     if args.data == "bundled":
         if args.model != "digits":
-            raise SystemExit("--data bundled goes with --model digits")
+            raise ValueError("--data bundled goes with --model digits")
         ds = bundled_dataset(args.n)
     elif args.data.startswith("voc:"):
         parts = args.data.split(":")
         if len(parts) != 3:
-            raise SystemExit("--data voc:IMAGES_DIR:ANNOTATIONS_DIR")
+            raise ValueError("--data voc:IMAGES_DIR:ANNOTATIONS_DIR")
         ds = voc_dataset(parts[1], parts[2], args.classes, info, args.n)
     else:
         ds = folder_dataset(args.data, info, args.n)
-    methods = _methods(args.methods)
-    os.makedirs(args.out, exist_ok=True)
     example, _ = ds.items[0].load()
     layer = args.layer or default_layer(model, example[None].to(device))
     done = _read_done(args.out) if args.resume else {}
     mine = [it for i, it in enumerate(ds.items) if i % world == rank]
     todo = [(it, m) for it in mine for m in methods if (it.id, m) not in done]
-    cams = {m: make_cam(m, model, layer, args) for m in methods}
+    cams = {m: make_cam(m, model, layer, **cam_options(args)) for m in methods}
     bar = progress_bar(len(todo) * world, rank == 0 and bool(todo), desc="evaluate", unit="map")
     path = os.path.join(args.out, f"per_image.rank{rank}.jsonl" if world > 1 else "per_image.jsonl")
     _drop_torn_tail(path)
     with open(path, "a") as f:
         for it, m in todo:
-            rec = evaluate_item(model, layer, it, m, cams[m], args.keep, args.deletion, args.steps)
+            rec = evaluate_item(model, it, m, cams[m], args.keep, args.deletion, args.steps)
             f.write(json.dumps(rec) + "\n")
             f.flush()
             bar.update(world)

@@ -28,14 +28,18 @@ def exact_shapley(value_fn, n_players, *, batch_size=65536, max_players=MAX_EXAC
         device: None for NumPy masks, else a torch device for them.
 
     Returns:
-        [n] (or [n, m]) float64 NumPy array: phi_i = sum over S not containing i of
-        |S|! (n-|S|-1)! / n! * (v(S + i) - v(S)).
+        A :class:`~shapcam.ShapleyResult`: values [n] (or [n, m]) float64 NumPy, phi_i = sum over
+        S not containing i of |S|! (n-|S|-1)! / n! * (v(S + i) - v(S)); stderr zeros;
+        n_evals = 2^n; n_permutations = n_samples = 0; v_full, v_empty; engine "exact".
+        ``np.asarray(result)`` (or ``result.values``) is the array.
     """
     if not callable(value_fn):
         raise TypeError(f"value_fn: expected a callable, got {type(value_fn).__name__}")
     if isinstance(n_players, bool) or not isinstance(n_players, (int, np.integer)) or n_players < 1:
         raise ValueError(f"n_players: expected a positive int, got {n_players!r}")
     n = int(n_players)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     if n > max_players:
         raise ValueError(
             f"n_players={n}: exact enumeration needs 2^{n} = {2**n:,} evaluations and "
@@ -73,4 +77,12 @@ def exact_shapley(value_fn, n_players, *, batch_size=65536, max_players=MAX_EXAC
         without = idx[(idx >> i) & 1 == 0]
         w = weights[sizes[without]]
         phi[i] = (w[:, None] * (v2[without | (1 << i)] - v2[without])).sum(0)
-    return phi[:, 0] if single else phi
+    from .estimator import ShapleyResult
+
+    if single:
+        phi, v_full, v_empty = phi[:, 0], float(v2[-1, 0]), float(v2[0, 0])
+    else:
+        v_full, v_empty = v2[-1].copy(), v2[0].copy()
+    return ShapleyResult(values=phi, stderr=np.zeros_like(phi), n_evals=total, n_permutations=0,
+                         n_samples=0, v_full=v_full, v_empty=v_empty, seed=0, antithetic=False,
+                         engine="exact")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from . import ops
-from ._arrays import is_cuda_array, is_torch, resolve_device, shape_of
+from ._arrays import dtype_name, host_numpy, is_cuda_array, is_torch, resolve_device, shape_of
 
 # Memory for one batch of masked inputs when the caller gives no batch_size.
 DEFAULT_BATCH_BYTES_CPU = 256 * 2**20
@@ -73,6 +75,138 @@ class MaskGame(Game):
         return self.value_fn(out)
 
 
+@dataclass
+class MaskPlan:
+    """The masked-input game's prepared state: everything masked_apply needs that does not change
+    between chunks, checked once (:meth:`build`) and owned by the game.
+
+    x [*S] (contiguous) viewed as [outer, inner]; players_flat [inner] int32 with ids in 0..n-1;
+    baseline a Python float or an array shaped like x (same array type, device and dtype as x).
+    """
+
+    x: object
+    n: int
+    outer: int
+    inner: int
+    players_flat: np.ndarray
+    baseline: object
+    _players_dev: object = None
+
+    @property
+    def shape(self):
+        return shape_of(self.x)
+
+    @property
+    def dtype(self):
+        return dtype_name(self.x)
+
+    @classmethod
+    def build(cls, x, players, n=None, baseline=0.0) -> "MaskPlan":
+        """Check x, the player map and the baseline once; see ops.masked_apply for their meaning."""
+        xdt = dtype_name(x)
+        if xdt not in ("float32", "float64"):
+            raise TypeError(f"x: dtype must be float32 or float64, got {xdt}")
+        shape = shape_of(x)
+        if len(shape) == 0:
+            raise ValueError("x: must have at least one dimension")
+        pl = host_numpy(players)
+        if not np.issubdtype(pl.dtype, np.integer):
+            raise TypeError(f"players: expected an integer array of player ids, got {pl.dtype}")
+        if pl.ndim > len(shape):
+            raise ValueError(f"players: shape {pl.shape} has more dimensions than x {shape}")
+        padded = (1,) * (len(shape) - pl.ndim) + pl.shape
+        try:
+            fits = np.broadcast_shapes(padded, shape) == shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"players: shape {pl.shape} does not broadcast to x's shape {shape}")
+        if pl.size == 0:
+            raise ValueError("players: empty player map")
+        lo, hi = int(pl.min()), int(pl.max())
+        if n is None:
+            n = hi + 1
+        if lo < 0 or hi >= n:
+            raise ValueError(f"players: ids must lie in [0, {n}), got range [{lo}, {hi}]")
+        # Leading axes where the player map is broadcast form `outer`; the rest is `inner`.
+        lead = 0
+        while lead < len(shape) and padded[lead] == 1 and shape[lead] != 1:
+            lead += 1
+        while lead < len(shape) and shape[lead] == 1:
+            lead += 1
+        outer = int(np.prod(shape[:lead], dtype=np.int64))
+        inner_shape = shape[lead:]
+        players_flat = np.ascontiguousarray(
+            np.broadcast_to(pl.reshape(padded)[(0,) * lead], inner_shape), dtype=np.int32).reshape(-1)
+        inner = players_flat.size
+        if np.isscalar(baseline) or (hasattr(baseline, "ndim") and baseline.ndim == 0 and not is_cuda_array(baseline)):
+            base = float(baseline)
+        else:
+            base = _prepare_baseline(baseline, x, shape)
+        return cls(x=_contiguous(x), n=int(n), outer=outer, inner=inner, players_flat=players_flat,
+                   baseline=base)
+
+    def new_output(self, B: int):
+        """An uninitialised [B, *S] buffer of x's array type, dtype and device."""
+        if is_torch(self.x):
+            import torch
+
+            return torch.empty((B,) + self.shape, dtype=self.x.dtype, device=self.x.device)
+        if is_cuda_array(self.x):
+            import cupy
+
+            return cupy.empty((B,) + self.shape, dtype=self.dtype)
+        return np.empty((B,) + self.shape, dtype=self.x.dtype)
+
+    def players_on_device(self):
+        """players_flat on x's device (copied once, kept for the next chunks)."""
+        if self._players_dev is None:
+            if is_torch(self.x):
+                import torch
+
+                self._players_dev = torch.from_numpy(self.players_flat).to(self.x.device)
+            else:
+                import cupy
+
+                self._players_dev = cupy.asarray(self.players_flat)
+        return self._players_dev
+
+    def host(self) -> "MaskPlan":
+        """The same plan over host copies of x and the baseline."""
+        hb = self.baseline if isinstance(self.baseline, float) else host_numpy(self.baseline)
+        return MaskPlan(host_numpy(self.x), self.n, self.outer, self.inner, self.players_flat, hb)
+
+
+def _contiguous(x):
+    if is_torch(x):
+        return x.detach().contiguous()
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x)
+    return x  # __cuda_array_interface__ producer: cuda_pointer checks contiguity
+
+
+def _prepare_baseline(baseline, x, shape):
+    if is_torch(x):
+        import torch
+
+        # A host array is a value and moves to x's device; a tensor elsewhere is a mistake.
+        b = baseline if is_torch(baseline) else torch.as_tensor(np.asarray(baseline), device=x.device)
+        if b.device != x.device:
+            raise ValueError(f"baseline: on {b.device} but x is on {x.device}")
+        b = b.to(dtype=x.dtype)
+        try:
+            return b.expand(shape).contiguous()
+        except RuntimeError:
+            raise ValueError(f"baseline: shape {tuple(b.shape)} does not broadcast to x's shape {shape}") from None
+    if is_cuda_array(baseline) != is_cuda_array(x):
+        raise ValueError("baseline: must live on the same device as x")
+    b = np.asarray(host_numpy(baseline), dtype=np.asarray(x).dtype)
+    try:
+        return np.ascontiguousarray(np.broadcast_to(b, shape))
+    except ValueError:
+        raise ValueError(f"baseline: shape {b.shape} does not broadcast to x's shape {shape}") from None
+
+
 class MaskedInputGame(Game):
     """The masked-input game: coalition S keeps x where ``players`` is in S, ``baseline`` elsewhere.
 
@@ -103,7 +237,7 @@ class MaskedInputGame(Game):
         if not (is_torch(x) or is_cuda_array(x)):
             x = np.asarray(x)
         self.f = f
-        self.plan = ops.plan_masked_apply(x, players, n_players, baseline)
+        self.plan = MaskPlan.build(x, players, n_players, baseline)
         self.n_players = self.plan.n
         self.device = x.device if is_torch(x) else None
         self._buffer = None
@@ -130,11 +264,11 @@ class MaskedInputGame(Game):
 
     def _buffer_for(self, B):
         if self._buffer is None or shape_of(self._buffer)[0] < B:
-            self._buffer = ops.new_output(self.plan, B)
+            self._buffer = self.plan.new_output(B)
         return self._buffer[:B]
 
     def endpoints(self):
-        buf = ops.new_output(self.plan, 2)
+        buf = self.plan.new_output(2)
         buf[0] = self.plan.baseline
         buf[1] = self.plan.x
         return self.f(buf)

@@ -57,7 +57,7 @@ def test_linear_head_identity(gapnet, K):
     """GAP + linear head, value = logit: Shapley values are exact for any K and equal the CAM map
     (sum_k w_ck A_k) divided by h*w."""
     x = images()
-    res = ShapCAM(gapnet, "features", K=K, value="logit").explain(x, targets=[1, 3])
+    res = ShapCAM(gapnet, "features", K=K, score="logit").explain(x, targets=[1, 3])
     A = gapnet.features(x)
     for i, c in enumerate([1, 3]):
         cam = (gapnet.fc.weight[c][:, None, None] * A[i]).sum(0) / (A.shape[-1] * A.shape[-2])
@@ -77,7 +77,7 @@ def test_efficiency_for_every_image_and_target(gapnet):
         for j, c in enumerate(ts):
             total = res.values[i, j].sum().item()
             assert total == pytest.approx((p_full[i, c] - p_empty[c]).item(), abs=1e-12)
-    assert res.efficiency_residual.abs().max() < 1e-12
+    assert res.efficiency_gap.abs().max() < 1e-12
     np.testing.assert_allclose(res.values[2, 0], res.values[2, 1])  # same class twice
 
 
@@ -106,8 +106,8 @@ def test_split_with_skip_connection_equals_full_forward(split):
     with torch.no_grad():
         A, extras = s.trunk(x)
         np.testing.assert_allclose(s.head(A, extras).numpy(), net(x).numpy(), atol=1e-12)
-    res = ShapCAM(net, "block", K=4, value="logit", split=split).explain(x, targets=[0, 2])
-    assert res.efficiency_residual.abs().max() < 1e-12
+    res = ShapCAM(net, "block", K=4, score="logit", split=split).explain(x, targets=[0, 2])
+    assert res.efficiency_gap.abs().max() < 1e-12
 
 
 def test_shapcam_float32_and_torchvision_resnet():
@@ -117,7 +117,7 @@ def test_shapcam_float32_and_torchvision_resnet():
     x = torch.rand(1, 3, 64, 64)
     res = ShapCAM(model, "layer4", K=4).explain(x)
     assert res.values.shape == (1, 2, 2) and res.maps.shape == (1, 64, 64)
-    assert abs(float(res.efficiency_residual[0, 0])) < 1e-6
+    assert abs(float(res.efficiency_gap[0])) < 1e-6
 
 
 # --- the baselines against pytorch-grad-cam ---------------------------------------------------
@@ -153,8 +153,8 @@ def test_gradcam_definition_by_hand(gapnet):
     A = gapnet.features(x)[0]
     w = gapnet.fc.weight[2] / (A.shape[1] * A.shape[2])
     want = torch.relu((w[:, None, None] * A).sum(0))
-    np.testing.assert_allclose(res.raw[0].numpy(), (w[:, None, None] * A).sum(0).detach().numpy(), atol=1e-12)
-    assert torch.relu(res.raw[0]).allclose(want.detach())
+    np.testing.assert_allclose(res.values[0].numpy(), (w[:, None, None] * A).sum(0).detach().numpy(), atol=1e-12)
+    assert torch.relu(res.values[0]).allclose(want.detach())
 
 
 def test_hooks_are_released_also_after_an_exception(gapnet):

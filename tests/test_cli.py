@@ -36,9 +36,16 @@ def _is_png(path):
 
 def test_demo_runs_end_to_end(tmp_path):
     out = run_cli("demo", "--n", "3", "--K", "8", "--out", str(tmp_path))
-    assert "shapcam demo" in out and "eff. residual" in out
-    for m in ("shapcam", "gradcam", "gradcam++", "scorecam"):
-        assert m in out
+    lines = out.splitlines()
+    assert lines[0].startswith("shapcam demo") and "eff. gap" in lines[1]
+    # the timing table: exactly one row per method, read by its first column
+    start = next(i for i, l in enumerate(lines) if l.split()[:1] == ["method"])
+    rows = [l.split() for l in lines[start + 1:] if not l.startswith("wrote")]
+    assert [r[0] for r in rows] == ["shapcam", "gradcam", "gradcam++", "scorecam"]
+    assert all(float(r[1]) > 0 for r in rows)
+    # the per-image table: efficiency gaps are tiny
+    gaps = [float(l.split()[-1]) for l in lines[2:start]]
+    assert len(gaps) == 3 and max(abs(g) for g in gaps) < 1e-9
     im = _is_png(tmp_path / "demo_grid.png")
     assert im.width > 5 * 128 and im.height > 3 * 128  # 5 columns x 3 rows of 128 px tiles
 
@@ -59,7 +66,7 @@ def test_explain_writes_pngs_and_json(tmp_path):
     _is_png(out_dir / "grid.png")
     res = json.loads((out_dir / "results.json").read_text())
     assert res["layer"] == "features" and len(res["results"]) == 2
-    assert abs(res["results"][0]["efficiency_residual"]) < 1e-9
+    assert abs(res["results"][0]["efficiency_gap"]) < 1e-9
 
 
 def test_explain_torchvision_model_and_bad_method(tmp_path):

@@ -10,6 +10,7 @@ from conftest import requires_cuda
 from games_lib import table_game
 import shapcam
 from shapcam import ops
+from shapcam.games import MaskPlan
 
 pytestmark = [requires_cuda, pytest.mark.cuda]
 
@@ -120,7 +121,7 @@ def test_caller_stream_is_honoured():
     # Graph capture only admits work on the capturing stream: the kernel must be launched there.
     g = torch.cuda.CUDAGraph()
     out2 = torch.full_like(out, float("nan"))
-    plan = ops.plan_masked_apply(x, players, 196)
+    plan = MaskPlan.build(x, players, 196)
     ops.apply_plan(plan, 5, 0, 300, True, out=out2)  # warm-up outside capture
     out2.fill_(float("nan"))
     with torch.cuda.graph(g):
@@ -165,7 +166,7 @@ def test_shapcam_on_gpu_equals_cpu():
     # Same permutations and bit-identical masked features; the head's float64 reductions differ
     # between cuDNN and the CPU by rounding only.
     np.testing.assert_allclose(gpu.values.cpu().numpy(), cpu.values.numpy(), atol=1e-12)
-    assert gpu.efficiency_residual.abs().max() < 1e-12
+    assert gpu.efficiency_gap.abs().max() < 1e-12
     for cls in (shapcam.GradCAM, shapcam.ScoreCAM):
         np.testing.assert_allclose(cls(model, "layer4").explain(x.to(DEV), targets=[1, 2]).maps.cpu().numpy(),
                                    cls(model.cpu(), "layer4").explain(x, targets=[1, 2]).maps.numpy(), atol=1e-5)

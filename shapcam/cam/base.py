@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,31 +17,53 @@ from .split import resolve_layer, split_model
 
 @dataclass
 class CAMResult:
-    """What a CAM method computed for a batch of N images.
+    """What a CAM method computed for a batch of N images, explaining m targets per image.
 
-    maps: [N, H, W] saliency maps at input size in [0, 1] ([N, m, H, W] with m targets per image).
-    raw: [N, h, w] (or [N, m, h, w]) the method's map at feature-map resolution before ReLU and
-        normalisation: for Shap-CAM, the Shapley value of each position.
-    targets: [N, m] the classes explained; scores: [N, m] their probability on the full image.
-    stderr, efficiency_residual: Shap-CAM only — standard errors [like raw], and
-        sum(values) - (v(all) - v(none)) per image and target [N, m] (zero up to rounding).
+    maps: [N, H, W] saliency maps at input size in [0, 1].
+    values: [N, h, w] the method's map at feature-map resolution before ReLU and normalisation:
+        for Shap-CAM, the Shapley value of each position (its raw Shapley map).
+    targets: [N] the classes explained; scores: [N] their softmax probability on the full image.
+    stderr: Shap-CAM only — the standard error of each value, [N, h, w].
+    efficiency_gap: Shap-CAM only — sum(values) - (v(all) - v(none)) per image, [N] (zero up to
+        float rounding: the efficiency axiom holds for every estimate).
+    n_evals: evaluations of the head spent; seconds: wall time of explain.
+
+    With several targets per image each per-target field gains an axis after N (maps [N, m, H, W],
+    targets [N, m], ...). For one image given as [C, H, W] every field loses the N axis alike.
     """
 
     maps: torch.Tensor
-    raw: torch.Tensor
+    values: torch.Tensor
     targets: torch.Tensor
     scores: torch.Tensor
     method: str
     seconds: float
     stderr: torch.Tensor | None = None
-    efficiency_residual: torch.Tensor | None = None
+    efficiency_gap: torch.Tensor | None = None
     n_evals: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
-    def values(self):
-        """Shap-CAM's raw Shapley map [N, h, w] (alias of raw)."""
-        return self.raw
+    def raw(self):
+        """Deprecated alias of ``values``."""
+        _deprecated("CAMResult.raw", "CAMResult.values")
+        return self.values
+
+    @property
+    def efficiency_residual(self):
+        """Deprecated alias of ``efficiency_gap`` (the name ShapleyResult uses too)."""
+        _deprecated("CAMResult.efficiency_residual", "CAMResult.efficiency_gap")
+        return self.efficiency_gap
+
+    def _select(self, index):
+        """Index every per-target field (all but the scalars) with ``index``."""
+        for name in ("maps", "values", "targets", "scores", "stderr", "efficiency_gap"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, v[index])
+
+
+def _deprecated(old, new):
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -65,6 +88,16 @@ def normalize_maps(cams: torch.Tensor, size) -> torch.Tensor:
     flat = flat - flat.min(-1, keepdim=True).values
     flat = flat / (flat.max(-1, keepdim=True).values + 1e-7)
     return flat.view_as(up)
+
+
+SCORES = ("probability", "logit")
+
+
+def check_score(score: str) -> str:
+    """What a method explains: the target's softmax "probability" or its "logit"."""
+    if score not in SCORES:
+        raise ValueError(f"score: expected 'probability' or 'logit', got {score!r}")
+    return score
 
 
 def _first_conv_channels(model: nn.Module):
@@ -123,14 +156,13 @@ class BaseCAM:
         with eval_mode(self.model):
             cams, fields = self._cams(images, A, extras, tgt)
         maps = normalize_maps(cams, images.shape[-2:])
-        res = CAMResult(maps=maps, raw=cams, targets=tgt.cpu(), scores=scores.cpu(), method=self.name,
-                        seconds=time.perf_counter() - t0, **fields)
+        res = CAMResult(maps=maps, values=cams, targets=tgt.cpu(), scores=scores.cpu(),
+                        method=self.name, seconds=0.0, **fields)
         if not multi:
-            res.maps, res.raw = res.maps[:, 0], res.raw[:, 0]
-            if res.stderr is not None:
-                res.stderr = res.stderr[:, 0]
+            res._select((slice(None), 0))
         if squeeze_batch:
-            res.maps, res.raw = res.maps[0], res.raw[0]
+            res._select(0)
+        res.seconds = time.perf_counter() - t0
         return res
 
     def _cams(self, images, A, extras, targets):

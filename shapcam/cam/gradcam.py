@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BaseCAM
+from .base import BaseCAM, check_score
 
 
 class GradCAM(BaseCAM):
@@ -18,9 +18,7 @@ class GradCAM(BaseCAM):
 
     def __init__(self, model, target_layer, *, score: str = "logit", split: str = "auto"):
         super().__init__(model, target_layer, split=split)
-        if score not in ("logit", "probability"):
-            raise ValueError(f"score: expected 'logit' or 'probability', got {score!r}")
-        self.score = score
+        self.score = check_score(score)
 
     def _gradients(self, A, extras, targets):
         """dY_t/dA for every target slot: [N, m, C, h, w]."""

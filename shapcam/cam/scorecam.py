@@ -2,17 +2,20 @@
 each upsampled, normalised activation map; batched forward passes."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import BaseCAM
+from .._progress import progress_bar
+from .base import BaseCAM, check_score
 
 
 class ScoreCAM(BaseCAM):
     """Score-CAM: w = softmax over channels of the target's score on image * norm(up(A_k)).
 
     score: "logit" (as pytorch-grad-cam) or "probability" (Wang et al.'s confidence).
-    batch_size: masked images per forward pass.
+    batch_size: masked images per forward pass (the maps do not depend on it).
+    progress: a tqdm bar over the N * C masked forward passes (None: on a terminal, for long runs).
     """
 
     name = "scorecam"
@@ -20,11 +23,10 @@ class ScoreCAM(BaseCAM):
     def __init__(self, model, target_layer, *, score: str = "logit", batch_size: int = 64,
                  split: str = "auto", progress=None):
         super().__init__(model, target_layer, split=split)
-        if score not in ("logit", "probability"):
-            raise ValueError(f"score: expected 'logit' or 'probability', got {score!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size}")
-        self.score, self.batch_size, self.progress = score, int(batch_size), progress
+        self.score = check_score(score)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        self.batch_size, self.progress = int(batch_size), progress
 
     @torch.no_grad()
     def _cams(self, images, A, extras, targets):
@@ -35,6 +37,7 @@ class ScoreCAM(BaseCAM):
         lo, hi = flat.min(-1).values[..., None, None], flat.max(-1).values[..., None, None]
         up = (up - lo) / (hi - lo + 1e-8)
         cams = []
+        bar = progress_bar(N * C, self.progress, desc="score-cam", unit="mask", auto_min=2048)
         for i in range(N):
             scores = []
             for s in range(0, C, self.batch_size):
@@ -43,6 +46,8 @@ class ScoreCAM(BaseCAM):
                 if self.score == "probability":
                     out = torch.softmax(out, 1)
                 scores.append(out[:, targets[i]])  # [b, m]
+                bar.update(batch.shape[0])
             w = torch.softmax(torch.cat(scores, 0).T.double(), -1).to(A.dtype)  # [m, C]
             cams.append((w[..., None, None] * A[i, None]).sum(1))
+        bar.close()
         return torch.stack(cams), {"n_evals": N * C}

@@ -2,21 +2,24 @@
 Eq. 4), estimated by permutation sampling (Eq. 5-6) on the fused masked-input game."""
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import torch
 
 from .._progress import progress_bar
 from ..estimator import estimate_shapley
 from ..games import MaskedInputGame
-from .base import BaseCAM
+from .base import BaseCAM, check_score
 
 
 class ShapCAM(BaseCAM):
     """Shap-CAM saliency maps.
 
     Players are the h*w positions of the feature map A [C, h, w]; coalition S keeps A at S (all
-    channels) and puts ``baseline`` elsewhere; the value is the target's softmax probability
-    (``value="probability"``, the paper) or logit from the rest of the network — the head, which
-    is all that runs per coalition: the trunk runs once per image.
+    channels) and puts ``baseline`` elsewhere; the value of a coalition is the target's softmax
+    probability (``score="probability"``, the paper) or logit (``score="logit"``) from the rest of
+    the network — the head, which is all that runs per coalition: the trunk runs once per image.
 
     Args:
         model, target_layer: as for every CAM (module or dotted name).
@@ -24,7 +27,9 @@ class ShapCAM(BaseCAM):
         seed: the permutations; the same for every image, so an image's map does not depend on
             the batch it came in.
         baseline: value of the removed positions (default 0, the paper's).
-        value: "probability" or "logit".
+        score: "probability" (default, the paper's Y^c) or "logit": what a coalition's value is
+            (the same option the Grad-CAM family and Score-CAM take). ``value=`` is its deprecated
+            spelling.
         batch_size: coalitions per head call. Default on a GPU: 1 GB of masked features. On the
             CPU: about 24 MB of masked features (measured best for memory-bound heads such as
             ResNet's pool + fc: ResNet-18 K=64 131 -> 43 ms), or more when the head's weights are
@@ -38,14 +43,17 @@ class ShapCAM(BaseCAM):
     name = "shapcam"
 
     def __init__(self, model, target_layer, K: int = 64, *, seed: int = 0, baseline: float = 0.0,
-                 value: str = "probability", batch_size=None, antithetic: bool = True,
-                 engine=None, split: str = "auto", progress=None):
+                 score: str = "probability", batch_size=None, antithetic: bool = True,
+                 engine=None, split: str = "auto", progress=None, value: str | None = None):
         super().__init__(model, target_layer, split=split)
-        if value not in ("probability", "logit"):
-            raise ValueError(f"value: expected 'probability' or 'logit', got {value!r}")
-        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        if value is not None:
+            warnings.warn("ShapCAM(value=...) is deprecated; use score=...", DeprecationWarning,
+                          stacklevel=2)
+            score = value
+        self.score = check_score(score)
+        if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
             raise ValueError(f"K: expected a positive int, got {K!r}")
-        self.K, self.seed, self.baseline, self.value = K, seed, baseline, value
+        self.K, self.seed, self.baseline = int(K), seed, baseline
         self.batch_size, self.antithetic, self.engine, self.progress = batch_size, antithetic, engine, progress
 
     def _default_batch(self, A):
@@ -71,7 +79,7 @@ class ShapCAM(BaseCAM):
             @torch.no_grad()
             def value_fn(feats, ex_i=ex_i, t_i=t_i):
                 out = self.split.head(feats, ex_i)
-                if self.value == "probability":
+                if self.score == "probability":
                     out = torch.softmax(out.double(), 1)
                 return out[:, t_i]  # [B, m]
 
@@ -87,7 +95,7 @@ class ShapCAM(BaseCAM):
             bar.update(1)
         bar.close()
         return torch.stack(maps).to(A.device), {"stderr": torch.stack(ses).cpu(),
-                                                "efficiency_residual": torch.stack(gaps).cpu(),
+                                                "efficiency_gap": torch.stack(gaps).cpu(),
                                                 "n_evals": n_evals}
 
 

@@ -49,6 +49,11 @@ class Split:
     head_module: object = None  # the module whose parameters the head uses
 
 
+class SplitError(ValueError):
+    """The target layer cannot be split at, whatever the splitter (called twice, not feeding the
+    output): re-raised by split="auto" instead of falling back to hooks."""
+
+
 class _LeafTracer(torch.fx.Tracer):
     def __init__(self, leaf: nn.Module):
         super().__init__()
@@ -67,7 +72,7 @@ def _fx_split(model, name, layer) -> Split:
     if not calls:
         raise RuntimeError(f"layer {name!r} is not called in the traced forward")
     if len(calls) > 1:
-        raise ValueError(f"target_layer {name!r} is called {len(calls)} times in the forward (a "
+        raise SplitError(f"target_layer {name!r} is called {len(calls)} times in the forward (a "
                          "shared module); pick a layer that is called once")
     tnode = calls[0]
     dependents = set()
@@ -76,7 +81,7 @@ def _fx_split(model, name, layer) -> Split:
             dependents.add(n)
     out = next(n for n in nodes if n.op == "output")
     if out not in dependents:
-        raise ValueError(f"target_layer {name!r}: its output does not feed the model's output "
+        raise SplitError(f"target_layer {name!r}: its output does not feed the model's output "
                          "(pick a layer on the path to the logits)")
     frontier = []
     for n in nodes:
@@ -143,7 +148,7 @@ def _hook_split(model, name, layer) -> Split:
 
         def grab(_m, _i, out):
             if "a" in store:
-                raise ValueError(f"target_layer {name!r} is called more than once in the forward "
+                raise SplitError(f"target_layer {name!r} is called more than once in the forward "
                                  "(a shared module); pick a layer that is called once")
             store["a"] = out
 
@@ -178,9 +183,10 @@ def split_model(model: nn.Module, target_layer, method: str = "auto") -> Split:
         return _hook_split(model, name, layer)
     try:
         return _fx_split(model, name, layer)
-    except ValueError:
+    except SplitError:
         raise
-    except Exception as exc:  # tracing failed: dynamic control flow, unsupported ops
+    except Exception as exc:  # tracing failed: dynamic control flow (fx's TraceError is a
+        # ValueError), unsupported ops
         if method == "fx":
             raise
         warnings.warn(f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: "
