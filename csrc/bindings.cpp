@@ -6,6 +6,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -24,6 +27,53 @@ using carray = py::array_t<T, py::array::c_style>;
 
 void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument(msg);
+}
+
+// a * b for sizes (both >= 0), refusing what does not fit in int64: no size product may wrap.
+int64_t mul(int64_t a, int64_t b, const char* what) {
+  require(a >= 0 && b >= 0, std::string(what) + ": negative size");
+  int64_t r = 0;
+  require(!__builtin_mul_overflow(a, b, &r), std::string(what) + ": size overflows 64 bits");
+  return r;
+}
+
+// Player ids and ranks are int32: n must fit, and the sampled ops need two players or more.
+void check_n(int64_t n, int64_t lowest = 2) {
+  require(n >= lowest, "n: need at least " + std::to_string(lowest) + " players, got " +
+                           std::to_string(n));
+  require(n <= std::numeric_limits<int32_t>::max(),
+          "n: at most 2^31 - 1 players (ids are int32), got " + std::to_string(n));
+}
+
+void check_range(int64_t lo, int64_t hi, const char* what) {
+  require(lo >= 0 && hi >= lo, std::string(what) + ": need 0 <= start <= stop, got [" +
+                                   std::to_string(lo) + ", " + std::to_string(hi) + ")");
+}
+
+// Byte range of a buffer, for the aliasing checks.
+struct Span {
+  const char* name;
+  uintptr_t lo, hi;
+};
+
+template <typename T>
+Span span(const char* name, const T* p, int64_t count) {
+  const auto lo = reinterpret_cast<uintptr_t>(p);
+  return Span{name, lo, lo + static_cast<uintptr_t>(count) * sizeof(T)};
+}
+
+Span span_bytes(const char* name, uintptr_t p, int64_t bytes) {
+  return Span{name, p, p + static_cast<uintptr_t>(bytes)};
+}
+
+// An output may not overlap any other buffer of the op: the engines read inputs while writing
+// outputs, and the reference twin would give other bits.
+void check_disjoint(const Span& out, std::initializer_list<Span> others) {
+  for (const Span& o : others) {
+    if (out.lo == out.hi || o.lo == o.hi || o.lo == 0) continue;
+    require(out.hi <= o.lo || o.hi <= out.lo,
+            std::string(out.name) + " overlaps " + o.name + " in memory; pass separate buffers");
+  }
 }
 
 template <typename T>
@@ -47,20 +97,32 @@ const T* readable(const py::array& a, const char* name, int64_t expected_size) {
   return static_cast<const T*>(a.data());
 }
 
-void check_range(int64_t lo, int64_t hi, const char* what) {
-  require(lo >= 0 && hi >= lo, std::string(what) + ": need 0 <= start <= stop");
+// Every id of the player map must name a player: an id outside [0, n) would index past a rank row.
+void check_player_ids(const int32_t* players, int64_t inner, int64_t n) {
+  for (int64_t j = 0; j < inner; ++j) {
+    if (players[j] < 0 || players[j] >= n) {
+      throw std::invalid_argument("players: id " + std::to_string(players[j]) + " at position " +
+                                  std::to_string(j) + " is outside [0, " + std::to_string(n) + ")");
+    }
+  }
 }
 
-void check_n(int64_t n) { require(n >= 2, "n: the sampled ops need at least 2 players"); }
+// Shapes of the fused op: x [outer, inner] with both >= 1; returns numel.
+int64_t check_apply_shape(int64_t outer, int64_t inner) {
+  require(outer >= 1 && inner >= 1, "x: outer and inner must be >= 1 (an input with no elements "
+                                    "has nothing to mask), got outer=" + std::to_string(outer) +
+                                    " inner=" + std::to_string(inner));
+  return mul(outer, inner, "x");
+}
 
 template <typename T>
 void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
                             const py::array& x, int64_t outer, int64_t inner,
                             const py::array& players, const py::object& baseline, py::array& out) {
-  const int64_t numel = outer * inner;
+  const int64_t numel = check_apply_shape(outer, inner);
   const T* xp = readable<T>(x, "x", numel);
   const int32_t* pp = readable<int32_t>(players, "players", inner);
-  T* op = writable<T>(out, "out", (e1 - e0) * numel);
+  T* op = writable<T>(out, "out", mul(e1 - e0, numel, "out"));
   const T* bp = nullptr;
   T bscalar = 0;
   py::array barr;
@@ -68,8 +130,12 @@ void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bo
     barr = baseline.cast<py::array>();
     bp = readable<T>(barr, "baseline", numel);
   } else {
+    require(!baseline.is_none(), "baseline: expected a number or an array, got None");
     bscalar = baseline.cast<T>();
   }
+  check_player_ids(pp, inner, n);
+  check_disjoint(span("out", op, (e1 - e0) * numel),
+                 {span("x", xp, numel), span("players", pp, inner), span("baseline", bp, bp ? numel : 0)});
   py::gil_scoped_release nogil;
   cpu::masked_apply<T>(seed, e0, e1, n, antithetic, xp, outer, inner, pp, bp, bscalar, op);
 }
@@ -99,12 +165,14 @@ PYBIND11_MODULE(_C, m) {
       [](uint64_t seed, int64_t k0, int64_t k1, int64_t n, bool antithetic, py::object perm,
          py::object rank) {
         check_range(k0, k1, "permutations [k0, k1)");
-        require(n >= 1, "n: need at least 1 player");
+        check_n(n, 1);
+        const int64_t size = mul(k1 - k0, n, "perm/rank");
         int32_t* pp = nullptr;
         int32_t* rp = nullptr;
         py::array pa, ra;
-        if (!perm.is_none()) { pa = perm.cast<py::array>(); pp = writable<int32_t>(pa, "perm", (k1 - k0) * n); }
-        if (!rank.is_none()) { ra = rank.cast<py::array>(); rp = writable<int32_t>(ra, "rank", (k1 - k0) * n); }
+        if (!perm.is_none()) { pa = perm.cast<py::array>(); pp = writable<int32_t>(pa, "perm", size); }
+        if (!rank.is_none()) { ra = rank.cast<py::array>(); rp = writable<int32_t>(ra, "rank", size); }
+        if (pp && rp) check_disjoint(span("rank", rp, size), {span("perm", pp, size)});
         py::gil_scoped_release nogil;
         cpu::permutations(seed, k0, k1, n, antithetic, pp, rp);
       },
@@ -117,7 +185,7 @@ PYBIND11_MODULE(_C, m) {
       [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, py::array out) {
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
-        bool* op = writable<bool>(out, "out", (e1 - e0) * n);
+        bool* op = writable<bool>(out, "out", mul(e1 - e0, n, "out"));
         py::gil_scoped_release nogil;
         cpu::masks(seed, e0, e1, n, antithetic, op);
       },
@@ -152,13 +220,21 @@ PYBIND11_MODULE(_C, m) {
          py::array m2) {
         check_n(n);
         require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
+        require(m_out >= 1, "m: need at least 1 output");
         const int64_t pps = antithetic ? 2 : 1;
         require(k0 % pps == 0, "k0: must start a sample (a multiple of 2 when antithetic)");
-        const double* vp = readable<double>(values, "values", n_samples * pps * (n - 1) * m_out);
+        const int64_t rows = mul(mul(n_samples, pps, "values"), n - 1, "values");
+        mul(mul(n_samples, pps, "ranks"), n, "ranks");  // the engine's rank scratch
+        const int64_t cells = mul(n, m_out, "mean");
+        const double* vp = readable<double>(values, "values", mul(rows, m_out, "values"));
         const double* ve = readable<double>(v_empty, "v_empty", m_out);
         const double* vf = readable<double>(v_full, "v_full", m_out);
-        double* mp = writable<double>(mean, "mean", n * m_out);
-        double* sp = writable<double>(m2, "m2", n * m_out);
+        double* mp = writable<double>(mean, "mean", cells);
+        double* sp = writable<double>(m2, "m2", cells);
+        const Span ins[] = {span("values", vp, rows * m_out), span("v_empty", ve, m_out),
+                            span("v_full", vf, m_out)};
+        check_disjoint(span("mean", mp, cells), {ins[0], ins[1], ins[2], span("m2", sp, cells)});
+        check_disjoint(span("m2", sp, cells), {ins[0], ins[1], ins[2]});
         py::gil_scoped_release nogil;
         cpu::accumulate(seed, k0, n_samples, n, m_out, antithetic, vp, ve, vf, count0, mp, sp);
       },
@@ -177,7 +253,9 @@ PYBIND11_MODULE(_C, m) {
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
          bool antithetic, uintptr_t perm, uintptr_t rank) {
         check_range(k0, k1, "permutations [k0, k1)");
-        require(n >= 1, "n: need at least 1 player");
+        check_n(n, 1);
+        const int64_t bytes = mul(mul(k1 - k0, n, "perm/rank"), 4, "perm/rank");
+        if (perm && rank) check_disjoint(span_bytes("rank", rank, bytes), {span_bytes("perm", perm, bytes)});
         py::gil_scoped_release nogil;
         cuda::permutations(device, stream, seed, k0, k1, n, antithetic, perm, rank);
       },
@@ -190,6 +268,7 @@ PYBIND11_MODULE(_C, m) {
          bool antithetic, uintptr_t out) {
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
+        mul(e1 - e0, n, "out");
         py::gil_scoped_release nogil;
         cuda::masks(device, stream, seed, e0, e1, n, antithetic, out);
       },
@@ -203,6 +282,12 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out) {
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
+        require(dtype_bytes == 4 || dtype_bytes == 8, "x: dtype must be float32 or float64");
+        const int64_t numel = check_apply_shape(outer, inner);
+        const int64_t out_bytes = mul(mul(e1 - e0, numel, "out"), dtype_bytes, "out");
+        check_disjoint(span_bytes("out", out, out_bytes),
+                       {span_bytes("x", x, numel * dtype_bytes), span_bytes("players", players, inner * 4),
+                        span_bytes("baseline", baseline, baseline ? numel * dtype_bytes : 0)});
         py::gil_scoped_release nogil;
         cuda::masked_apply(device, stream, seed, e0, e1, n, antithetic, dtype_bytes, x, outer,
                            inner, players, baseline, baseline_scalar, out);
@@ -216,17 +301,32 @@ PYBIND11_MODULE(_C, m) {
       "accumulate_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples, int64_t n,
          int64_t m_out, bool antithetic, uintptr_t values, uintptr_t v_empty, uintptr_t v_full,
-         int64_t count0, uintptr_t mean, uintptr_t m2) {
+         int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch) {
         check_n(n);
-        require(k0 % (antithetic ? 2 : 1) == 0, "k0: must start a sample");
+        require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
+        require(m_out >= 1, "m: need at least 1 output");
+        const int64_t pps = antithetic ? 2 : 1;
+        require(k0 % pps == 0, "k0: must start a sample (a multiple of 2 when antithetic)");
+        const int64_t rows = mul(mul(n_samples, pps, "values"), n - 1, "values");
+        const int64_t scratch_bytes = mul(mul(mul(n_samples, pps, "scratch"), n, "scratch"), 4, "scratch");
+        const int64_t vbytes = mul(mul(rows, m_out, "values"), 8, "values");
+        const int64_t cbytes = mul(mul(n, m_out, "mean"), 8, "mean");
+        const Span ins[] = {span_bytes("values", values, vbytes), span_bytes("v_empty", v_empty, m_out * 8),
+                            span_bytes("v_full", v_full, m_out * 8)};
+        check_disjoint(span_bytes("mean", mean, cbytes),
+                       {ins[0], ins[1], ins[2], span_bytes("m2", m2, cbytes)});
+        check_disjoint(span_bytes("m2", m2, cbytes), {ins[0], ins[1], ins[2]});
+        check_disjoint(span_bytes("scratch", scratch, scratch_bytes),
+                       {ins[0], ins[1], ins[2], span_bytes("mean", mean, cbytes), span_bytes("m2", m2, cbytes)});
         py::gil_scoped_release nogil;
         cuda::accumulate(device, stream, seed, k0, n_samples, n, m_out, antithetic, values,
-                         v_empty, v_full, count0, mean, m2);
+                         v_empty, v_full, count0, mean, m2, scratch);
       },
-      "CUDA twin of accumulate_cpu over device pointers (float64).", py::arg("device"),
-      py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("n_samples"), py::arg("n"),
-      py::arg("m"), py::arg("antithetic"), py::arg("values"), py::arg("v_empty"),
-      py::arg("v_full"), py::arg("count0"), py::arg("mean"), py::arg("m2"));
+      "CUDA twin of accumulate_cpu over device pointers (float64); scratch: [n_samples * pps, n] "
+      "int32 device memory for the ranks, allocated by the caller (its framework's allocator).",
+      py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("n_samples"),
+      py::arg("n"), py::arg("m"), py::arg("antithetic"), py::arg("values"), py::arg("v_empty"),
+      py::arg("v_full"), py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("scratch"));
 #else
   m.def("cuda_device_count", []() { return 0; }, "CUDA devices usable now (always 0: no CUDA build).");
   for (const char* name : {"permutations_cuda", "masks_cuda", "masked_apply_cuda", "accumulate_cuda", "cuda_max_players"}) {

@@ -59,8 +59,11 @@ def _values_2d(v, B, m, where):
             raise TypeError(f"value_fn returned {v.dtype} values for {where}; expected real numbers")
         v = v.detach().to(torch.float64).contiguous()
     else:
+        raw = host_numpy(v) if hasattr(v, "__cuda_array_interface__") else v
+        if np.iscomplexobj(raw):  # NumPy would drop the imaginary part with only a warning
+            raise TypeError(f"value_fn returned complex values for {where}; expected real numbers")
         try:
-            v = np.asarray(host_numpy(v), dtype=np.float64)
+            v = np.asarray(raw, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"value_fn returned something that is not an array of numbers for "
                             f"{where}: {exc}") from None
@@ -168,6 +171,9 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     K_eff = int(K) + (int(K) % 2 if antithetic else 0)
 
     ends, m = _values_2d(game.endpoints(), 2, None, "the empty and full coalitions")
+    # Kept for the whole run: a copy, so a value_fn that returns a view of a buffer it reuses
+    # cannot change v(none) / v(all) under us.
+    ends = ends.clone() if is_torch(ends) else np.array(ends, copy=True)
     # One routing decision for the whole run: device values accumulate on the device with the
     # CUDA kernels; host values (or an explicit host engine) on the host.
     rt = ops.route(engine, is_cuda_array(ends))

@@ -155,18 +155,68 @@ def voc_dataset(images_dir, ann_dir, classes_file, info, n=None, max_area=0.5) -
 
 # --- the runner ---------------------------------------------------------------------------------
 
-def _read_done(out_dir):
-    """Records already written (any rank's file); a torn last line (a crash mid-write) is ignored."""
+def _read_done(out_dir, run_id):
+    """Records of this run already written (any rank's file). A torn line (a crash mid-write), a
+    line that is JSON but not a record, and records of another run (other settings) are ignored."""
     done = {}
     for path in sorted(glob.glob(os.path.join(out_dir, "per_image*.jsonl"))):
-        with open(path) as f:
+        with open(path, errors="replace") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if not (isinstance(rec, dict) and isinstance(rec.get("id"), str)
+                        and isinstance(rec.get("method"), str) and rec.get("run") == run_id):
+                    continue
                 done[(rec["id"], rec["method"])] = rec
     return done
+
+
+RUN_FILE = "run.json"
+# What changes a record's numbers: a resumed run must have the same (batch sizes and --limit do not).
+SETTING_KEYS = ("model", "arch", "pretrained", "layer", "data", "classes", "keep", "deletion",
+                "steps", "K", "seed", "score")
+
+
+def run_settings(args, layer) -> dict:
+    s = {k: getattr(args, k, None) for k in SETTING_KEYS}
+    s["layer"] = layer
+    return s
+
+
+def _run_id(settings) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_run(out_dir, settings, resume, rank):
+    """The run id of these settings. Resuming into a folder whose run.json holds other settings is
+    refused (it would mix records and label the table with the last settings); --no-resume starts
+    the folder afresh. Rank 0 writes run.json."""
+    path = os.path.join(out_dir, RUN_FILE)
+    run_id = _run_id(settings)
+    old = None
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            old = None
+    if resume and isinstance(old, dict) and old.get("run") != run_id:
+        prev = old.get("settings", {}) if isinstance(old.get("settings"), dict) else {}
+        diff = [f"{k}: {prev.get(k)!r} -> {settings.get(k)!r}" for k in SETTING_KEYS
+                if prev.get(k) != settings.get(k)]
+        raise ValueError(f"--out {out_dir} holds a run with other settings ({'; '.join(diff) or 'unknown'}); "
+                         "pass --no-resume to start it afresh, or another --out")
+    if rank == 0:
+        if not resume:
+            for p in glob.glob(os.path.join(out_dir, "per_image*.jsonl")):
+                os.remove(p)
+        with open(path, "w") as f:
+            json.dump({"run": run_id, "settings": settings}, f, indent=2)
+    return run_id
 
 
 def _drop_torn_tail(path):
@@ -181,10 +231,14 @@ def _drop_torn_tail(path):
 
 def evaluate_item(model, item, method, cam, keep, deletion, steps):
     """One image, one method: its record (target, Y, O, Average Drop, Increase in Confidence,
-    pointing game when it has boxes, deletion/insertion when asked, efficiency gap, seconds)."""
+    pointing game when it has boxes, deletion/insertion when asked, efficiency gap, seconds), or
+    {"skipped": reason} for an image that cannot be read."""
     from . import metrics
 
-    x, raw = item.load()
+    try:
+        x, raw = item.load()
+    except ValueError as exc:  # a corrupt or unreadable file: counted, not fatal
+        return {"id": item.id, "method": method, "skipped": "unreadable image", "error": str(exc)}
     x = x[None].to(next(model.parameters()).device)
     t0 = time.perf_counter()
     res = cam.explain(x, targets=None if item.target is None else [item.target])
@@ -203,6 +257,16 @@ def evaluate_item(model, item, method, cam, keep, deletion, steps):
     if res.efficiency_gap is not None:
         rec["efficiency_gap"] = float(res.efficiency_gap.abs().max())
     return rec
+
+
+def _first_readable(ds):
+    """The first image of the dataset that loads (the default layer is found on it)."""
+    for it in ds.items:
+        try:
+            return it.load()[0]
+        except ValueError:
+            continue
+    raise ValueError("--data: no image could be read")
 
 
 def summarize(records, methods):
@@ -291,9 +355,11 @@ def run(args) -> int:
         ds = voc_dataset(parts[1], parts[2], args.classes, info, args.n)
     else:
         ds = folder_dataset(args.data, info, args.n)
-    example, _ = ds.items[0].load()
-    layer = args.layer or default_layer(model, example[None].to(device))
-    done = _read_done(args.out) if args.resume else {}
+    layer = args.layer or default_layer(model, _first_readable(ds)[None].to(device))
+    run_id = check_run(args.out, run_settings(args, layer), args.resume, rank)
+    if dist is not None:
+        dist.barrier()  # run.json written (and old records cleared) before any rank reads
+    done = _read_done(args.out, run_id)
     mine = [it for i, it in enumerate(ds.items) if i % world == rank]
     todo = [(it, m) for it in mine for m in methods if (it.id, m) not in done]
     cams = {m: make_cam(m, model, layer, **cam_options(args)) for m in methods}
@@ -303,6 +369,7 @@ def run(args) -> int:
     with open(path, "a") as f:
         for it, m in todo:
             rec = evaluate_item(model, it, m, cams[m], args.keep, args.deletion, args.steps)
+            rec["run"] = run_id
             f.write(json.dumps(rec) + "\n")
             f.flush()
             bar.update(world)
@@ -311,10 +378,15 @@ def run(args) -> int:
         dist.barrier()
     if rank == 0:
         ids = {it.id for it in ds.items}
-        records = [r for (i, m), r in _read_done(args.out).items() if i in ids and m in methods]
+        recs = [r for (i, m), r in _read_done(args.out, run_id).items() if i in ids and m in methods]
+        records = [r for r in recs if "skipped" not in r]
+        skipped = dict(ds.skipped)
+        unreadable = {r["id"] for r in recs if "skipped" in r}
+        if unreadable:
+            skipped["unreadable image"] = len(unreadable)
         header = (f"shapcam evaluate — model {args.model}, layer {layer}, data {args.data}, "
-                  f"{len(ds.items)} images" + (f" (skipped: {ds.skipped})" if ds.skipped else "")
-                  + f", keep={args.keep}, Shap-CAM K={args.K}")
+                  f"{len(ds.items) - len(unreadable)} images" + (f" (skipped: {skipped})" if skipped else "")
+                  + f", keep={args.keep}, Shap-CAM K={args.K}, score={args.score or 'per method'}")
         table = write_outputs(args.out, records, methods, header)
         print(table)
         print(f"wrote per_image.csv, summary.json, table.md to {args.out}", file=sys.stderr)

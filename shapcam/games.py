@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+import threading
 from dataclasses import dataclass
 
 from . import ops
 from ._arrays import dtype_name, host_numpy, is_cuda_array, is_torch, resolve_device, shape_of
 
+# Player ids and ranks are int32 in every engine.
+MAX_PLAYERS = 2**31 - 1
 # Memory for one batch of masked inputs when the caller gives no batch_size.
 DEFAULT_BATCH_BYTES_CPU = 256 * 2**20
 DEFAULT_BATCH_BYTES_CUDA = 1024 * 2**20
@@ -109,6 +112,12 @@ class MaskPlan:
         shape = shape_of(x)
         if len(shape) == 0:
             raise ValueError("x: must have at least one dimension")
+        if int(np.prod(shape, dtype=np.int64)) == 0:
+            raise ValueError(f"x: has no elements (shape {shape}); there is nothing to mask")
+        if baseline is None or isinstance(baseline, (bool, np.bool_)):
+            raise TypeError(f"baseline: expected a number or an array, got {baseline!r}")
+        if not (is_torch(players) or isinstance(players, np.ndarray) or np.isscalar(players)):
+            players = np.asarray(players)
         pl = host_numpy(players)
         if not np.issubdtype(pl.dtype, np.integer):
             raise TypeError(f"players: expected an integer array of player ids, got {pl.dtype}")
@@ -126,6 +135,10 @@ class MaskPlan:
         lo, hi = int(pl.min()), int(pl.max())
         if n is None:
             n = hi + 1
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"n_players: expected an int, got {type(n).__name__}")
+        if n > MAX_PLAYERS:
+            raise ValueError(f"n_players: at most {MAX_PLAYERS} players (ids are int32), got {n}")
         if lo < 0 or hi >= n:
             raise ValueError(f"players: ids must lie in [0, {n}), got range [{lo}, {hi}]")
         # Leading axes where the player map is broadcast form `outer`; the rest is `inner`.
@@ -140,6 +153,8 @@ class MaskPlan:
             np.broadcast_to(pl.reshape(padded)[(0,) * lead], inner_shape), dtype=np.int32).reshape(-1)
         inner = players_flat.size
         if np.isscalar(baseline) or (hasattr(baseline, "ndim") and baseline.ndim == 0 and not is_cuda_array(baseline)):
+            if np.iscomplexobj(baseline) or isinstance(baseline, str):
+                raise TypeError(f"baseline: expected a real number, got {baseline!r}")
             base = float(baseline)
         else:
             base = _prepare_baseline(baseline, x, shape)
@@ -240,6 +255,7 @@ class MaskedInputGame(Game):
         self.plan = MaskPlan.build(x, players, n_players, baseline)
         self.n_players = self.plan.n
         self.device = x.device if is_torch(x) else None
+        self._lock = threading.Lock()
         self._buffer = None
         if workspace is not None:
             ws_shape = shape_of(workspace)
@@ -274,9 +290,25 @@ class MaskedInputGame(Game):
         return self.f(buf)
 
     def evaluate(self, seed, e0, e1, antithetic, engine):
-        out = self._buffer_for(e1 - e0)
-        ops.apply_plan(self.plan, seed, e0, e1, antithetic, out=out, engine=engine)
-        return self.f(out)
+        # The workspace is shared by every call on this game: one thread at a time writes it and
+        # runs f on it (a game used from several threads stays correct, serialised here).
+        with self._lock:
+            out = self._buffer_for(e1 - e0)
+            ops.apply_plan(self.plan, seed, e0, e1, antithetic, out=out, engine=engine)
+            return _detached_copy_if_view(self.f(out), out)
+
+
+def _detached_copy_if_view(values, buffer):
+    """f's values, copied when they share memory with the workspace (an f that returns a view of
+    its input would otherwise see them overwritten by the next chunk)."""
+    if is_torch(values) and is_torch(buffer):
+        if values.numel() and values.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr():
+            return values.clone()
+        return values
+    if isinstance(values, np.ndarray) and isinstance(buffer, np.ndarray) and \
+            np.may_share_memory(values, buffer):
+        return values.copy()
+    return values
 
 
 def as_game(value_fn, n_players=None, device=None) -> Game:

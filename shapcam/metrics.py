@@ -88,6 +88,8 @@ def energy_pointing_game(maps: torch.Tensor, boxes) -> torch.Tensor:
         raise ValueError(f"maps: expected [N, H, W], got {tuple(maps.shape)}")
     if len(boxes) != maps.shape[0]:
         raise ValueError(f"boxes: expected one list per map ({maps.shape[0]}), got {len(boxes)}")
+    if not torch.isfinite(maps).all():
+        raise ValueError("maps: contain NaN or inf")
     if (maps < 0).any():
         raise ValueError("maps: the energy game needs non-negative maps")
     H, W = maps.shape[1:]
@@ -111,6 +113,8 @@ def deletion_insertion(model, images, maps, targets, *, steps: int = 32, baselin
     mean. Returns {"deletion", "insertion"} (means over images) and per-image arrays.
     """
     _check_maps(images, maps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected a positive int (points on each curve: steps + 1), got {steps!r}")
     targets = torch.as_tensor(targets, dtype=torch.long)
     N, C, H, W = images.shape
     order = maps.flatten(1).argsort(1, descending=True)  # [N, HW]

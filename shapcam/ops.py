@@ -104,11 +104,20 @@ def ranks(seed, k0, k1, n, antithetic=True, *, engine=None, device=None):
     return _permutations_op(seed, k0, k1, n, antithetic, engine, device, want="rank")
 
 
+def _check_n(n, lowest):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n: expected an int number of players, got {type(n).__name__}")
+    if n < lowest:
+        raise ValueError(f"n: need at least {lowest} players, got {n}")
+    if n > 2**31 - 1:
+        raise ValueError(f"n: at most 2^31 - 1 players (ids are int32), got {n}")
+    return int(n)
+
+
 def _permutations_op(seed, k0, k1, n, antithetic, engine, device, want):
     seed = check_seed(seed)
     _check_range(k0, k1, f"{want} [k0, k1)")
-    if n < 1:
-        raise ValueError(f"n: need at least 1 player, got {n}")
+    n = _check_n(n, 1)
     dev = resolve_device(device)
     r = route(engine, dev is not None and dev.type == "cuda")
     if r.cuda:
@@ -140,8 +149,7 @@ def masks(seed, e0, e1, n, antithetic=True, *, engine=None, out=None):
     """
     seed = check_seed(seed)
     _check_range(e0, e1, "chunk [e0, e1)")
-    if n < 2:
-        raise ValueError(f"n: the sampled coalitions need at least 2 players, got {n}")
+    n = _check_n(n, 2)
     B = e1 - e0
     if out is not None and (shape_of(out) != (B, n) or dtype_name(out) != "bool"):
         raise ValueError(f"out: expected a [{B}, {n}] bool array, got {shape_of(out)} "
@@ -183,6 +191,17 @@ def _copy_into(dst, src_np):
         dst.set(np.ascontiguousarray(src_np))  # CuPy
 
 
+def _device_empty(like, shape, dtype):
+    """An uninitialised device array beside `like` (torch or CuPy), from that framework's allocator."""
+    if is_torch(like):
+        import torch
+
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+    import cupy
+
+    return cupy.empty(shape, dtype=dtype)
+
+
 def _host_writable(a, name):
     arr = host_numpy(a)
     if not arr.flags.c_contiguous or not arr.flags.writeable:
@@ -220,6 +239,10 @@ def apply_plan(plan, seed, e0, e1, antithetic, *, out=None, engine=None):
     on_device = is_cuda_array(plan.x)
     if on_device != is_cuda_array(out):
         raise ValueError("out: must live on the same device as x")
+    if not on_device:
+        for name, a in (("x", plan.x), ("baseline", plan.baseline)):
+            if not isinstance(a, float) and np.may_share_memory(host_numpy(out), host_numpy(a)):
+                raise ValueError(f"out: overlaps {name} in memory; pass a separate output buffer")
     if on_device and is_torch(plan.x) and is_torch(out) and out.device != plan.x.device:
         raise ValueError(f"out: on {out.device} but x is on {plan.x.device}")
     r = route(engine, on_device)
@@ -276,6 +299,10 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
     permutation, or an antithetic pair (pps = 2); k0 is its first permutation.
     """
     seed = check_seed(seed)
+    n = _check_n(n, 2)
+    _check_range(k0, k0, "k0")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
+        raise ValueError(f"n_samples: expected an int >= 0, got {n_samples!r}")
     pps = 2 if antithetic else 1
     if k0 % pps:
         raise ValueError(f"k0: must start a sample (a multiple of {pps}), got {k0}")
@@ -287,8 +314,12 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
         ptrs = [cuda_pointer(a, name) for a, name in ((values, "values"), (v_empty, "v_empty"),
                                                      (v_full, "v_full"), (mean, "mean"), (m2, "m2"))]
         dev = _device_of(mean, ptrs[3][0])
+        # The ranks' scratch comes from the caller's framework (its caching allocator), not from
+        # a cudaMalloc inside the extension.
+        scratch = _device_empty(mean, (max(n_samples, 0) * pps, n), "int32")
         _engine.native().accumulate_cuda(dev, cuda_stream(mean), seed, k0, n_samples, n, m, antithetic,
-                                         *[p[1] for p in ptrs[:3]], count0, ptrs[3][1], ptrs[4][1])
+                                         *[p[1] for p in ptrs[:3]], count0, ptrs[3][1], ptrs[4][1],
+                                         cuda_pointer(scratch, "scratch")[1] if n_samples > 0 else 0)
         return
     if r.engine == "reference":
         reference.accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, count0,

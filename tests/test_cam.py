@@ -170,7 +170,7 @@ def test_hooks_are_released_also_after_an_exception(gapnet):
     bad = ShapCAM(gapnet, "features", K=2, split="hooks")
     bad.split  # build it
     real_head = bad.split.head
-    bad.split.head = lambda a, e: boom(a) if a.shape[0] > 2 else real_head(a, e)
+    bad.split.head = lambda a, e, **kw: boom(a) if a.shape[0] > 2 else real_head(a, e, **kw)
     with pytest.raises(RuntimeError, match="boom"):
         bad.explain(x)
     assert not layer._forward_hooks and not layer._forward_pre_hooks

@@ -25,6 +25,17 @@ int num_threads() {
 }
 
 namespace {
+// Per-thread scratch is allocated before a parallel region, never inside it: an exception (e.g.
+// std::bad_alloc) thrown inside an OpenMP region cannot leave it and ends the process.
+int max_team() { return num_threads(); }
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // Work (in elements) under which an op runs on one thread. A parallel region costs little on an
 // idle machine, but after a BLAS call (NumPy's or torch's spinning worker threads) waking the
 // team on a 2-core machine was measured at 10-20 ms for a 0.4 ms op: only large ops fan out.
@@ -34,14 +45,19 @@ constexpr int64_t kParallelMin = int64_t(1) << 18;
 void permutations(uint64_t seed, int64_t k0, int64_t k1, int64_t n, bool antithetic, int32_t* perm,
                   int32_t* rank) {
   const int64_t K = k1 - k0;
-#pragma omp parallel if (K * n > kParallelMin)
+  if (K <= 0 || (!perm && !rank)) return;
+  const int team = max_team();
+  const int64_t draw_words = 4 * draw_blocks(n) + 4;
+  std::vector<uint32_t> draws_all(static_cast<size_t>(team) * draw_words);
+  std::vector<int32_t> local_all(perm ? 0 : static_cast<size_t>(team) * n);
+#pragma omp parallel if (K * n > kParallelMin) num_threads(team)
   {
-    std::vector<uint32_t> draws(4 * draw_blocks(n) + 4);
-    std::vector<int32_t> local(n);
+    uint32_t* draws = draws_all.data() + thread_id() * draw_words;
+    int32_t* local = perm ? nullptr : local_all.data() + thread_id() * n;
 #pragma omp for schedule(static)
     for (int64_t kk = 0; kk < K; ++kk) {
-      int32_t* p = perm ? perm + kk * n : local.data();
-      shapcam::permutation(seed, k0 + kk, n, antithetic, draws.data(), p);
+      int32_t* p = perm ? perm + kk * n : local;
+      shapcam::permutation(seed, k0 + kk, n, antithetic, draws, p);
       if (rank) {
         int32_t* r = rank + kk * n;
         for (int64_t t = 0; t < n; ++t) r[p[t]] = static_cast<int32_t>(t);
@@ -93,9 +109,11 @@ void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithe
   constexpr int64_t kTile = 1 << 15;
   const int64_t tile_len = std::max<int64_t>(kTile, period);
   const int64_t tiles = (total + tile_len - 1) / tile_len;
-#pragma omp parallel if (total > 4 * kParallelMin)
+  const int team = max_team();
+  std::vector<T> keep_all(static_cast<size_t>(team) * period);
+#pragma omp parallel if (total > 4 * kParallelMin) num_threads(team)
   {
-    std::vector<T> keep(period);
+    T* keep = keep_all.data() + thread_id() * period;
     int64_t keep_b = -1;
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
@@ -115,7 +133,7 @@ void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithe
         while (f < f_end) {
           const int64_t l0 = f % period;
           const int64_t len = std::min(period - l0, f_end - f);
-          const T* kp = keep.data() + l0;
+          const T* kp = keep + l0;
           const T* xs = x + f;
           T* ds = dst + f;
           if (baseline) {

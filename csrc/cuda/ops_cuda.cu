@@ -26,6 +26,42 @@ void check_launch(const char* kernel) {
   check(cudaGetLastError(), kernel);
 }
 
+// cuMemGetAddressRange through the runtime's driver entry point (no link to libcuda): the base and
+// size of the allocation a device pointer lies in. Null when the driver does not offer it.
+using AddressRangeFn = int (*)(unsigned long long* base, size_t* size, unsigned long long ptr);
+
+AddressRangeFn address_range_fn() {
+  static const AddressRangeFn fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult status = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &p, 12000, cudaEnableDefault,
+                                         &status) != cudaSuccess ||
+        status != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<AddressRangeFn>(nullptr);
+    }
+    return reinterpret_cast<AddressRangeFn>(p);
+  }();
+  return fn;
+}
+
+// The op touches [ptr, ptr + bytes): that range must lie inside ptr's allocation. Raw pointers
+// carry no size, so this is how the binding's size checks reach device memory: a buffer too small
+// for the shapes given is refused instead of written past.
+void check_extent(uintptr_t ptr, int64_t bytes, const char* name) {
+  const AddressRangeFn fn = address_range_fn();
+  if (!fn || bytes <= 0) return;
+  unsigned long long base = 0;
+  size_t size = 0;
+  if (fn(&base, &size, static_cast<unsigned long long>(ptr)) != 0) return;  // check_pointer decides
+  const unsigned long long end = base + size;
+  if (ptr < base || static_cast<unsigned long long>(bytes) > end - ptr) {
+    throw std::invalid_argument(std::string(name) + ": the op needs " + std::to_string(bytes) +
+                                " bytes from this pointer, but its allocation holds only " +
+                                std::to_string(ptr >= base && ptr < end ? end - ptr : 0));
+  }
+}
+
 void check_pointer(uintptr_t ptr, int device, const char* name) {
   if (ptr == 0) throw std::invalid_argument(std::string(name) + ": null device pointer");
   cudaPointerAttributes attr;
@@ -63,6 +99,12 @@ class DeviceGuard {
  private:
   int prev_ = 0;
 };
+
+// A device pointer on `device` whose allocation holds `bytes` from it.
+void check_buffer(uintptr_t ptr, int64_t bytes, int device, const char* name) {
+  check_pointer(ptr, device, name);
+  check_extent(ptr, bytes, name);
+}
 
 cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
@@ -225,6 +267,21 @@ __global__ void accumulate_kernel(int64_t n_samples, int64_t n, int64_t m, bool 
                   count0, mean, m2);
 }
 
+size_t smem_limit(int device) {
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  return static_cast<size_t>(optin);
+}
+
+// Grid dimensions are 32-bit: refuse work that would need more blocks than a launch has.
+void check_grid(int64_t blocks, const char* what) {
+  if (blocks > 0x7fffffff) {
+    throw std::invalid_argument(std::string(what) + ": " + std::to_string(blocks) +
+                                " blocks in one launch (limit 2^31 - 1); split the range");
+  }
+}
+
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024) {
@@ -272,6 +329,7 @@ void launch_variant(cudaStream_t stream, int device, size_t smem, uint64_t seed,
   int64_t groups = std::min<int64_t>(per, std::max<int64_t>(1, (target + perms * y - 1) / (perms * y)));
   const int64_t group_evals = (per + groups - 1) / groups;
   groups = (per + group_evals - 1) / group_evals;
+  check_grid(perms * groups, "masked_apply");
   const dim3 grid(static_cast<unsigned>(perms * groups), static_cast<unsigned>(y));
   kernel<<<grid, kThreads, smem, stream>>>(seed, e0, e1, n, antithetic, x, outer, inner, players,
                                            baseline, bscalar, out, slice, groups, group_evals);
@@ -287,7 +345,10 @@ void launch_masked_apply_b(cudaStream_t stream, int device, uint64_t seed, int64
   if (numel >= (int64_t(1) << 31)) {
     throw std::invalid_argument("x: the CUDA engine takes inputs of fewer than 2^31 elements");
   }
-  const bool keep_smem = inner <= kMaxKeepSmem;
+  // The keep flags (inner + V bytes) sit in shared memory beside the permutation only where both
+  // fit the device's per-block limit; otherwise each element looks its player's rank up.
+  const bool keep_smem = inner <= kMaxKeepSmem &&
+                         permutation_smem_bytes(n) + inner + kVec <= smem_limit(device);
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const bool vec = keep_smem && numel % kVec == 0 && aligned(x) && aligned(out) &&
                    (kScalar || aligned(baseline));
@@ -329,20 +390,20 @@ int device_count() {
 }
 
 int64_t max_players(int device) {
-  int optin = 0;
-  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-        "cudaDeviceGetAttribute");
-  // permutation_smem_bytes(n) is about 8n bytes.
-  return std::max<int64_t>(2, optin / 8 - 8);
+  // permutation_smem_bytes(n) is about 8n bytes (+ 12 for draw padding).
+  return std::max<int64_t>(2, static_cast<int64_t>(smem_limit(device)) / 8 - 8);
 }
 
 void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
                   bool antithetic, uintptr_t perm, uintptr_t rank) {
   if (k1 <= k0) return;
+  if (!perm && !rank) return;
   const DeviceGuard guard(device);
   check_players(device, n);
-  if (perm) check_pointer(perm, device, "perm");
-  if (rank) check_pointer(rank, device, "rank");
+  check_grid(k1 - k0, "permutations");
+  const int64_t bytes = (k1 - k0) * n * static_cast<int64_t>(sizeof(int32_t));
+  if (perm) check_buffer(perm, bytes, device, "perm");
+  if (rank) check_buffer(rank, bytes, device, "rank");
   const size_t smem = permutation_smem_bytes(n);
   allow_smem(permutations_kernel, smem);
   permutations_kernel<<<static_cast<unsigned>(k1 - k0), kThreads, smem, as_stream(stream)>>>(
@@ -355,8 +416,9 @@ void masks(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, 
   if (e1 <= e0) return;
   const DeviceGuard guard(device);
   check_players(device, n);
-  check_pointer(out, device, "out");
+  check_buffer(out, (e1 - e0) * n, device, "out");
   const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
+  check_grid(perms, "masks");
   const size_t smem = permutation_smem_bytes(n);
   allow_smem(masks_kernel, smem);
   masks_kernel<<<static_cast<unsigned>(perms), kThreads, smem, as_stream(stream)>>>(
@@ -370,10 +432,11 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
   if (e1 <= e0) return;
   const DeviceGuard guard(device);
   check_players(device, n);
-  check_pointer(x, device, "x");
-  check_pointer(players, device, "players");
-  if (baseline) check_pointer(baseline, device, "baseline");
-  check_pointer(out, device, "out");
+  const int64_t numel = outer * inner;  // overflow-checked by the binding
+  check_buffer(x, numel * dtype_bytes, device, "x");
+  check_buffer(players, inner * static_cast<int64_t>(sizeof(int32_t)), device, "players");
+  if (baseline) check_buffer(baseline, numel * dtype_bytes, device, "baseline");
+  check_buffer(out, (e1 - e0) * numel * dtype_bytes, device, "out");
   const auto* pl = reinterpret_cast<const int32_t*>(players);
   if (dtype_bytes == 4) {
     launch_masked_apply<float>(as_stream(stream), device, seed, e0, e1, n, antithetic,
@@ -392,31 +455,32 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
 
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
                 int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
-                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2) {
+                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch) {
   if (n_samples <= 0) return;
   const DeviceGuard guard(device);
   check_players(device, n);
-  check_pointer(values, device, "values");
-  check_pointer(v_empty, device, "v_empty");
-  check_pointer(v_full, device, "v_full");
-  check_pointer(mean, device, "mean");
-  check_pointer(m2, device, "m2");
+  const int64_t P = n_samples * permutations_per_sample(antithetic);  // sizes checked by the binding
+  check_grid(P, "accumulate");
+  check_buffer(values, P * (n - 1) * m * 8, device, "values");
+  check_buffer(v_empty, m * 8, device, "v_empty");
+  check_buffer(v_full, m * 8, device, "v_full");
+  check_buffer(mean, n * m * 8, device, "mean");
+  check_buffer(m2, n * m * 8, device, "m2");
+  check_buffer(scratch, P * n * static_cast<int64_t>(sizeof(int32_t)), device, "scratch");
   const cudaStream_t s = as_stream(stream);
-  const int64_t P = n_samples * permutations_per_sample(antithetic);
-  int32_t* rank = nullptr;
-  check(cudaMallocAsync(reinterpret_cast<void**>(&rank), P * n * sizeof(int32_t), s), "cudaMallocAsync");
+  int32_t* rank = reinterpret_cast<int32_t*>(scratch);
   const size_t smem = permutation_smem_bytes(n);
   allow_smem(permutations_kernel, smem);
   permutations_kernel<<<static_cast<unsigned>(P), kThreads, smem, s>>>(seed, k0, n, antithetic,
                                                                        nullptr, rank);
   check_launch("permutations_kernel");
   const int64_t cells = n * m;
+  check_grid((cells + 127) / 128, "accumulate");
   accumulate_kernel<<<static_cast<unsigned>((cells + 127) / 128), 128, 0, s>>>(
       n_samples, n, m, antithetic, rank, reinterpret_cast<const double*>(values),
       reinterpret_cast<const double*>(v_empty), reinterpret_cast<const double*>(v_full), count0,
       reinterpret_cast<double*>(mean), reinterpret_cast<double*>(m2));
   check_launch("accumulate_kernel");
-  check(cudaFreeAsync(rank, s), "cudaFreeAsync");
 }
 
 }  // namespace cuda

@@ -2,7 +2,8 @@
 // csrc/cpu/ops_cpu.h. Pointers are raw device pointers (contiguous, row-major); `stream` is a
 // cudaStream_t passed as an integer (0 = the legacy default stream); `device` is the CUDA device
 // ordinal every pointer must live on. Every launch is followed by an error check; errors throw
-// std::runtime_error (std::invalid_argument for a pointer that is not on `device`).
+// std::runtime_error (std::invalid_argument for a pointer that is not on `device`, or whose
+// allocation ends before the bytes the op touches). Sizes and aliasing: checked by the binding.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -26,9 +27,10 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
                   uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out);
 
 // values [n_samples * pps * (n - 1), m], v_empty [m], v_full [m], mean [n, m], m2 [n, m]: float64.
+// scratch [n_samples * pps, n] int32: the samples' ranks, device memory the caller allocated.
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
                 int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
-                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2);
+                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch);
 
 // Number of CUDA devices usable now (0 when no driver or no GPU; never throws).
 int device_count();

@@ -4,10 +4,13 @@ computed from the feature map A of the target layer."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +67,19 @@ class CAMResult:
 
 def _deprecated(old, new):
     warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+
+
+_locks_guard = threading.Lock()
+_model_locks: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises explain calls on one model (any method, any thread)."""
+    with _locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
 
 
 @contextlib.contextmanager
@@ -145,15 +161,17 @@ class BaseCAM:
         image."""
         t0 = time.perf_counter()
         images, squeeze_batch = self._check_images(images)
-        with eval_mode(self.model), torch.no_grad():
-            A, extras = self.split.trunk(images)
-            logits = self.split.head(A, extras)
-        if A.dim() != 4:
-            raise ValueError(f"target_layer {self.layer_name!r}: output has shape "
-                             f"{tuple(A.shape)}; a CAM needs a [N, C, h, w] feature map")
-        tgt, multi = self._resolve_targets(targets, logits)
-        scores = torch.softmax(logits.double(), 1).gather(1, tgt)
-        with eval_mode(self.model):
+        # One explain at a time per model: eval_mode flips the model's training flags, which two
+        # threads would race on (BatchNorm statistics would change mid-run).
+        with model_lock(self.model), eval_mode(self.model):
+            with torch.no_grad():
+                A, extras = self._trunk(images)
+                logits = self.split.head(A, extras)
+            if A.dim() != 4:
+                raise ValueError(f"target_layer {self.layer_name!r}: output has shape "
+                                 f"{tuple(A.shape)}; a CAM needs a [N, C, h, w] feature map")
+            tgt, multi = self._resolve_targets(targets, logits)
+            scores = torch.softmax(logits.double(), 1).gather(1, tgt)
             cams, fields = self._cams(images, A, extras, tgt)
         maps = normalize_maps(cams, images.shape[-2:])
         res = CAMResult(maps=maps, values=cams, targets=tgt.cpu(), scores=scores.cpu(),
@@ -167,6 +185,23 @@ class BaseCAM:
 
     def _cams(self, images, A, extras, targets):
         raise NotImplementedError
+
+    def _trunk(self, images):
+        """(A, extras) from the split's trunk. An fx head that takes a non-tensor value computed
+        before the layer (``bs = x.size(0)``) would see it stale for a batch of coalitions, so
+        such a split is replaced by the hooks split (split="auto") or refused (split="fx")."""
+        A, extras = self.split.trunk(images)
+        stale = [type(e).__name__ for e in extras if not torch.is_tensor(e) and e is not None]
+        if self.split.method == "fx" and stale:
+            msg = (f"the head after {self.layer_name!r} uses non-tensor values computed before it "
+                   f"({', '.join(stale)}, e.g. a batch size), which would be stale for a batch of "
+                   "coalitions")
+            if self._split_method == "fx":
+                raise ValueError(msg + "; use split='hooks' or 'auto'")
+            warnings.warn(msg + "; falling back to hooks (slower)", RuntimeWarning, stacklevel=3)
+            self._split = split_model(self.model, self.layer_name, "hooks")
+            A, extras = self.split.trunk(images)
+        return A, extras
 
     # --- checks -----------------------------------------------------------------------------
     def _model_param(self):
@@ -200,10 +235,18 @@ class BaseCAM:
         multi = False
         if targets is None:
             t = logits.argmax(1)[:, None]
-        elif isinstance(targets, int) or (torch.is_tensor(targets) and targets.dim() == 0):
-            t = torch.full((N, 1), int(targets), dtype=torch.long)
+        elif _is_class_id(targets) or (torch.is_tensor(targets) and targets.dim() == 0):
+            t = torch.full((N, 1), _class_id(targets), dtype=torch.long)
         else:
-            rows = list(targets.tolist() if torch.is_tensor(targets) else targets)
+            if torch.is_tensor(targets) or isinstance(targets, np.ndarray):
+                if not (targets.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+                        if torch.is_tensor(targets) else np.issubdtype(targets.dtype, np.integer)):
+                    raise TypeError(f"targets: expected integer class ids, got dtype {targets.dtype}")
+                targets = targets.tolist()
+            if isinstance(targets, (str, bytes)) or not hasattr(targets, "__len__"):
+                raise TypeError(f"targets: expected None, a class id, or one entry per image; got "
+                                f"{type(targets).__name__}")
+            rows = list(targets)
             if len(rows) != N:
                 raise ValueError(f"targets: expected one entry per image ({N}), got {len(rows)}")
             multi = any(isinstance(r, (list, tuple)) for r in rows)
@@ -211,9 +254,26 @@ class BaseCAM:
                 if not all(isinstance(r, (list, tuple)) for r in rows) or len({len(r) for r in rows}) != 1:
                     raise ValueError("targets: several classes per image need the same number of "
                                      "classes (a list) for every image")
-                t = torch.tensor(rows, dtype=torch.long)
+                if len(rows[0]) == 0:
+                    raise ValueError("targets: each image needs at least one class, got empty lists")
+                t = torch.tensor([[_class_id(c) for c in r] for r in rows], dtype=torch.long)
             else:
-                t = torch.tensor([int(r) for r in rows], dtype=torch.long)[:, None]
+                t = torch.tensor([_class_id(r) for r in rows], dtype=torch.long)[:, None]
         if t.numel() and (t.min() < 0 or t.max() >= classes):
             raise ValueError(f"targets: class ids must lie in [0, {classes}), got {t.flatten().tolist()}")
         return t.to(logits.device), multi
+
+
+def _is_class_id(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _class_id(v) -> int:
+    """An int class id; bools and floats are refused (3.7 is not class 3, True is not class 1)."""
+    if torch.is_tensor(v) and v.dim() == 0:
+        if v.is_floating_point() or v.dtype == torch.bool or v.is_complex():
+            raise TypeError(f"targets: class ids must be integers, got a {v.dtype} tensor")
+        return int(v)
+    if not _is_class_id(v):
+        raise TypeError(f"targets: class ids must be integers, got {v!r} ({type(v).__name__})")
+    return int(v)

@@ -31,11 +31,13 @@ class ScoreCAM(BaseCAM):
     @torch.no_grad()
     def _cams(self, images, A, extras, targets):
         N, C = A.shape[:2]
-        # UpsamplingBilinear2d (align_corners=True), as in the reference implementation.
-        up = F.interpolate(A, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        # UpsamplingBilinear2d (align_corners=True), as in the reference implementation. The
+        # normalisation runs in float32 at least: its 1e-8 is 0 in float16 (NaN masks).
+        work = A.float() if A.dtype in (torch.float16, torch.bfloat16) else A
+        up = F.interpolate(work, size=images.shape[-2:], mode="bilinear", align_corners=True)
         flat = up.flatten(2)
         lo, hi = flat.min(-1).values[..., None, None], flat.max(-1).values[..., None, None]
-        up = (up - lo) / (hi - lo + 1e-8)
+        up = ((up - lo) / (hi - lo + 1e-8)).to(images.dtype)
         cams = []
         bar = progress_bar(N * C, self.progress, desc="score-cam", unit="mask", auto_min=2048)
         for i in range(N):
@@ -47,7 +49,7 @@ class ScoreCAM(BaseCAM):
                     out = torch.softmax(out, 1)
                 scores.append(out[:, targets[i]])  # [b, m]
                 bar.update(batch.shape[0])
-            w = torch.softmax(torch.cat(scores, 0).T.double(), -1).to(A.dtype)  # [m, C]
-            cams.append((w[..., None, None] * A[i, None]).sum(1))
+            w = torch.softmax(torch.cat(scores, 0).T.double(), -1).to(work.dtype)  # [m, C]
+            cams.append((w[..., None, None] * work[i, None]).sum(1))
         bar.close()
         return torch.stack(cams), {"n_evals": N * C}

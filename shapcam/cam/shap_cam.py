@@ -78,12 +78,16 @@ class ShapCAM(BaseCAM):
 
             @torch.no_grad()
             def value_fn(feats, ex_i=ex_i, t_i=t_i):
-                out = self.split.head(feats, ex_i)
+                # feats is the game's workspace, rewritten for every chunk: the head may modify it.
+                out = self.split.head(feats.to(A.dtype), ex_i, inplace_ok=True)
                 if self.score == "probability":
                     out = torch.softmax(out.double(), 1)
                 return out[:, t_i]  # [B, m]
 
-            game = MaskedInputGame(value_fn, A[i], baseline=self.baseline, players=players,
+            # Half-precision models (float16, bfloat16): the engines mask float32 features, and the
+            # head gets them back in its dtype.
+            feats_i = A[i].float() if A.dtype in (torch.float16, torch.bfloat16) else A[i]
+            game = MaskedInputGame(value_fn, feats_i, baseline=self.baseline, players=players,
                                    workspace=workspace)
             res = estimate_shapley(game, K=self.K, seed=self.seed, antithetic=self.antithetic,
                                    batch_size=batch_size, engine=self.engine, progress=False)

@@ -40,7 +40,12 @@ def resolve_layer(model: nn.Module, target_layer) -> tuple[str, nn.Module]:
 @dataclass
 class Split:
     """trunk(images [N, ...]) -> (A [N, C, h, w], extras); head(A_batch [B, C, h, w], extras of
-    one image) -> model output [B, classes]."""
+    one image, inplace_ok=False) -> model output [B, classes].
+
+    The head never modifies the feature map it is given (an in-place ReLU or ``out += identity``
+    after the layer would otherwise change the caller's A): it works on a copy, unless the caller
+    passes ``inplace_ok=True`` for a scratch buffer it rewrites anyway (Shap-CAM's masked
+    features)."""
 
     trunk: object
     head: object
@@ -124,11 +129,11 @@ def _fx_split(model, name, layer) -> Split:
         outs = trunk_gm(images)
         return outs[0], list(outs[1:])
 
-    def head(acts, extras):
+    def head(acts, extras, inplace_ok=False):
         B = acts.shape[0]
         expanded = [e.expand((B,) + tuple(e.shape[1:])) if torch.is_tensor(e) and e.dim() > 0 and
                     e.shape[0] == 1 else e for e in extras]
-        return head_gm(acts, *expanded)
+        return head_gm(acts if inplace_ok else acts.clone(), *expanded)
 
     return Split(trunk=trunk, head=head, layer_name=name, method="fx", head_module=head_gm)
 
@@ -158,14 +163,14 @@ def _hook_split(model, name, layer) -> Split:
             raise RuntimeError(f"layer {name!r} was not called in the forward pass")
         return store["a"], [images]
 
-    def head(acts, extras):
+    def head(acts, extras, inplace_ok=False):
         image = extras[0]
         B = acts.shape[0]
 
         def replace(_m, _i, out):
             if out.shape[1:] != acts.shape[1:]:
                 raise RuntimeError("layer output shape changed")
-            return acts
+            return acts if inplace_ok else acts.clone()
 
         with _hook(layer, replace):
             out = model(image.expand((B,) + tuple(image.shape[1:])))
