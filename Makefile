@@ -16,7 +16,7 @@ SOURCES := $(shell find csrc shapcam -type f \( -name '*.py' -o -name '*.h' -o -
 # Tests run from here, so `import shapcam` can only find the installed package.
 TEST_CWD := $(shell mktemp -d 2>/dev/null || echo /tmp)
 
-.PHONY: setup dev demo test bench bench-tiny clean
+.PHONY: setup dev demo test sanitize bench bench-tiny clean
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ demo: setup
 test: setup
 	cd $(TEST_CWD) && SHAPCAM_SOURCE_TREE=$(CURDIR) $(PY) -m pytest -q -c $(CURDIR)/pytest.ini \
 		--rootdir $(CURDIR) -p no:cacheprovider $(CURDIR)/tests
+
+# The native engine built with AddressSanitizer + UBSan, under the ops and hostile-input tests.
+sanitize: $(VENV)/.deps
+	bash .ci/sanitize.sh $(PY)
 
 $(VENV)/.bench-deps: $(VENV)/.deps
 	$(PY) -m pip install -q $(BENCH_DEPS)

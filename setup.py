@@ -10,6 +10,7 @@ Environment overrides:
   SHAPCAM_NATIVE=0        skip the extension altogether (pure-Python install)
   CUDA_HOME / NVCC        where the toolkit / nvcc is
   SHAPCAM_OPENMP=0|1|auto threads in the CPU ops (auto: when the compiler accepts -fopenmp)
+  SHAPCAM_SANITIZE=1      build with AddressSanitizer + UBSan (-O1 -g; for `make sanitize`)
 C++ sources compile in parallel (pybind11's ParallelCompile); CUDA sources with nvcc, in parallel.
 A compiler without OpenMP still builds the engine, single-threaded, and says so.
 """
@@ -109,7 +110,13 @@ def build_extension():
                 print("shapcam: building the native engine without OpenMP (single-threaded CPU ops)"
                       + ("" if want_omp == "0" else ": the compiler does not accept -fopenmp"),
                       flush=True)
+            sanitize = _env_flag("SHAPCAM_SANITIZE", "0") == "1"
             for e in self.extensions:
+                if sanitize:
+                    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                             "-fno-omit-frame-pointer", "-g", "-O1"]
+                    e.extra_compile_args = [a for a in e.extra_compile_args if a != "-O3"] + flags
+                    e.extra_link_args = list(e.extra_link_args or []) + flags[:2]
                 if omp:
                     e.extra_compile_args = list(e.extra_compile_args) + ["-fopenmp"]
                     e.extra_link_args = list(e.extra_link_args or []) + ["-fopenmp"]

@@ -17,6 +17,13 @@ import sys
 from ._progress import progress_bar
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line (not the whole usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 class UsageError(Exception):
     """A mistake in the command's arguments or files: reported in one line."""
 
@@ -169,7 +176,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .cam import METHODS
 
-    parser = argparse.ArgumentParser(prog="shapcam", description="Shapley values and Shap-CAM saliency maps")
+    parser = _Parser(prog="shapcam", description="Shapley values and Shap-CAM saliency maps")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def common(p):

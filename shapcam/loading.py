@@ -178,7 +178,9 @@ def read_image(path, spec: InputSpec):
                 raise ValueError(f"{path}: {im.width}x{im.height} pixels is over the limit of "
                                  f"{MAX_IMAGE_PIXELS:,}")
             a = _to_float_pixels(im, spec.channels, spec.size)
-    except (OSError, Image.DecompressionBombError, SyntaxError, EOFError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: image is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({exc})") from None
+    except (OSError, SyntaxError, EOFError) as exc:
         raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     raw = torch.from_numpy(np.array(a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)))
     x = raw

@@ -155,6 +155,48 @@ def test_bad_device_input():
                                  torch.empty((4, 8, 3, 3), device="cuda:1").data_ptr())
 
 
+def test_raw_cuda_entries_check_extents_and_aliasing():
+    """The CUDA bindings take raw pointers: a buffer too small for the shapes is refused (its
+    allocation's extent, from cuMemGetAddressRange), and outputs may not overlap inputs."""
+    from shapcam import _C
+
+    x = torch.randn(8, 9, device=DEV)
+    pl = torch.arange(9, dtype=torch.int32, device=DEV)
+    big = torch.empty(16 * 2**20, device=DEV)  # 64 MiB: an allocation of its own
+    near_end = big.data_ptr() + (big.numel() - 10) * 4  # 40 bytes before its end
+    with pytest.raises(ValueError, match="allocation holds only"):
+        _C.masked_apply_cuda(0, 0, 0, 0, 4, 9, True, 4, x.data_ptr(), 8, 9, pl.data_ptr(), 0, 0.0,
+                             near_end)
+    with pytest.raises(ValueError, match="overlaps x"):
+        _C.masked_apply_cuda(0, 0, 0, 0, 1, 9, True, 4, x.data_ptr(), 8, 9, pl.data_ptr(), 0, 0.0,
+                             x.data_ptr())
+    r = torch.empty((3, 5), dtype=torch.int32, device=DEV)
+    with pytest.raises(ValueError, match="overlaps"):
+        _C.permutations_cuda(0, 0, 1, 0, 3, 5, True, r.data_ptr(), r.data_ptr())
+    with pytest.raises(ValueError, match="2\\^31"):
+        _C.permutations_cuda(0, 0, 1, 0, 3, 2**31, True, r.data_ptr(), 0)
+    st = torch.zeros((5, 1), dtype=torch.float64, device=DEV)
+    vals = torch.zeros((8, 1), dtype=torch.float64, device=DEV)
+    e = torch.zeros(1, dtype=torch.float64, device=DEV)
+    scratch = torch.empty((2, 5), dtype=torch.int32, device=DEV)
+    with pytest.raises(ValueError, match="overlaps"):
+        _C.accumulate_cuda(0, 0, 0, 0, 1, 5, 1, True, vals.data_ptr(), e.data_ptr(), e.data_ptr(), 0,
+                           st.data_ptr(), st.data_ptr(), scratch.data_ptr())
+
+
+def test_keep_flags_beyond_the_shared_memory_budget_fall_back():
+    """Near the player limit the keep flags no longer fit beside the permutation in shared
+    memory: the kernel must take its per-element path, not fail with an attribute error."""
+    from shapcam import _C
+
+    n = int(_C.cuda_max_players(0))
+    x = torch.randn(2, 16000, device=DEV)  # 16000 keep flags (under kMaxKeepSmem) beside ~8n bytes
+    players = torch.arange(16000)
+    got = ops.masked_apply(3, 0, 3, n, True, x, players)
+    want = ops.masked_apply(3, 0, 3, n, True, x.cpu().numpy(), players.numpy(), engine="native")
+    np.testing.assert_array_equal(got.cpu().numpy(), want)
+
+
 def test_shapcam_on_gpu_equals_cpu():
     tv = pytest.importorskip("torchvision")
     torch.manual_seed(0)

@@ -235,6 +235,8 @@ class BaseCAM:
         multi = False
         if targets is None:
             t = logits.argmax(1)[:, None]
+        elif isinstance(targets, (bool, np.bool_, float, np.floating)):
+            _class_id(targets)  # raises: a bool or a float is not a class id
         elif _is_class_id(targets) or (torch.is_tensor(targets) and targets.dim() == 0):
             t = torch.full((N, 1), _class_id(targets), dtype=torch.long)
         else:

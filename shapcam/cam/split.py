@@ -155,7 +155,7 @@ def _hook_split(model, name, layer) -> Split:
             if "a" in store:
                 raise SplitError(f"target_layer {name!r} is called more than once in the forward "
                                  "(a shared module); pick a layer that is called once")
-            store["a"] = out
+            store["a"] = out.clone()  # the rest of the forward may change `out` in place
 
         with _hook(layer, grab):
             model(images)
