@@ -115,6 +115,25 @@ int64_t check_apply_shape(int64_t outer, int64_t inner) {
   return mul(outer, inner, "x");
 }
 
+// The sizes of one accumulate call, checked once for both engines: values [rows, m], the ranks'
+// scratch [P, n] int32, and the state [n, m] (cells).
+struct AccumulateSizes {
+  int64_t rows, values, ranks, cells;
+};
+
+AccumulateSizes check_accumulate(int64_t n, int64_t n_samples, int64_t k0, int64_t count0,
+                                 int64_t m_out, bool antithetic) {
+  check_n(n);
+  require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
+  require(m_out >= 1, "m: need at least 1 output");
+  const int64_t pps = antithetic ? 2 : 1;
+  require(k0 % pps == 0, "k0: must start a sample (a multiple of 2 when antithetic)");
+  const int64_t P = mul(n_samples, pps, "samples");
+  const int64_t rows = mul(P, n - 1, "values");
+  return AccumulateSizes{rows, mul(rows, m_out, "values"), mul(P, n, "ranks"),
+                         mul(n, m_out, "mean")};
+}
+
 template <typename T>
 void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
                             const py::array& x, int64_t outer, int64_t inner,
@@ -218,15 +237,9 @@ PYBIND11_MODULE(_C, m) {
       [](uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m_out, bool antithetic,
          py::array values, py::array v_empty, py::array v_full, int64_t count0, py::array mean,
          py::array m2) {
-        check_n(n);
-        require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
-        require(m_out >= 1, "m: need at least 1 output");
-        const int64_t pps = antithetic ? 2 : 1;
-        require(k0 % pps == 0, "k0: must start a sample (a multiple of 2 when antithetic)");
-        const int64_t rows = mul(mul(n_samples, pps, "values"), n - 1, "values");
-        mul(mul(n_samples, pps, "ranks"), n, "ranks");  // the engine's rank scratch
-        const int64_t cells = mul(n, m_out, "mean");
-        const double* vp = readable<double>(values, "values", mul(rows, m_out, "values"));
+        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic);
+        const int64_t rows = z.rows, cells = z.cells;
+        const double* vp = readable<double>(values, "values", z.values);
         const double* ve = readable<double>(v_empty, "v_empty", m_out);
         const double* vf = readable<double>(v_full, "v_full", m_out);
         double* mp = writable<double>(mean, "mean", cells);
@@ -302,15 +315,10 @@ PYBIND11_MODULE(_C, m) {
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples, int64_t n,
          int64_t m_out, bool antithetic, uintptr_t values, uintptr_t v_empty, uintptr_t v_full,
          int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch) {
-        check_n(n);
-        require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
-        require(m_out >= 1, "m: need at least 1 output");
-        const int64_t pps = antithetic ? 2 : 1;
-        require(k0 % pps == 0, "k0: must start a sample (a multiple of 2 when antithetic)");
-        const int64_t rows = mul(mul(n_samples, pps, "values"), n - 1, "values");
-        const int64_t scratch_bytes = mul(mul(mul(n_samples, pps, "scratch"), n, "scratch"), 4, "scratch");
-        const int64_t vbytes = mul(mul(rows, m_out, "values"), 8, "values");
-        const int64_t cbytes = mul(mul(n, m_out, "mean"), 8, "mean");
+        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic);
+        const int64_t scratch_bytes = mul(z.ranks, 4, "scratch");
+        const int64_t vbytes = mul(z.values, 8, "values");
+        const int64_t cbytes = mul(z.cells, 8, "mean");
         const Span ins[] = {span_bytes("values", values, vbytes), span_bytes("v_empty", v_empty, m_out * 8),
                             span_bytes("v_full", v_full, m_out * 8)};
         check_disjoint(span_bytes("mean", mean, cbytes),

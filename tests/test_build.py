@@ -99,17 +99,23 @@ def test_version_is_written_once():
 
 @pytest.mark.skipif(not os.environ.get("SHAPCAM_SOURCE_TREE"), reason="needs the checkout")
 def test_builds_without_openmp(tmp_path):
-    """A compiler without OpenMP still builds a working engine (single-threaded), with a message.
-    SHAPCAM_OPENMP=0 takes the same path as a compiler whose -fopenmp probe fails; CUDA off to
-    keep it short."""
+    """A compiler without OpenMP still builds a working engine (single-threaded), with a message:
+    the compiler here is wrapped so that it rejects -fopenmp, as one without OpenMP does. CUDA off
+    to keep it short."""
     src = os.environ["SHAPCAM_SOURCE_TREE"]
-    env = dict(os.environ, SHAPCAM_OPENMP="0", SHAPCAM_CUDA="0")
+    wrapper = tmp_path / "cc-no-openmp"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = "-fopenmp" ] && '
+                       '{ echo "unsupported option -fopenmp" >&2; exit 1; }; done\nexec g++ "$@"\n')
+    wrapper.chmod(0o755)
+    env = dict(os.environ, SHAPCAM_CUDA="0", CC=str(wrapper), CXX=str(wrapper),
+               LDSHARED=f"{wrapper} -shared")
+    env.pop("SHAPCAM_OPENMP", None)
     build = tmp_path / "build"
     out = subprocess.run([sys.executable, os.path.join(src, "setup.py"), "-q", "build_ext",
                           "--build-lib", str(build), "--build-temp", str(tmp_path / "tmp")],
                          capture_output=True, text=True, cwd=src, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "without OpenMP" in out.stdout
+    assert "without OpenMP" in out.stdout and "does not accept -fopenmp" in out.stdout
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib.util as u, numpy as np\n"
             "import glob; so = glob.glob(sys.argv[1] + '/shapcam/_C*.so')[0]\n"
             "spec = u.spec_from_file_location('shapcam._C', so); m = u.module_from_spec(spec)\n"
