@@ -11,8 +11,10 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cpu/ops_cpu.h"
+#include "shapcam/walk.h"
 #ifdef SHAPCAM_WITH_CUDA
 #include "cuda/ops_cuda.h"
 #endif
@@ -134,6 +136,50 @@ AccumulateSizes check_accumulate(int64_t n, int64_t n_samples, int64_t k0, int64
                          mul(n, m_out, "mean")};
 }
 
+// The cell structure of a cell game: members [cells, size] (-1 pads) and cell_of [n] must
+// describe one partition of the n players: every player in exactly one cell, cell_of agreeing.
+void check_cells(const int32_t* members, int64_t cells, int64_t size, const int32_t* cell_of,
+                 int64_t n) {
+  require(cells >= 1, "cells: need at least one cell");
+  require(size >= 1 && size <= kMaxCellSize,
+          "cells: at most " + std::to_string(kMaxCellSize) + " players per cell, got " + std::to_string(size));
+  std::vector<int32_t> seen(n, 0);
+  for (int64_t c = 0; c < cells; ++c) {
+    for (int64_t b = 0; b < size; ++b) {
+      const int32_t m = members[c * size + b];
+      if (m == -1) continue;
+      require(m >= 0 && m < n, "members: id " + std::to_string(m) + " outside [0, " + std::to_string(n) + ")");
+      require(cell_of[m] == c, "cell_of: player " + std::to_string(m) + " is a member of cell " +
+                                   std::to_string(c) + " but cell_of says " + std::to_string(cell_of[m]));
+      require(++seen[m] == 1, "members: player " + std::to_string(m) + " is in more than one place");
+    }
+  }
+  for (int64_t p = 0; p < n; ++p) {
+    require(seen[p] == 1, "members: player " + std::to_string(p) + " is in no cell");
+  }
+}
+
+template <typename T>
+void prefix_walk_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+                           const py::array& tables, int64_t cells, int64_t size, int64_t d,
+                           const py::array& members, const py::array& cell_of,
+                           const py::array& z_empty, py::array& out) {
+  require(d >= 1, "d: need at least one dimension");
+  require(size >= 1 && size <= kMaxCellSize, "size: between 1 and " + std::to_string(kMaxCellSize));
+  const int64_t tsize = mul(mul(cells, int64_t(1) << size, "tables"), d, "tables");
+  const T* tp = readable<T>(tables, "tables", tsize);
+  const int32_t* mp = readable<int32_t>(members, "members", mul(cells, size, "members"));
+  const int32_t* cp = readable<int32_t>(cell_of, "cell_of", n);
+  const T* zp = readable<T>(z_empty, "z_empty", d);
+  const int64_t osize = mul(e1 - e0, d, "out");
+  T* op = writable<T>(out, "out", osize);
+  check_cells(mp, cells, size, cp, n);
+  check_disjoint(span("out", op, osize), {span("tables", tp, tsize), span("z_empty", zp, d),
+                                          span("members", mp, cells * size), span("cell_of", cp, n)});
+  py::gil_scoped_release nogil;
+  cpu::prefix_walk<T>(seed, e0, e1, n, antithetic, tp, cells, size, d, mp, cp, zp, op);
+}
+
 template <typename T>
 void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
                             const py::array& x, int64_t outer, int64_t inner,
@@ -233,6 +279,28 @@ PYBIND11_MODULE(_C, m) {
       py::arg("out"));
 
   m.def(
+      "prefix_walk_cpu",
+      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, py::array tables,
+         int64_t cells, int64_t size, int64_t d, py::array members, py::array cell_of,
+         py::array z_empty, py::array out) {
+        check_range(e0, e1, "chunk [e0, e1)");
+        check_n(n);
+        if (py::isinstance<carray<float>>(tables)) {
+          prefix_walk_cpu_typed<float>(seed, e0, e1, n, antithetic, tables, cells, size, d, members, cell_of, z_empty, out);
+        } else if (py::isinstance<carray<double>>(tables)) {
+          prefix_walk_cpu_typed<double>(seed, e0, e1, n, antithetic, tables, cells, size, d, members, cell_of, z_empty, out);
+        } else {
+          throw std::invalid_argument("tables: dtype must be float32 or float64 (C-contiguous)");
+        }
+      },
+      "The incremental prefix walk of a cell game for evaluations [e0, e1): out [B, d] = z of each "
+      "coalition (csrc/include/shapcam/walk.h). tables [cells, 2^size, d]; members [cells, size] "
+      "int32 (-1 pads); cell_of [n] int32; z_empty [d].",
+      py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("antithetic"),
+      py::arg("tables"), py::arg("cells"), py::arg("size"), py::arg("d"), py::arg("members"),
+      py::arg("cell_of"), py::arg("z_empty"), py::arg("out"));
+
+  m.def(
       "accumulate_cpu",
       [](uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m_out, bool antithetic,
          py::array values, py::array v_empty, py::array v_full, int64_t count0, py::array mean,
@@ -311,6 +379,31 @@ PYBIND11_MODULE(_C, m) {
       py::arg("inner"), py::arg("players"), py::arg("baseline"), py::arg("baseline_scalar"),
       py::arg("out"));
   m.def(
+      "prefix_walk_cuda",
+      [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+         bool antithetic, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
+         int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out) {
+        check_range(e0, e1, "chunk [e0, e1)");
+        check_n(n);
+        require(dtype_bytes == 4 || dtype_bytes == 8, "tables: dtype must be float32 or float64");
+        require(cells >= 1 && d >= 1, "cells, d: need at least 1");
+        require(size >= 1 && size <= kMaxCellSize, "size: between 1 and " + std::to_string(kMaxCellSize));
+        const int64_t tbytes = mul(mul(mul(cells, int64_t(1) << size, "tables"), d, "tables"), dtype_bytes, "tables");
+        const int64_t obytes = mul(mul(e1 - e0, d, "out"), dtype_bytes, "out");
+        check_disjoint(span_bytes("out", out, obytes),
+                       {span_bytes("tables", tables, tbytes), span_bytes("z_empty", z_empty, d * dtype_bytes),
+                        span_bytes("members", members, mul(cells, size, "members") * 4),
+                        span_bytes("cell_of", cell_of, n * 4)});
+        py::gil_scoped_release nogil;
+        cuda::prefix_walk(device, stream, seed, e0, e1, n, antithetic, dtype_bytes, tables, cells,
+                          size, d, members, cell_of, z_empty, out);
+      },
+      "CUDA twin of prefix_walk_cpu over device pointers (one block per permutation).",
+      py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"),
+      py::arg("n"), py::arg("antithetic"), py::arg("dtype_bytes"), py::arg("tables"),
+      py::arg("cells"), py::arg("size"), py::arg("d"), py::arg("members"), py::arg("cell_of"),
+      py::arg("z_empty"), py::arg("out"));
+  m.def(
       "accumulate_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples, int64_t n,
          int64_t m_out, bool antithetic, uintptr_t values, uintptr_t v_empty, uintptr_t v_full,
@@ -337,7 +430,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("v_full"), py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("scratch"));
 #else
   m.def("cuda_device_count", []() { return 0; }, "CUDA devices usable now (always 0: no CUDA build).");
-  for (const char* name : {"permutations_cuda", "masks_cuda", "masked_apply_cuda", "accumulate_cuda", "cuda_max_players"}) {
+  for (const char* name : {"permutations_cuda", "masks_cuda", "masked_apply_cuda", "prefix_walk_cuda", "accumulate_cuda",
+                           "cuda_max_players"}) {
     m.def(name, [](py::args, py::kwargs) { no_cuda(); }, "Unavailable: built without CUDA.");
   }
 #endif

@@ -11,11 +11,11 @@ from ._engine import engine_info
 from ._version import __version__
 from .estimator import ShapleyResult, estimate_shapley
 from .exact import exact_shapley
-from .games import Game, MaskedInputGame, MaskGame
+from .games import CellTableGame, Game, MaskedInputGame, MaskGame
 
 _CAM_NAMES = ("ShapCAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "CAMResult")
 
-__all__ = ["engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame",
+__all__ = ["engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame", "CellTableGame",
            "MaskedInputGame", *_CAM_NAMES]
 
 

@@ -127,6 +127,7 @@ def cmd_explain(args) -> int:
             written += 1
         first = results[names[0]]
         summary.append({"image": path, "output_stem": stem, "target": int(first.targets[i]),
+                        "paths": {m: r.path for m, r in results.items() if r.path},
                         "probability": float(first.scores[i]),
                         **{f"seconds_{m}": r.seconds / len(x) for m, r in results.items()}})
         if "shapcam" in results:
@@ -166,9 +167,9 @@ def cmd_demo(args) -> int:
     for i in range(n):
         print(f"{i:>5} {data['labels'][i]:>4} {int(sc.targets[i]):>4} {float(sc.scores[i]):>6.3f} "
               f"{float(sc.efficiency_gap[i]):>9.1e}")
-    print(f"{'method':<10} {'ms / image':>10}")
+    print(f"{'method':<10} {'ms / image':>10}  path")
     for m, r in results.items():
-        print(f"{m:<10} {r.seconds / n * 1e3:>10.1f}")
+        print(f"{m:<10} {r.seconds / n * 1e3:>10.1f}  {r.path or '-'}")
     print(f"wrote {path}")
     return 0
 

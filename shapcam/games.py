@@ -298,6 +298,211 @@ class MaskedInputGame(Game):
             return _detached_copy_if_view(self.f(out), out)
 
 
+MAX_CELL_SIZE = 8  # csrc/include/shapcam/walk.h: kMaxCellSize
+
+
+class CellTableGame(Game):
+    """A game that is affine per cell, read out by any function: the heads most CNNs have, and a
+    GLM on tabular features.
+
+    The players are split into disjoint cells; ``tables[c, s]`` is cell c's contribution (a
+    d-vector) when the subset ``s`` of its players is present (bit b of s = the cell's b-th
+    player, ``cells[c, b]``). A coalition S is valued as
+
+        z(S) = z_empty + sum_c (tables[c, S ∩ c] - tables[c, {}]),    v(S) = readout(z(S)).
+
+    Consecutive prefixes of a permutation differ by one player, so the engines walk each
+    permutation updating z in O(d) per evaluation (csrc/include/shapcam/walk.h) — no pass over the
+    input — and only ``readout`` runs per coalition, in batches.
+
+    Args:
+        tables: [n_cells, 2^size, d] float32/float64 (NumPy, or a torch tensor on CPU or CUDA).
+        cells: [n_cells, size] int player ids with -1 padding (size <= 8), one partition of the
+            players 0..n-1; None for one player per cell (cell c = player c; size 1).
+        readout: ``readout(Z [B, d]) -> [B] or [B, m]`` in the tables' array type; None: the
+            values are Z itself (m = d). Then the game is additive over cells and
+            :meth:`exact_shapley` gives the exact values.
+        z_empty: [d] z of the empty coalition (default: sum_c tables[c, 0]).
+
+    Example (a logistic GLM on tabular features, explained against a background point)::
+
+        game = CellTableGame.glm(weights, x, background, intercept=b0, link=scipy.special.expit)
+        res = shapcam.estimate_shapley(game, K=256)
+    """
+
+    def __init__(self, tables, cells=None, readout=None, z_empty=None):
+        from ._arrays import dtype_name as _dt
+
+        if _dt(tables) not in ("float32", "float64"):
+            raise TypeError(f"tables: dtype must be float32 or float64, got {_dt(tables)}")
+        shape = shape_of(tables)
+        if len(shape) != 3 or 0 in shape:
+            raise ValueError(f"tables: expected a non-empty [n_cells, 2^size, d] array, got {shape}")
+        n_cells, subsets, d = shape
+        if cells is None:
+            cells = np.arange(n_cells, dtype=np.int64)[:, None]
+        cells = np.asarray(host_numpy(cells))
+        if cells.ndim == 1:
+            cells = cells[:, None]
+        if cells.ndim != 2 or cells.shape[0] != n_cells or not np.issubdtype(cells.dtype, np.integer):
+            raise ValueError(f"cells: expected an int array [n_cells={n_cells}, size], got "
+                             f"{cells.shape} {cells.dtype}")
+        size = cells.shape[1]
+        if not 1 <= size <= MAX_CELL_SIZE:
+            raise ValueError(f"cells: at most {MAX_CELL_SIZE} players per cell, got {size}")
+        if subsets != 1 << size:
+            raise ValueError(f"tables: cells of {size} players need 2^{size} = {1 << size} subsets "
+                             f"on axis 1, got {subsets}")
+        ids = cells[cells >= 0]
+        if (cells < -1).any() or ids.size == 0:
+            raise ValueError("cells: ids must be player ids >= 0 or -1 (padding)")
+        n = int(ids.max()) + 1
+        if n > MAX_PLAYERS:
+            raise ValueError(f"cells: at most {MAX_PLAYERS} players")
+        counts = np.bincount(ids, minlength=n)
+        if (counts != 1).any():
+            bad = int(np.flatnonzero(counts != 1)[0])
+            raise ValueError(f"cells: player {bad} appears {int(counts[bad])} times; every player "
+                             f"0..{n - 1} must be in exactly one cell")
+        if readout is not None and not callable(readout):
+            raise TypeError(f"readout: expected a callable or None, got {type(readout).__name__}")
+        self.tables = tables if is_torch(tables) or is_cuda_array(tables) else np.ascontiguousarray(tables)
+        if is_torch(self.tables):
+            self.tables = self.tables.detach().contiguous()
+        self.members = np.ascontiguousarray(cells, dtype=np.int32)
+        cell_of = np.empty(n, dtype=np.int32)
+        rows, cols = np.nonzero(cells >= 0)
+        cell_of[cells[rows, cols]] = rows
+        self.cell_of = cell_of
+        self.n_players, self.n_cells, self.cell_size, self.d = n, n_cells, size, d
+        self.readout = readout
+        self.device = self.tables.device if is_torch(self.tables) else None
+        if z_empty is None:
+            z_empty = self.tables[:, 0].sum(0)
+        elif shape_of(z_empty) != (d,):
+            raise ValueError(f"z_empty: expected [{d}], got {shape_of(z_empty)}")
+        if is_torch(self.tables):
+            import torch
+
+            z_empty = torch.as_tensor(z_empty, dtype=self.tables.dtype, device=self.tables.device)
+            self.z_empty = z_empty.detach().contiguous()
+        else:
+            self.z_empty = np.ascontiguousarray(host_numpy(z_empty), dtype=self.tables.dtype)
+        self._dev_structure = None
+
+    @classmethod
+    def glm(cls, weights, x, baseline=0.0, intercept=0.0, link=None):
+        """A generalised linear model explained against a baseline (background) point: players are
+        the p features, v(S) = link(intercept + sum_{i in S} w_i x_i + sum_{i not in S} w_i b_i).
+
+        weights [p] or [p, m] (m outputs); x, baseline [p] (baseline may be a scalar); link: a
+        callable on [B, m] (None: the linear predictor itself, values [p, m], exact via
+        exact_shapley). With a link and 1-D weights the values are [p]."""
+        w = np.asarray(weights, dtype=np.float64)
+        w = w[:, None] if w.ndim == 1 else w
+        x = np.asarray(x, dtype=np.float64)
+        b = np.broadcast_to(np.asarray(baseline, dtype=np.float64), x.shape)
+        if w.ndim != 2 or x.ndim != 1 or w.shape[0] != x.shape[0]:
+            raise ValueError(f"weights [p] or [p, m] and x [p]: got {w.shape} and {x.shape}")
+        tables = np.stack([w * b[:, None], w * x[:, None]], 1)  # [p, 2, m]
+        z_empty = np.asarray(intercept, dtype=np.float64) + (w * b[:, None]).sum(0)
+        squeeze = np.asarray(weights).ndim == 1
+        if link is None:
+            readout = None  # additive: exact_shapley applies (values [p, m], m = 1 for 1-D weights)
+        else:
+            readout = (lambda z: link(z)[:, 0]) if squeeze else link
+        return cls(tables, None, readout, z_empty=np.broadcast_to(z_empty, (w.shape[1],)).copy())
+
+    def structure_on_device(self):
+        """(members, cell_of) on the tables' device (copied once)."""
+        if self._dev_structure is None:
+            if is_torch(self.tables):
+                import torch
+
+                dev = self.tables.device
+                self._dev_structure = (torch.from_numpy(self.members).to(dev),
+                                       torch.from_numpy(self.cell_of).to(dev))
+            else:
+                import cupy
+
+                self._dev_structure = (cupy.asarray(self.members), cupy.asarray(self.cell_of))
+        return self._dev_structure
+
+    def default_batch_size(self) -> int:
+        item = 4 if dtype_name(self.tables) == "float32" else 8
+        return int(max(1, min(2**16, (32 * 2**20) // (self.d * item))))
+
+    def _read(self, Z):
+        return Z if self.readout is None else self.readout(Z)
+
+    def _full_z(self):
+        """z of the grand coalition: every cell's full subset."""
+        full = ((self.members >= 0).astype(np.int64) << np.arange(self.cell_size)).sum(1)
+        if is_torch(self.tables):
+            import torch
+
+            idx = torch.from_numpy(full).to(self.tables.device)
+            cells = torch.arange(self.n_cells, device=self.tables.device)
+            return self.z_empty + (self.tables[cells, idx] - self.tables[:, 0]).sum(0)
+        return self.z_empty + (self.tables[np.arange(self.n_cells), full] - self.tables[:, 0]).sum(0)
+
+    def endpoints(self):
+        z = self._full_z()
+        if is_torch(self.tables):
+            import torch
+
+            Z = torch.stack([self.z_empty, z])
+        else:
+            Z = np.stack([self.z_empty, z])
+        return self._read(Z)
+
+    def evaluate(self, seed, e0, e1, antithetic, engine):
+        return self._read(ops.prefix_walk(self, seed, e0, e1, antithetic, engine=engine))
+
+    def exact_shapley(self):
+        """Exact Shapley values when readout is None (the game is then a sum of cell games):
+        within each cell, enumeration over its 2^size subsets. -> ShapleyResult, values [n, d]
+        (stderr 0), NumPy (or torch on the tables' device)."""
+        from math import factorial
+
+        from .estimator import ShapleyResult
+
+        if self.readout is not None:
+            raise ValueError("exact_shapley: only for readout=None (an additive game); sample it "
+                             "with estimate_shapley")
+        T = self.tables
+        valid = self.members >= 0  # [cells, size]: padding slots are no players
+        per_slot = [[None] * self.cell_size for _ in range(self.n_cells)]
+        for pattern in np.unique(valid, axis=0):
+            idx = np.flatnonzero((valid == pattern).all(1))
+            tidx = idx if not is_torch(T) else __import__("torch").from_numpy(idx).to(T.device)
+            bits = [b for b in range(self.cell_size) if pattern[b]]
+            k = len(bits)
+            for b in bits:
+                others = [o for o in bits if o != b]
+                acc = 0
+                for r in range(1 << len(others)):  # every subset of the cell's other players
+                    sub = sum(1 << o for j, o in enumerate(others) if (r >> j) & 1)
+                    size_s = bin(r).count("1")
+                    w = factorial(size_s) * factorial(k - size_s - 1) / factorial(k)
+                    acc = acc + w * (T[tidx, sub | (1 << b)] - T[tidx, sub])
+                for row, c in enumerate(idx):
+                    per_slot[c][b] = acc[row]
+        pairs = [(int(self.members[c, b]), per_slot[c][b]) for c in range(self.n_cells)
+                 for b in range(self.cell_size) if valid[c, b]]
+        pairs.sort(key=lambda p: p[0])
+        if is_torch(T):
+            import torch
+
+            values = torch.stack([v for _, v in pairs]).double()
+        else:
+            values = np.stack([v for _, v in pairs]).astype(np.float64)
+        v_full, v_empty = self._full_z(), self.z_empty
+        return ShapleyResult(values=values, stderr=values * 0, n_evals=self.n_cells << self.cell_size,
+                             n_permutations=0, n_samples=0, v_full=v_full, v_empty=v_empty,
+                             seed=0, antithetic=False, engine="exact")
+
+
 def _detached_copy_if_view(values, buffer):
     """f's values, copied when they share memory with the workspace (an f that returns a view of
     its input would otherwise see them overwritten by the next chunk)."""

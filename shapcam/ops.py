@@ -290,6 +290,57 @@ def _apply_cuda(plan, seed, e0, e1, antithetic, out):
                                        optr)
 
 
+def prefix_walk(game, seed, e0, e1, antithetic, *, out=None, engine=None):
+    """z of evaluations [e0, e1) of a :class:`~shapcam.games.CellTableGame`: [B, d] in the
+    tables' array type, dtype and device (the incremental walk of csrc/include/shapcam/walk.h).
+    out: optional [B, d] buffer to fill."""
+    seed = check_seed(seed)
+    _check_range(e0, e1, "chunk [e0, e1)")
+    n = _check_n(game.n_players, 2)
+    B, d = e1 - e0, game.d
+    T = game.tables
+    if out is None:
+        out = _empty_like_array(T, (B, d))
+    elif shape_of(out) != (B, d) or dtype_name(out) != dtype_name(T):
+        raise ValueError(f"out: expected [{B}, {d}] {dtype_name(T)}, got {shape_of(out)} {dtype_name(out)}")
+    on_device = is_cuda_array(T)
+    if on_device != is_cuda_array(out):
+        raise ValueError("out: must live on the same device as the tables")
+    r = route(engine, on_device)
+    if r.cuda:
+        mem, cof = game.structure_on_device()
+        dev, tptr = cuda_pointer(T, "tables")
+        _engine.native().prefix_walk_cuda(
+            _device_of(T, dev), cuda_stream(out), seed, e0, e1, n, antithetic,
+            4 if dtype_name(T) == "float32" else 8, tptr, game.n_cells, game.cell_size, d,
+            cuda_pointer(mem, "members")[1], cuda_pointer(cof, "cell_of")[1],
+            cuda_pointer(game.z_empty, "z_empty")[1], cuda_pointer(out, "out")[1])
+        return out
+    hT, hz = host_numpy(T), host_numpy(game.z_empty)
+    target = np.empty((B, d), dtype=hT.dtype) if r.host_copy else _host_writable(out, "out")
+    if r.engine == "reference":
+        target[...] = reference.prefix_walk(seed, e0, e1, n, antithetic, hT, game.members,
+                                            game.cell_of, hz)
+    else:
+        _engine.native().prefix_walk_cpu(seed, e0, e1, n, antithetic, hT, game.n_cells,
+                                         game.cell_size, d, game.members, game.cell_of, hz, target)
+    if r.host_copy:
+        _copy_into(out, target)
+    return out
+
+
+def _empty_like_array(like, shape):
+    if is_torch(like):
+        import torch
+
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    if is_cuda_array(like):
+        import cupy
+
+        return cupy.empty(shape, dtype=dtype_name(like))
+    return np.empty(shape, dtype=np.asarray(like).dtype)
+
+
 def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, count0, mean, m2, *,
                engine=None):
     """Push n_samples complete samples into the Welford state (mean, m2 [n, m] float64, in place).

@@ -144,3 +144,45 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
         delta = x - mean
         mean += delta / float(count0 + s + 1)
         m2 += delta * (x - mean)
+
+
+def cell_subsets(members, rank, n, t):
+    """Subset index of each cell's players present in prefixes of size t (walk.h::cell_subset).
+
+    members [P, size] (-1 pads) of the cell touched in each of P permutations; rank [P, n];
+    t an int. -> [P] int64.
+    """
+    P, size = members.shape
+    valid = (members >= 0) & (members < n)
+    r = np.where(valid, rank[np.arange(P)[:, None], np.where(valid, members, 0)], n)
+    return ((r < t).astype(np.int64) << np.arange(size, dtype=np.int64)).sum(1)
+
+
+def prefix_walk(seed, e0, e1, n, antithetic, tables, members, cell_of, z_empty):
+    """The incremental prefix walk of a cell game (csrc/include/shapcam/walk.h): [B, d], row b =
+    z of evaluation e0 + b. tables [cells, 2^size, d]; members [cells, size] int (-1 pads);
+    cell_of [n]; z_empty [d]. Same expression, same order as the native engines:
+    z_t = z_{t-1} + (T[c, hi] - T[c, lo]) from z_0 = z_empty."""
+    tables = np.asarray(tables)
+    d = tables.shape[2]
+    if e1 <= e0:
+        return np.zeros((0, d), dtype=tables.dtype)
+    per = n - 1
+    k_lo, k_hi = e0 // per, (e1 - 1) // per + 1
+    perm = permutations(seed, k_lo, k_hi, n, antithetic)
+    rank = ranks_of(perm)
+    P = k_hi - k_lo
+    rows = np.arange(P)
+    out = np.empty((e1 - e0, d), dtype=tables.dtype)
+    z = np.repeat(np.asarray(z_empty, dtype=tables.dtype)[None], P, 0)
+    first_e = (k_lo + rows) * per
+    last_t = min(per, e1 - k_lo * per)
+    for t in range(1, last_t + 1):
+        c = np.asarray(cell_of)[perm[:, t - 1]]
+        mem = np.asarray(members)[c]
+        lo, hi = cell_subsets(mem, rank, n, t - 1), cell_subsets(mem, rank, n, t)
+        z = z + (tables[c, hi] - tables[c, lo])
+        e = first_e + t - 1
+        sel = (e >= e0) & (e < e1)
+        out[e[sel] - e0] = z[sel]
+    return out

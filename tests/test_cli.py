@@ -43,6 +43,8 @@ def test_demo_runs_end_to_end(tmp_path):
     rows = [l.split() for l in lines[start + 1:] if not l.startswith("wrote")]
     assert [r[0] for r in rows] == ["shapcam", "gradcam", "gradcam++", "scorecam"]
     assert all(float(r[1]) > 0 for r in rows)
+    # the bundled model's head (GAP + Linear) takes the incremental path
+    assert rows[0][2] == "incremental" and all(r[2] == "-" for r in rows[1:])
     # the per-image table: efficiency gaps are tiny
     gaps = [float(l.split()[-1]) for l in lines[2:start]]
     assert len(gaps) == 3 and max(abs(g) for g in gaps) < 1e-9

@@ -213,3 +213,32 @@ def test_shapcam_on_gpu_equals_cpu():
         np.testing.assert_allclose(cls(model, "layer4").explain(x.to(DEV), targets=[1, 2]).maps.cpu().numpy(),
                                    cls(model.cpu(), "layer4").explain(x, targets=[1, 2]).maps.numpy(), atol=1e-5)
         model.to(DEV)
+
+
+def test_prefix_walk_cuda_equals_reference():
+    from shapcam.games import CellTableGame
+
+    rng = np.random.default_rng(0)
+    cells = rng.permutation(40).reshape(10, 4)
+    for dt in (np.float32, np.float64):
+        T = rng.normal(size=(10, 16, 33)).astype(dt)
+        host = CellTableGame(T, cells)
+        dev = CellTableGame(torch.from_numpy(T).to(DEV), cells)
+        for e0, e1 in [(0, 200), (17, 95), (38, 40)]:
+            want = ops.prefix_walk(host, 9, e0, e1, True, engine="reference")
+            got = ops.prefix_walk(dev, 9, e0, e1, True)
+            assert got.is_cuda
+            np.testing.assert_array_equal(got.cpu().numpy(), want)  # --fmad=false: same bits
+
+
+def test_shapcam_incremental_on_gpu_equals_cpu():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    for name, layer in (("resnet18", "layer4"), ("vgg11", "features.18")):
+        model = getattr(tv.models, name)(weights=None).eval().double()
+        x = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+        cpu = shapcam.ShapCAM(model, layer, K=8).explain(x, targets=[2])
+        gpu = shapcam.ShapCAM(model.to(DEV), layer, K=8).explain(x.to(DEV), targets=[2])
+        assert cpu.path == gpu.path == "incremental"
+        np.testing.assert_allclose(gpu.values.cpu().numpy(), cpu.values.numpy(), atol=1e-12)
+        model.cpu()

@@ -11,6 +11,7 @@
 #include "shapcam/accumulate.h"
 #include "shapcam/index.h"
 #include "shapcam/permutation.h"
+#include "shapcam/walk.h"
 
 namespace shapcam {
 namespace cpu {
@@ -160,6 +161,49 @@ template void masked_apply<float>(uint64_t, int64_t, int64_t, int64_t, bool, con
                                   int64_t, const int32_t*, const float*, float, float*);
 template void masked_apply<double>(uint64_t, int64_t, int64_t, int64_t, bool, const double*,
                                    int64_t, int64_t, const int32_t*, const double*, double, double*);
+
+template <typename T>
+void prefix_walk(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+                 const T* tables, int64_t cells, int64_t size, int64_t d, const int32_t* members,
+                 const int32_t* cell_of, const T* z_empty, T* out) {
+  if (e1 <= e0) return;
+  const int64_t per = evals_per_permutation(n);
+  const int64_t subsets = int64_t(1) << size;
+  const int64_t k_lo = eval_index(e0, n).k, k_hi = eval_index(e1 - 1, n).k + 1;
+  const int team = max_team();
+  const int64_t draw_words = 4 * draw_blocks(n) + 4;
+  std::vector<uint32_t> draws_all(static_cast<size_t>(team) * draw_words);
+  std::vector<int32_t> perm_all(static_cast<size_t>(team) * n), rank_all(perm_all.size());
+  std::vector<T> z_all(static_cast<size_t>(team) * d);
+#pragma omp parallel if ((k_hi - k_lo) * per * d > kParallelMin) num_threads(team)
+  {
+    const int tid = thread_id();
+    uint32_t* draws = draws_all.data() + tid * draw_words;
+    int32_t* perm = perm_all.data() + tid * n;
+    int32_t* rank = rank_all.data() + tid * n;
+    T* z = z_all.data() + tid * d;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t k = k_lo; k < k_hi; ++k) {
+      shapcam::permutation(seed, k, n, antithetic, draws, perm);
+      for (int64_t t = 0; t < n; ++t) rank[perm[t]] = static_cast<int32_t>(t);
+      for (int64_t j = 0; j < d; ++j) z[j] = z_empty[j];
+      // Walk from the empty coalition to this permutation's last evaluation in the chunk.
+      const int64_t last_t = std::min(per, e1 - k * per);
+      for (int64_t t = 1; t <= last_t; ++t) {
+        walk_to(tables, subsets, d, members, size, cell_of[perm[t - 1]], rank, n, t, 0, 1, z);
+        const int64_t e = k * per + (t - 1);
+        if (e >= e0) std::copy(z, z + d, out + (e - e0) * d);
+      }
+    }
+  }
+}
+
+template void prefix_walk<float>(uint64_t, int64_t, int64_t, int64_t, bool, const float*, int64_t,
+                                 int64_t, int64_t, const int32_t*, const int32_t*, const float*,
+                                 float*);
+template void prefix_walk<double>(uint64_t, int64_t, int64_t, int64_t, bool, const double*,
+                                  int64_t, int64_t, int64_t, const int32_t*, const int32_t*,
+                                  const double*, double*);
 
 void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m, bool antithetic,
                 const double* values, const double* v_empty, const double* v_full, int64_t count0,

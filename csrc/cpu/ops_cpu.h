@@ -33,6 +33,15 @@ void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t
                 const double* values, const double* v_empty, const double* v_full, int64_t count0,
                 double* mean, double* m2);
 
+// The incremental prefix walk of a cell game (csrc/include/shapcam/walk.h) for the evaluation
+// chunk [e0, e1): out [B, d] = z of each evaluation's coalition. tables [cells, 2^size, d];
+// members [cells, size] player ids (-1 pads), bit b of a subset index = member b; cell_of [n]:
+// each player's cell; z_empty [d]. Per-permutation walks run on threads.
+template <typename T>
+void prefix_walk(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+                 const T* tables, int64_t cells, int64_t size, int64_t d, const int32_t* members,
+                 const int32_t* cell_of, const T* z_empty, T* out);
+
 // Threads the CPU ops use (OpenMP's default: the cores available).
 int num_threads();
 

@@ -10,6 +10,7 @@
 #include "shapcam/accumulate.h"
 #include "shapcam/index.h"
 #include "shapcam/permutation.h"
+#include "shapcam/walk.h"
 
 namespace shapcam {
 namespace cuda {
@@ -180,6 +181,12 @@ __global__ void masks_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, b
   }
 }
 
+// Player `id` is in the prefix of size t; ids outside [0, n) count as absent (a raw call with a bad
+// player map reads no memory past the ranks).
+__device__ __forceinline__ bool player_in(const int32_t* rank, int32_t id, int64_t n, int64_t t) {
+  return static_cast<uint64_t>(static_cast<uint32_t>(id)) < static_cast<uint64_t>(n) && in_prefix(rank[id], t);
+}
+
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
   T v[V];
@@ -230,7 +237,7 @@ masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antit
     if (kKeepSmem) {
       __syncthreads();  // the previous eval's readers are done with keep
       for (int32_t j = threadIdx.x; j < inner32 + V - 1; j += blockDim.x) {
-        keep[j] = in_prefix(rank[__ldg(players + j % inner32)], t);
+        keep[j] = player_in(rank, __ldg(players + j % inner32), n, t);
       }
       __syncthreads();
     }
@@ -243,12 +250,48 @@ masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antit
       Pack<T, V> r;
 #pragma unroll
       for (int q = 0; q < V; ++q) {
-        const bool kq = kKeepSmem ? keep[j + q] != 0 : in_prefix(rank[__ldg(players + j)], t);
+        const bool kq = kKeepSmem ? keep[j + q] != 0 : player_in(rank, __ldg(players + j), n, t);
         r.v[q] = kq ? xv.v[q] : (kScalarBaseline ? baseline_scalar : bv.v[q]);
       }
       *reinterpret_cast<Pack<T, V>*>(dst + i) = r;
       j += stride_j;
       if (j >= inner32) j -= inner32;
+    }
+  }
+}
+
+// The incremental prefix walk (walk.h): one block per permutation of the chunk; the block builds
+// the permutation's ranks in shared memory, then each thread walks its own dimensions j of z
+// (kept in shared memory) from the empty coalition, writing the evaluations inside the chunk.
+// No synchronisation after the permutation: a thread only ever touches its own j.
+template <typename T>
+__global__ void prefix_walk_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+                                   const T* __restrict__ tables,       // [cells, 2^size, d]
+                                   int64_t cells, int64_t size, int64_t d,
+                                   const int32_t* __restrict__ members,  // [cells, size]
+                                   const int32_t* __restrict__ cell_of,  // [n]
+                                   const T* __restrict__ z_empty,       // [d]
+                                   T* __restrict__ out,                 // [B, d]
+                                   size_t z_offset) {                   // bytes to z in smem
+  extern __shared__ int32_t smem[];
+  uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
+  int32_t* perm = smem + scratch_words(n);
+  const int32_t* rank = smem;
+  T* z = reinterpret_cast<T*>(reinterpret_cast<char*>(smem) + z_offset);
+  const int64_t per = evals_per_permutation(n);
+  const int64_t k = eval_index(e0, n).k + blockIdx.x;
+  block_permutation(seed, k, n, antithetic, scratch, perm);
+  const int64_t subsets = int64_t(1) << size;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) z[j] = z_empty[j];
+  const int64_t last_t = min(per, e1 - k * per);
+  for (int64_t t = 1; t <= last_t; ++t) {
+    const int64_t c = cell_of[perm[t - 1]];
+    if (c >= 0 && c < cells) {  // the host builds cell_of valid; a bad raw argument reads nothing
+      walk_to(tables, subsets, d, members, size, c, rank, n, t, threadIdx.x, blockDim.x, z);
+    }
+    const int64_t e = k * per + (t - 1);
+    if (e >= e0) {
+      for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[(e - e0) * d + j] = z[j];
     }
   }
 }
@@ -451,6 +494,47 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
   } else {
     throw std::invalid_argument("x: dtype must be float32 or float64");
   }
+}
+
+void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+                 bool antithetic, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
+                 int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out) {
+  if (e1 <= e0) return;
+  const DeviceGuard guard(device);
+  check_players(device, n);
+  // sizes overflow-checked by the binding
+  check_buffer(tables, cells * (int64_t(1) << size) * d * dtype_bytes, device, "tables");
+  check_buffer(members, cells * size * static_cast<int64_t>(sizeof(int32_t)), device, "members");
+  check_buffer(cell_of, n * static_cast<int64_t>(sizeof(int32_t)), device, "cell_of");
+  check_buffer(z_empty, d * dtype_bytes, device, "z_empty");
+  check_buffer(out, (e1 - e0) * d * dtype_bytes, device, "out");
+  const size_t z_offset = (permutation_smem_bytes(n) + 15) / 16 * 16;
+  const size_t smem = z_offset + static_cast<size_t>(d) * dtype_bytes;
+  if (smem > smem_limit(device)) {
+    throw std::invalid_argument("prefix_walk: n = " + std::to_string(n) + " players and d = " +
+                                std::to_string(d) + " dimensions need " + std::to_string(smem) +
+                                " bytes of shared memory; this device has " +
+                                std::to_string(smem_limit(device)));
+  }
+  const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
+  check_grid(perms, "prefix_walk");
+  const auto* mp = reinterpret_cast<const int32_t*>(members);
+  const auto* cp = reinterpret_cast<const int32_t*>(cell_of);
+  const cudaStream_t s = as_stream(stream);
+  if (dtype_bytes == 4) {
+    allow_smem(prefix_walk_kernel<float>, smem);
+    prefix_walk_kernel<float><<<static_cast<unsigned>(perms), kThreads, smem, s>>>(
+        seed, e0, e1, n, antithetic, reinterpret_cast<const float*>(tables), cells, size, d, mp, cp,
+        reinterpret_cast<const float*>(z_empty), reinterpret_cast<float*>(out), z_offset);
+  } else if (dtype_bytes == 8) {
+    allow_smem(prefix_walk_kernel<double>, smem);
+    prefix_walk_kernel<double><<<static_cast<unsigned>(perms), kThreads, smem, s>>>(
+        seed, e0, e1, n, antithetic, reinterpret_cast<const double*>(tables), cells, size, d, mp,
+        cp, reinterpret_cast<const double*>(z_empty), reinterpret_cast<double*>(out), z_offset);
+  } else {
+    throw std::invalid_argument("tables: dtype must be float32 or float64");
+  }
+  check_launch("prefix_walk_kernel");
 }
 
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,

@@ -26,6 +26,13 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
                   bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
                   uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out);
 
+// The incremental prefix walk of a cell game (walk.h): out [B, d] of the chunk [e0, e1).
+// tables [cells, 2^size, d], z_empty [d], out: dtype_bytes 4 or 8; members [cells, size],
+// cell_of [n]: int32.
+void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
+                 bool antithetic, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
+                 int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out);
+
 // values [n_samples * pps * (n - 1), m], v_empty [m], v_full [m], mean [n, m], m2 [n, m]: float64.
 // scratch [n_samples * pps, n] int32: the samples' ranks, device memory the caller allocated.
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,

@@ -30,6 +30,8 @@ class CAMResult:
     efficiency_gap: Shap-CAM only — sum(values) - (v(all) - v(none)) per image, [N] (zero up to
         float rounding: the efficiency axiom holds for every estimate).
     n_evals: evaluations of the head spent; seconds: wall time of explain.
+    path: Shap-CAM only — "incremental" (cell tables + readout per coalition) or "fused" (the
+        whole head per coalition on engine-written masked features).
 
     With several targets per image each per-target field gains an axis after N (maps [N, m, H, W],
     targets [N, m], ...). For one image given as [C, H, W] every field loses the N axis alike.
@@ -44,6 +46,7 @@ class CAMResult:
     stderr: torch.Tensor | None = None
     efficiency_gap: torch.Tensor | None = None
     n_evals: int = 0
+    path: str | None = None  # Shap-CAM: "incremental" or "fused" (how coalitions were evaluated)
 
     @property
     def raw(self):

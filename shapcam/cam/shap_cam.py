@@ -36,6 +36,14 @@ class ShapCAM(BaseCAM):
             larger than that, so each call amortises streaming them (VGG's 480 MB classifier), up
             to 256 MB.
         antithetic: pair each permutation with its reverse.
+        incremental: None (default) evaluates coalitions incrementally where the head allows it —
+            position-wise ops, then global average pooling / flatten / non-overlapping max pooling
+            with a Linear, then any readout (shapcam/cam/incremental.py) — and with the fused
+            masked-input path elsewhere; True requires the incremental path (ValueError naming
+            the op that blocks it); False always takes the fused path. Both give the same
+            estimate for the same seed up to float rounding; with score="logit" and a head whose
+            output is the reduction itself (GAP + Linear), the values are exact (stderr 0).
+            ``explain(...).path`` says which path ran.
         engine: "native" / "reference" / None (best built).
         progress: a tqdm bar over images (None: when several images on a terminal).
     """
@@ -44,8 +52,13 @@ class ShapCAM(BaseCAM):
 
     def __init__(self, model, target_layer, K: int = 64, *, seed: int = 0, baseline: float = 0.0,
                  score: str = "probability", batch_size=None, antithetic: bool = True,
-                 engine=None, split: str = "auto", progress=None, value: str | None = None):
+                 engine=None, split: str = "auto", progress=None, value: str | None = None,
+                 incremental=None):
         super().__init__(model, target_layer, split=split)
+        if incremental not in (None, True, False):
+            raise ValueError(f"incremental: expected None, True or False, got {incremental!r}")
+        self.incremental = incremental
+        self._plans = {}
         if value is not None:
             warnings.warn("ShapCAM(value=...) is deprecated; use score=...", DeprecationWarning,
                           stacklevel=2)
@@ -63,44 +76,107 @@ class ShapCAM(BaseCAM):
         params = sum(p.numel() * p.element_size() for p in head.parameters()) if head is not None else 0
         return _default_batch_cpu(A[0].numel() * A.element_size(), params)
 
+    def head_plan(self, A, extras):
+        """The incremental plan of the head for feature maps shaped like A, or the reason there
+        is none (a NotIncremental)."""
+        from .incremental import NotIncremental, plan_head
+
+        key = (tuple(A.shape[1:]), A.dtype, self.split.method)
+        if key not in self._plans:
+            try:
+                self._plans[key] = plan_head(self.split, A[:1], extras)
+            except NotIncremental as exc:
+                self._plans[key] = exc
+        return self._plans[key]
+
     def _cams(self, images, A, extras, targets):
+        if self.incremental is not False:
+            plan = self.head_plan(A, extras)
+            if not isinstance(plan, Exception):
+                return self._collect(A, "incremental", self._incremental_solver(plan, A, targets))
+            if self.incremental:
+                raise ValueError(f"incremental=True: this head cannot be evaluated incrementally: {plan}")
+        return self._collect(A, "fused", self._fused_solver(A, extras, targets))
+
+    def _value(self, out, t_i):
+        """The value of each coalition from the model output [B, classes]: [B, m]."""
+        if self.score == "probability":
+            out = torch.softmax(out.double(), 1)
+        return out[:, t_i]
+
+    def _incremental_solver(self, plan, A, targets):
+        """image i -> ShapleyResult on its cell game (tables + readout per coalition)."""
+        from ..games import CellTableGame
+        from .incremental import build_tables
+
+        def solve(i):
+            t_i = targets[i]
+            with torch.no_grad():
+                tables, members, z_empty = build_tables(plan, A[i], self.baseline)
+            if plan.additive and self.score == "logit":
+                # The output is z: a sum of cell games, exact within each cell (stderr 0).
+                game = CellTableGame(tables[..., t_i].contiguous(), members, z_empty=z_empty[t_i])
+                return game.exact_shapley()
+
+            @torch.no_grad()
+            def value_fn(Z):
+                Z = Z.to(A.dtype).reshape((Z.shape[0],) + plan.z_shape)
+                out = Z if plan.readout is None else plan.readout(Z)
+                return self._value(out.reshape(out.shape[0], -1), t_i)
+
+            game = CellTableGame(tables, members, readout=value_fn, z_empty=z_empty)
+            return estimate_shapley(game, K=self.K, seed=self.seed, antithetic=self.antithetic,
+                                    batch_size=self.batch_size, engine=self.engine, progress=False)
+
+        return solve
+
+    def _fused_solver(self, A, extras, targets):
+        """image i -> ShapleyResult on the fused masked-input game (the whole head per coalition)."""
         N, C, h, w = A.shape
         players = torch.arange(h * w).reshape(h, w)
         batch_size = self.batch_size or self._default_batch(A)
-        maps, ses, gaps = [], [], []
-        n_evals = 0
-        workspace = None  # one buffer of masked features for all images
-        bar = progress_bar(N, self.progress, desc="shap-cam", unit="image")
-        for i in range(N):
+        workspace = [None]  # one buffer of masked features for all images
+
+        def solve(i):
             ex_i = [e[i:i + 1] if torch.is_tensor(e) and e.dim() > 0 and e.shape[0] == N else e
                     for e in extras]
-            t_i = targets[i]
 
             @torch.no_grad()
-            def value_fn(feats, ex_i=ex_i, t_i=t_i):
+            def value_fn(feats):
                 # feats is the game's workspace, rewritten for every chunk: the head may modify it.
-                out = self.split.head(feats.to(A.dtype), ex_i, inplace_ok=True)
-                if self.score == "probability":
-                    out = torch.softmax(out.double(), 1)
-                return out[:, t_i]  # [B, m]
+                return self._value(self.split.head(feats.to(A.dtype), ex_i, inplace_ok=True), targets[i])
 
             # Half-precision models (float16, bfloat16): the engines mask float32 features, and the
             # head gets them back in its dtype.
             feats_i = A[i].float() if A.dtype in (torch.float16, torch.bfloat16) else A[i]
             game = MaskedInputGame(value_fn, feats_i, baseline=self.baseline, players=players,
-                                   workspace=workspace)
+                                   workspace=workspace[0])
             res = estimate_shapley(game, K=self.K, seed=self.seed, antithetic=self.antithetic,
                                    batch_size=batch_size, engine=self.engine, progress=False)
-            workspace = game.workspace
-            maps.append(torch.as_tensor(res.values).T.reshape(-1, h, w))
-            ses.append(torch.as_tensor(res.stderr).T.reshape(-1, h, w))
-            gaps.append(torch.as_tensor(res.efficiency_gap).reshape(-1))
-            n_evals += res.n_evals
-            bar.update(1)
-        bar.close()
-        return torch.stack(maps).to(A.device), {"stderr": torch.stack(ses).cpu(),
-                                                "efficiency_gap": torch.stack(gaps).cpu(),
-                                                "n_evals": n_evals}
+            workspace[0] = game.workspace
+            return res
+
+        return solve
+
+    def _collect(self, A, path, solve):
+        """Run solve(i) for every image: the maps [N, m, h, w], their SE and efficiency gaps."""
+        N, C, h, w = A.shape
+        maps, ses, gaps = [], [], []
+        n_evals = 0
+        bar = progress_bar(N, self.progress, desc="shap-cam", unit="image")
+        try:
+            for i in range(N):
+                res = solve(i)
+                maps.append(torch.as_tensor(res.values).T.reshape(-1, h, w))
+                ses.append(torch.as_tensor(res.stderr).T.reshape(-1, h, w))
+                gaps.append(torch.as_tensor(res.efficiency_gap).reshape(-1))
+                n_evals += res.n_evals
+                bar.update(1)
+        finally:
+            bar.close()
+        return torch.stack(maps).to(A.device).double(), {
+            "stderr": torch.stack(ses).cpu().double(), "efficiency_gap": torch.stack(gaps).cpu(),
+            "n_evals": n_evals, "path": path}
 
 
 CPU_BATCH_BYTES = 24 * 2**20
