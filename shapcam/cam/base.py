@@ -158,23 +158,30 @@ class BaseCAM:
         """Saliency maps [N, H, W] in [0, 1] (or [N, m, H, W] for several targets per image)."""
         return self.explain(images, targets).maps
 
-    def explain(self, images, targets=None) -> CAMResult:
+    supports_create_graph = False
+
+    def explain(self, images, targets=None, *, create_graph: bool = False) -> CAMResult:
         """Explain images [N, C, H, W] (or one image [C, H, W]) for targets: None (the predicted
         class), an int (the same class for every image), or one class (or list of classes) per
-        image."""
+        image. create_graph: return maps and values that are differentiable with respect to the
+        model's parameters (for a loss on the maps, e.g. distillation with explanations); the
+        methods that offer it say so (Shap-CAM on the incremental path)."""
         t0 = time.perf_counter()
+        if create_graph and not self.supports_create_graph:
+            raise ValueError(f"create_graph: {type(self).__name__} does not offer differentiable maps")
         images, squeeze_batch = self._check_images(images)
         # One explain at a time per model: eval_mode flips the model's training flags, which two
         # threads would race on (BatchNorm statistics would change mid-run).
         with model_lock(self.model), eval_mode(self.model):
-            with torch.no_grad():
+            self._create_graph = bool(create_graph)
+            with torch.set_grad_enabled(self._create_graph):
                 A, extras = self._trunk(images)
                 logits = self.split.head(A, extras)
             if A.dim() != 4:
                 raise ValueError(f"target_layer {self.layer_name!r}: output has shape "
                                  f"{tuple(A.shape)}; a CAM needs a [N, C, h, w] feature map")
             tgt, multi = self._resolve_targets(targets, logits)
-            scores = torch.softmax(logits.double(), 1).gather(1, tgt)
+            scores = torch.softmax(logits.detach().double(), 1).gather(1, tgt)
             cams, fields = self._cams(images, A, extras, tgt)
         maps = normalize_maps(cams, images.shape[-2:])
         res = CAMResult(maps=maps, values=cams, targets=tgt.cpu(), scores=scores.cpu(),

@@ -380,3 +380,54 @@ def _affine(linear, dtype):
 def _module_dtype(module, default):
     p = next(module.parameters(), None)
     return p.dtype if p is not None else default
+
+
+def differentiable_shapley(tables, members, z_empty, value, perm, antithetic):
+    """Shapley estimates of one image's cell game as a torch expression of the tables (and so of
+    the model's parameters): the same permutations and the same walk as the engines, written with
+    differentiable ops (gather, cumsum, index_add) so a loss on the map can be backpropagated.
+
+    tables [cells, 2^size, d], z_empty [d] (requiring grad as the model's parameters do);
+    members [cells, size] (NumPy); value(Z [B, d]) -> [B, m]; perm [P, n] (NumPy, the engines'
+    permutations; with antithetic, rows 2j and 2j+1 are a pair). Returns (values [n, m], stderr
+    [n, m] (detached; over pairs when antithetic), v_full [m], v_empty [m]).
+    """
+    import numpy as np
+
+    from .. import reference
+
+    P, n = perm.shape
+    cells = tables.shape[0]
+    cell_of = np.empty(n, dtype=np.int64)
+    rows, cols = np.nonzero(members >= 0)
+    cell_of[members[rows, cols]] = rows
+    rank = reference.ranks_of(perm.astype(np.int32))
+    c = cell_of[perm[:, :-1]]                                        # [P, n-1] cell of each joiner
+    mem = members[c]                                                 # [P, n-1, size]
+    valid = mem >= 0
+    r = np.where(valid, rank[np.arange(P)[:, None, None], np.where(valid, mem, 0)], n)
+    t = np.arange(1, n)[None, :, None]
+    bits = np.arange(members.shape[1])
+    hi = ((r < t) << bits).sum(-1)
+    lo = ((r < t - 1) << bits).sum(-1)
+    dev = tables.device
+    ct, hit, lot = (torch.from_numpy(a).to(dev) for a in (c, hi, lo))
+    delta = tables[ct, hit] - tables[ct, lot]                        # [P, n-1, d]
+    Z = z_empty + torch.cumsum(delta, 1)                             # z of every prefix
+    full = torch.from_numpy(((members >= 0) << bits).sum(-1)).to(dev)
+    z_full = z_empty + (tables[torch.arange(cells, device=dev), full] - tables[:, 0]).sum(0)
+    ends = value(torch.stack([z_empty, z_full]))                     # [2, m]
+    mid = value(Z.reshape(P * (n - 1), -1)).reshape(P, n - 1, -1)     # [P, n-1, m]
+    V = torch.cat([ends[0].expand(P, 1, -1), mid, ends[1].expand(P, 1, -1)], 1)  # [P, n+1, m]
+    marg = V[:, 1:] - V[:, :-1]                                      # [P, n, m] by position
+    idx = torch.from_numpy(perm.astype(np.int64)).to(dev)
+    per_player = torch.zeros((P, n, marg.shape[-1]), dtype=marg.dtype, device=dev)
+    per_player = per_player.scatter(1, idx[..., None].expand_as(marg), marg)  # [P, n, m] by player
+    values = per_player.mean(0)
+    with torch.no_grad():
+        samples = per_player.detach()
+        if antithetic:
+            samples = 0.5 * (samples[0::2] + samples[1::2])
+        S = samples.shape[0]
+        stderr = samples.std(0, unbiased=True) / S ** 0.5 if S > 1 else values.detach() * float("nan")
+    return values, stderr, ends[1], ends[0]
