@@ -201,12 +201,42 @@ def shapcam_rows(dev):
     return rows
 
 
+def incremental_rows(dev):
+    """Issue 12's GPU rows: ResNet-50, K=1024, batches of 1 and 32 images: ms per image for
+    ShapCAM incremental, the fused path, and GradCAM, side by side on the same warm machine."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval().to(dev)
+    rows = []
+    for batch in (1, 32):
+        x = torch.rand(batch, 3, 224, 224, device=dev)
+        t = [281] * batch
+        inc = shapcam.ShapCAM(model, "layer4", K=1024)
+        fused = shapcam.ShapCAM(model, "layer4", K=1024, incremental=False)
+        grad = shapcam.GradCAM(model, "layer4")
+        row = dict(batch=batch, K=1024, path=inc.explain(x[:1], targets=[281]).path)
+        for name, cam, reps in (("incremental", inc, 5), ("fused", fused, 2 if batch > 1 else 5),
+                                ("gradcam", grad, 5)):
+            row[name + "_ms_per_image"] = wall_time(lambda: cam.explain(x, targets=t), warmup=1,
+                                                    reps=reps) / batch
+        rows.append(row)
+    return rows
+
+
 def main():
     dev = torch.device("cuda")
     info = dict(card=torch.cuda.get_device_name(0), torch=torch.__version__,
                 python=platform.python_version(), date=time.strftime("%Y-%m-%d"),
                 engine=shapcam.engine_info())
     quick = "--quick" in sys.argv
+    if "--incremental" in sys.argv:  # issue 12's rows alone
+        print("| batch | K | path | incremental ms/image | fused ms/image | Grad-CAM ms/image |")
+        print("|---|---|---|---|---|---|")
+        for r in incremental_rows(dev):
+            print(f"| {r['batch']} | {r['K']} | {r['path']} | {r['incremental_ms_per_image']:.2f} | "
+                  f"{r['fused_ms_per_image']:.2f} | {r['gradcam_ms_per_image']:.2f} |")
+        return
     if "--shapcam-only" in sys.argv:  # just shapcam.ShapCAM end to end (a short re-check)
         for r in shapcam_rows(dev):
             print(f"| {r['model']} {r['layer']} | K={r['K']} | {r['n_evals']} evals | {r['ms']:.2f} ms | "

@@ -30,4 +30,6 @@ else
 fi
 echo "== benchmarks"
 $PY benchmarks/gpu_bench.py ${QUICK:+--quick} 2>&1 | tee "$OUT/gpu_bench.log" | tail -20
+echo "== incremental Shap-CAM (ResNet-50, K=1024)"
+$PY benchmarks/gpu_bench.py --incremental 2>&1 | tee "$OUT/gpu_incremental.log" | tail -6
 echo "cuda tests rc=$test_rc"
