@@ -85,4 +85,4 @@ def exact_shapley(value_fn, n_players, *, batch_size=65536, max_players=MAX_EXAC
         v_full, v_empty = v2[-1].copy(), v2[0].copy()
     return ShapleyResult(values=phi, stderr=np.zeros_like(phi), n_evals=total, n_permutations=0,
                          n_samples=0, v_full=v_full, v_empty=v_empty, seed=0, antithetic=False,
-                         engine="exact")
+                         engine="exact", stop_reason="exact")

@@ -500,7 +500,7 @@ class CellTableGame(Game):
         v_full, v_empty = self._full_z(), self.z_empty
         return ShapleyResult(values=values, stderr=values * 0, n_evals=self.n_cells << self.cell_size,
                              n_permutations=0, n_samples=0, v_full=v_full, v_empty=v_empty,
-                             seed=0, antithetic=False, engine="exact")
+                             seed=0, antithetic=False, engine="exact", stop_reason="exact")
 
 
 def _detached_copy_if_view(values, buffer):
