@@ -13,7 +13,8 @@ from .estimator import ShapleyResult, estimate_shapley
 from .exact import exact_shapley
 from .games import CellTableGame, Game, MaskedInputGame, MaskGame
 
-_CAM_NAMES = ("ShapCAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "CAMResult")
+_CAM_NAMES = ("ShapCAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "RISE", "MeaningfulPerturbation",
+              "CAMResult")
 
 __all__ = ["engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame", "CellTableGame",
            "MaskedInputGame", *_CAM_NAMES]

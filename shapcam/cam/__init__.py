@@ -5,12 +5,14 @@ import inspect
 
 from .base import BaseCAM, CAMResult, eval_mode, normalize_maps
 from .gradcam import GradCAM, GradCAMPlusPlus
+from .perturbation import RISE, MeaningfulPerturbation
 from .scorecam import ScoreCAM
 from .shap_cam import ShapCAM
 from .split import resolve_layer, split_model
 
 # The one registry of methods by name: the CLI, the evaluation runner and make_cam read it.
-METHODS = {"shapcam": ShapCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM}
+METHODS = {"shapcam": ShapCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM,
+           "rise": RISE, "mask": MeaningfulPerturbation}
 
 
 def parse_methods(spec) -> list:
@@ -43,5 +45,6 @@ def make_cam(name: str, model, target_layer, **options):
     return cls(model, target_layer, **kwargs)
 
 
-__all__ = ["BaseCAM", "CAMResult", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "ShapCAM", "METHODS",
+__all__ = ["BaseCAM", "CAMResult", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "ShapCAM", "RISE",
+           "MeaningfulPerturbation", "METHODS",
            "eval_mode", "make_cam", "normalize_maps", "parse_methods", "resolve_layer", "split_model"]

@@ -174,15 +174,7 @@ class BaseCAM:
         # threads would race on (BatchNorm statistics would change mid-run).
         with model_lock(self.model), eval_mode(self.model):
             self._create_graph = bool(create_graph)
-            with torch.set_grad_enabled(self._create_graph):
-                A, extras = self._trunk(images)
-                logits = self.split.head(A, extras)
-            if A.dim() != 4:
-                raise ValueError(f"target_layer {self.layer_name!r}: output has shape "
-                                 f"{tuple(A.shape)}; a CAM needs a [N, C, h, w] feature map")
-            tgt, multi = self._resolve_targets(targets, logits)
-            scores = torch.softmax(logits.detach().double(), 1).gather(1, tgt)
-            cams, fields = self._cams(images, A, extras, tgt)
+            cams, tgt, multi, scores, fields = self._explain_batch(images, targets)
         maps = normalize_maps(cams, images.shape[-2:])
         res = CAMResult(maps=maps, values=cams, targets=tgt.cpu(), scores=scores.cpu(),
                         method=self.name, seconds=0.0, **fields)
@@ -192,6 +184,20 @@ class BaseCAM:
             res._select(0)
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _explain_batch(self, images, targets):
+        """(maps before normalisation [N, m, h, w], targets [N, m], multi, scores [N, m], extra
+        result fields) for a checked batch, in eval mode: the trunk once, then the method."""
+        with torch.set_grad_enabled(self._create_graph):
+            A, extras = self._trunk(images)
+            logits = self.split.head(A, extras)
+        if A.dim() != 4:
+            raise ValueError(f"target_layer {self.layer_name!r}: output has shape "
+                             f"{tuple(A.shape)}; a CAM needs a [N, C, h, w] feature map")
+        tgt, multi = self._resolve_targets(targets, logits)
+        scores = torch.softmax(logits.detach().double(), 1).gather(1, tgt)
+        cams, fields = self._cams(images, A, extras, tgt)
+        return cams, tgt, multi, scores, fields
 
     def _cams(self, images, A, extras, targets):
         raise NotImplementedError
