@@ -319,3 +319,29 @@ def test_maps_are_differentiable_and_match_finite_differences():
         GradCAM(net, "features").explain(x, create_graph=True)
     with pytest.raises(ValueError, match="incremental path"):
         ShapCAM(net, "features", K=2, split="hooks").explain(x, create_graph=True)
+
+
+class ONetHead(nn.Module):
+    """MTCNN's ONet tail: conv features, permute(0, 3, 2, 1), flatten, Linear, PReLU, Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.PReLU(6))
+        self.dense5 = nn.Linear(6 * 3 * 4, 8)
+        self.prelu5 = nn.PReLU(8)
+        self.dense6 = nn.Linear(8, 2)
+        self.double()
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 3, 2, 1).contiguous()
+        return self.dense6(self.prelu5(self.dense5(x.view(x.shape[0], -1))))
+
+
+def test_onet_flatten_linear_head():
+    torch.manual_seed(0)
+    net = ONetHead().eval()
+    x = torch.rand(2, 3, 3, 4, dtype=torch.float64)
+    inc = ShapCAM(net, "conv", K=6).explain(x, targets=[0, 1])
+    fused = ShapCAM(net, "conv", K=6, incremental=False).explain(x, targets=[0, 1])
+    assert inc.path == "incremental"
+    np.testing.assert_allclose(inc.values.numpy(), fused.values.numpy(), atol=1e-12)

@@ -48,6 +48,7 @@ class HeadPlan:
     pointwise: object          # GraphModule x -> f(x), or None
     kind: str                  # "gap", "flatten" or "maxpool"
     spatial: list              # per-channel linear spatial ops (adaptive avg pools) before flatten
+    layout: tuple | None       # axis order of a permute before flatten (ONet), or None
     k: int                     # max-pool kernel (cells of k*k positions)
     linear: nn.Linear | None   # the affine map folded into the tables
     readout: object            # GraphModule z -> output, or None (z is the output)
@@ -68,12 +69,26 @@ def _describe(node, gm):
     return f"{node.op} {node.target}"
 
 
+def _is_meta(node):
+    """A node that reads only a tensor's metadata (x.size(0), x.shape[0], x.dim()): it does not
+    carry values through the head."""
+    import builtins
+
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target is builtins.getattr and \
+            len(node.args) > 1 and node.args[1] in ("shape", "dtype", "device", "ndim"):
+        return True
+    if node.op == "call_function" and node.target is operator.getitem and node.args and \
+            hasattr(node.args[0], "op") and _is_meta(node.args[0]):
+        return True
+    return False
+
+
 def _only_chain_input(node, prev):
-    """node takes prev as its one graph input (other arguments constants; size() nodes allowed)."""
+    """node takes prev as its one graph input (other arguments constants or metadata of prev)."""
     for a in node.all_input_nodes:
-        if a is prev:
-            continue
-        if a.op == "call_method" and a.target == "size":
+        if a is prev or _is_meta(a):
             continue
         return False
     return bool(node.args) and node.args[0] is prev
@@ -140,7 +155,9 @@ def _classify(node, prev, gm):
         if node.target is torch.mean and out is not None and src is not None and _is_gap_dims(node, src):
             return "gap"
         return None
-    if node.op == "call_method":
+    if node.op == "call_method" or node.target is torch.permute:
+        if node.target in ("permute", torch.permute) and _permute_dims(node) is not None:
+            return "permute"
         if node.target in POINTWISE_METHODS:
             return "pointwise"
         if node.target == "mean" and src is not None and _is_gap_dims(node, src):
@@ -186,6 +203,18 @@ def _prod(t):
     return p
 
 
+def _permute_dims(node):
+    """The axis order of x.permute(0, a, b, c) / torch.permute(x, (0, a, b, c)) keeping the batch
+    axis first, else None."""
+    dims = node.args[1:] if len(node.args) > 2 else (node.args[1] if len(node.args) > 1 else node.kwargs.get("dims"))
+    if isinstance(dims, (tuple, list)) and len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    if not isinstance(dims, (tuple, list)) or len(dims) != 4 or not all(isinstance(d, int) for d in dims):
+        return None
+    dims = tuple(d % 4 for d in dims)
+    return dims if dims[0] == 0 and sorted(dims) == [0, 1, 2, 3] else None
+
+
 def _is_gap_dims(node, src):
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     if isinstance(dims, int):
@@ -207,10 +236,10 @@ def plan_head(split, A_example, extras_example) -> HeadPlan:
     nodes = list(gm.graph.nodes)
     act = next(n for n in nodes if n.op == "placeholder")
     h, w = A_example.shape[-2:]
-    chain, state, k, linear, prev, spatial = [], "pointwise", 1, None, act, []
+    chain, state, k, linear, prev, spatial, layout = [], "pointwise", 1, None, act, [], None
     z_node = None
     while z_node is None:
-        users = [u for u in prev.users if not (u.op == "call_method" and u.target == "size")]
+        users = [u for u in prev.users if not _is_meta(u)]
         where = _describe(prev, gm) if prev is not act else "the target layer"
         if len(users) == 1 and users[0].op == "output":
             if state == "gap":
@@ -242,8 +271,17 @@ def plan_head(split, A_example, extras_example) -> HeadPlan:
             elif kind == "spatial":
                 spatial.append(gm.get_submodule(node.target))
                 state = "spatial"
+            elif kind == "permute":  # e.g. ONet: permute(0, 3, 2, 1), then flatten + Linear
+                layout, state = _permute_dims(node), "permuted"
             else:
                 raise blocked
+        elif state == "permuted":
+            if kind == "identity" or (kind == "pointwise" and node.target == "contiguous"):
+                pass
+            elif kind == "reshape":
+                state = "flatten"
+            else:
+                raise NotIncremental(f"{_describe(node, gm)} after a permute: flatten + Linear must follow")
         elif state == "gap":
             if kind in ("reshape", "identity"):
                 pass
@@ -274,7 +312,7 @@ def plan_head(split, A_example, extras_example) -> HeadPlan:
     z_shape = _shape(z_node)[1:]
     pw = _pointwise_graph(gm, act, chain) if chain else None
     return HeadPlan(pointwise=pw, kind={"maxpool_flat": "maxpool"}.get(state, state), k=k,
-                    spatial=spatial, linear=linear, readout=readout, z_shape=z_shape, d=_prod(z_shape))
+                    spatial=spatial, layout=layout, linear=linear, readout=readout, z_shape=z_shape, d=_prod(z_shape))
 
 
 def _pointwise_graph(gm, act, chain):
@@ -333,6 +371,12 @@ def build_tables(plan: HeadPlan, A_i, baseline):
         tables = g if W is None else g @ W.T                      # [hw, 2, d]
         members = torch.arange(h * w).reshape(-1, 1)
     elif plan.kind == "flatten":
+        if plan.layout is not None:  # the Linear saw the map permuted: undo it on its weight
+            sizes = (Cp, h, w)
+            axes = [a - 1 for a in plan.layout[1:]]
+            Wp = W.reshape((W.shape[0],) + tuple(sizes[a] for a in axes))
+            inv = sorted(range(3), key=lambda i: axes[i])
+            W = Wp.permute(0, *[1 + i for i in inv]).reshape(W.shape[0], -1)
         Wv = _weights_per_position(W, plan.spatial, Cp, h, w)     # [d, C', hw]
         tables = torch.einsum("dcp,scp->psd", Wv, X.reshape(2, Cp, h * w))
         members = torch.arange(h * w).reshape(-1, 1)
