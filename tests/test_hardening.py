@@ -181,17 +181,39 @@ class BatchSizeNet(nn.Module):
         return self.fc(a.view(bs, -1))
 
 
-def test_non_tensor_values_before_the_layer_fall_back_to_hooks():
+class WidthNet(BatchSizeNet):
+    """Reads a non-batch size before the layer and uses it after: not recomputable in the head."""
+
+    def forward(self, x):
+        w = x.size(3)
+        a = torch.relu(self.layer(torch.relu(self.stem(x))))
+        return self.fc(a.reshape(-1, 5 * w * w))
+
+
+def test_non_tensor_values_before_the_layer():
     torch.manual_seed(0)
-    net = BatchSizeNet().eval()
     x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="non-tensor"):
-        auto = ShapCAM(net, "layer", K=4).explain(x, targets=[0, 2])
+    # a batch size read before the layer is read off the activation in the fx head
+    net = BatchSizeNet().eval()
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        cam = ShapCAM(net, "layer", K=4)
+        auto = cam.explain(x, targets=[0, 2])
+    assert cam.split.method == "fx" and auto.path == "incremental"
     hooks = ShapCAM(net, "layer", K=4, split="hooks").explain(x, targets=[0, 2])
-    np.testing.assert_array_equal(auto.values.numpy(), hooks.values.numpy())
+    np.testing.assert_allclose(auto.values.numpy(), hooks.values.numpy(), atol=1e-12)
     assert auto.efficiency_gap.abs().max() < 1e-12
+    # any other non-tensor value: the hooks split (correct), with a warning; split="fx" refuses
+    torch.manual_seed(0)
+    wnet = WidthNet().eval()
+    with pytest.warns(RuntimeWarning, match="non-tensor"):
+        wauto = ShapCAM(wnet, "layer", K=4).explain(x, targets=[0, 2])
+    whooks = ShapCAM(wnet, "layer", K=4, split="hooks").explain(x, targets=[0, 2])
+    np.testing.assert_array_equal(wauto.values.numpy(), whooks.values.numpy())
     with pytest.raises(ValueError, match="non-tensor"):
-        ShapCAM(net, "layer", K=4, split="fx").explain(x)
+        ShapCAM(wnet, "layer", K=4, split="fx").explain(x)
 
 
 class BNNet(nn.Module):

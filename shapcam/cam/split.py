@@ -68,6 +68,23 @@ class _LeafTracer(torch.fx.Tracer):
         return m is self._leaf or super().is_leaf_module(m, qualname)
 
 
+def _is_batch_size_read(node) -> bool:
+    """x.size(0), x.size()[0] or x.shape[0] of a batched tensor: the batch size."""
+    import builtins
+    import operator
+
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return dim == 0
+    if node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2 \
+            and node.args[1] == 0 and isinstance(node.args[0], torch.fx.Node):
+        src = node.args[0]
+        if src.op == "call_method" and src.target == "size" and len(src.args) == 1 and not src.kwargs:
+            return True
+        return src.op == "call_function" and src.target is builtins.getattr and src.args[1] == "shape"
+    return False
+
+
 def _fx_split(model, name, layer) -> Split:
     tracer = _LeafTracer(layer)
     graph = tracer.trace(model)
@@ -96,6 +113,12 @@ def _fx_split(model, name, layer) -> Split:
                     frontier.append(a)
     head_graph = torch.fx.Graph()
     env = {tnode: head_graph.placeholder("activation")}
+    # A batch size read before the layer (`bs = x.size(0)`, `x.shape[0]`: EfficientNet-PyTorch)
+    # would be stale for a batch of coalitions: in the head it is read off the activation instead.
+    batch_reads = [f for f in frontier if _is_batch_size_read(f)]
+    for f in batch_reads:
+        env[f] = head_graph.call_method("size", (env[tnode], 0))
+    frontier = [f for f in frontier if f not in batch_reads]
     for i, f in enumerate(frontier):
         env[f] = head_graph.placeholder(f"extra_{i}")
     for n in nodes:
