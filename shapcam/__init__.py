@@ -16,7 +16,7 @@ from .games import CellTableGame, Game, MaskedInputGame, MaskGame
 _CAM_NAMES = ("ShapCAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "RISE", "MeaningfulPerturbation",
               "CAMResult")
 
-__all__ = ["engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame", "CellTableGame",
+__all__ = ["__version__", "engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame", "CellTableGame",
            "MaskedInputGame", *_CAM_NAMES]
 
 

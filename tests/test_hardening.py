@@ -18,7 +18,7 @@ from shapcam import _engine, ops
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from shapcam.cam import GradCAM, ScoreCAM, ShapCAM, split_model  # noqa: E402
+from shapcam.cam import GradCAM, ScoreCAM, ShapCAM  # noqa: E402
 
 native = pytest.mark.skipif(_engine.native() is None, reason="needs shapcam._C")
 CWD = tempfile.gettempdir()  # not the source tree: the installed package is under test
