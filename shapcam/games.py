@@ -331,10 +331,8 @@ class CellTableGame(Game):
     """
 
     def __init__(self, tables, cells=None, readout=None, z_empty=None):
-        from ._arrays import dtype_name as _dt
-
-        if _dt(tables) not in ("float32", "float64"):
-            raise TypeError(f"tables: dtype must be float32 or float64, got {_dt(tables)}")
+        if dtype_name(tables) not in ("float32", "float64"):
+            raise TypeError(f"tables: dtype must be float32 or float64, got {dtype_name(tables)}")
         shape = shape_of(tables)
         if len(shape) != 3 or 0 in shape:
             raise ValueError(f"tables: expected a non-empty [n_cells, 2^size, d] array, got {shape}")
