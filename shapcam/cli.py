@@ -20,6 +20,7 @@ from ._progress import progress_bar
 # The demo's methods: the CAM family, seconds in all. RISE (4000 forward passes per image) and the
 # optimised mask (500 steps) are one `--method all` away in `explain` and `evaluate`.
 DEMO_METHODS = ("shapcam", "gradcam", "gradcam++", "scorecam")
+DEFAULT_SCORES = "each method's default: probability for Shap-CAM, logit for the Grad-CAM family"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,7 +167,7 @@ def cmd_demo(args) -> int:
                     row_labels=[f"true {data['labels'][i]}" for i in range(n)])
     sc = results["shapcam"]
     print(f"shapcam demo: the bundled digits CNN ({digits.TARGET_LAYER}: 64 players), {n} held-out "
-          f"images, Shap-CAM K={args.K}, score={args.score} (engine: {engine_info()['default_engine']})")
+          f"images, Shap-CAM K={args.K}, score={args.score or DEFAULT_SCORES} (engine: {engine_info()['default_engine']})")
     print(f"{'image':>5} {'true':>4} {'pred':>4} {'conf':>6} {'eff. gap':>9}")
     for i in range(n):
         print(f"{i:>5} {data['labels'][i]:>4} {int(sc.targets[i]):>4} {float(sc.scores[i]):>6.3f} "
