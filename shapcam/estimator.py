@@ -255,7 +255,9 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     acc = _Accumulator(seed, n, mw, antithetic, v_empty, v_full, eng, on_device)
     if resume is not None:
         _resume_into(acc, resume, seed, antithetic, n, m, v_empty, v_full)
-    cap = K // pps + (K % pps if K is not None else 0) if K is not None else None
+    # Samples K permutations make (antithetic: ceil(K / 2) pairs); None: no K cap.
+    k_samples = -(-int(K) // pps) if K is not None else None
+    cap = k_samples
     if max_evals is not None:
         by_evals = (max_evals - 2) // per_sample
         if by_evals < max(acc.count, 1):
@@ -263,14 +265,15 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
                              f"{per_sample} evaluations, plus 2 for the endpoints)")
         cap = by_evals if cap is None else min(cap, by_evals)
     anytime = tol is not None or rtol is not None or max_seconds is not None
-    if cap is None:  # K=None with tol/rtol/max_seconds only: unbounded, checked as it goes
+    bounded = cap is not None
+    if not bounded:  # K=None with tol/rtol/max_seconds only: unbounded, checked as it goes
         cap = np.iinfo(np.int64).max // (4 * per_sample)
     if cap < acc.count:
         raise ValueError(f"resume: the earlier run already has {acc.count} samples, more than "
                          f"this call's K / max_evals allow ({cap})")
-    total_evals = None if cap >= np.iinfo(np.int64).max // (4 * per_sample) else cap * per_sample
-    bar = progress_bar(total_evals or 0, progress, desc="shapley", unit="eval", auto_min=200_000)
-    stop_reason = "K" if K is not None and cap == K // pps + K % pps else "max_evals"
+    bar = progress_bar(cap * per_sample if bounded else 0, progress, desc="shapley", unit="eval",
+                       auto_min=200_000)
+    stop_reason = "K" if k_samples is not None and cap == k_samples else "max_evals"
     # An absolute schedule (not relative to a resumed run's count), so a resumed run checks where
     # a single run would have.
     stops = _checkpoints(min_samples, cap) if anytime else iter([cap])
