@@ -124,9 +124,11 @@ struct AccumulateSizes {
 };
 
 AccumulateSizes check_accumulate(int64_t n, int64_t n_samples, int64_t k0, int64_t count0,
-                                 int64_t m_out, bool antithetic) {
+                                 int64_t m_out, bool antithetic, int64_t block) {
   check_n(n);
   require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
+  require(block >= 0, "block: samples per block must be >= 0 (0: no blocks)");
+  require(n_samples <= INT64_MAX - count0, "count0 + n_samples overflows int64");
   require(m_out >= 1, "m: need at least 1 output");
   const int64_t pps = antithetic ? 2 : 1;
   require(k0 % pps == 0, "k0: must start a sample (a multiple of 2 when antithetic)");
@@ -304,8 +306,8 @@ PYBIND11_MODULE(_C, m) {
       "accumulate_cpu",
       [](uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m_out, bool antithetic,
          py::array values, py::array v_empty, py::array v_full, int64_t count0, py::array mean,
-         py::array m2) {
-        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic);
+         py::array m2, int64_t block, py::object base_mean, py::object base_m2) {
+        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic, block);
         const int64_t rows = z.rows, cells = z.cells;
         const double* vp = readable<double>(values, "values", z.values);
         const double* ve = readable<double>(v_empty, "v_empty", m_out);
@@ -316,14 +318,29 @@ PYBIND11_MODULE(_C, m) {
                             span("v_full", vf, m_out)};
         check_disjoint(span("mean", mp, cells), {ins[0], ins[1], ins[2], span("m2", sp, cells)});
         check_disjoint(span("m2", sp, cells), {ins[0], ins[1], ins[2]});
+        double* bmp = nullptr;
+        double* bsp = nullptr;
+        if (block > 0) {
+          require(!base_mean.is_none() && !base_m2.is_none(), "block > 0 needs base_mean and base_m2");
+          py::array bm = base_mean.cast<py::array>(), bs = base_m2.cast<py::array>();
+          bmp = writable<double>(bm, "base_mean", cells);
+          bsp = writable<double>(bs, "base_m2", cells);
+          check_disjoint(span("base_mean", bmp, cells), {ins[0], ins[1], ins[2], span("mean", mp, cells),
+                                                         span("m2", sp, cells), span("base_m2", bsp, cells)});
+          check_disjoint(span("base_m2", bsp, cells), {ins[0], ins[1], ins[2], span("mean", mp, cells),
+                                                       span("m2", sp, cells)});
+        }
         py::gil_scoped_release nogil;
-        cpu::accumulate(seed, k0, n_samples, n, m_out, antithetic, vp, ve, vf, count0, mp, sp);
+        cpu::accumulate(seed, k0, n_samples, n, m_out, antithetic, vp, ve, vf, count0, mp, sp, block,
+                        bmp, bsp);
       },
       "Push n_samples complete samples (values [S*pps*(n-1), m] float64) into the Welford state "
-      "mean, m2 [n, m].",
+      "mean, m2 [n, m]; block > 0: in blocks of that many samples, each finished block folded "
+      "into base_mean, base_m2 (accumulate.h).",
       py::arg("seed"), py::arg("k0"), py::arg("n_samples"), py::arg("n"), py::arg("m"),
       py::arg("antithetic"), py::arg("values"), py::arg("v_empty"), py::arg("v_full"),
-      py::arg("count0"), py::arg("mean"), py::arg("m2"));
+      py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("block") = 0,
+      py::arg("base_mean") = py::none(), py::arg("base_m2") = py::none());
 
 #ifdef SHAPCAM_WITH_CUDA
   m.def("cuda_device_count", &cuda::device_count, "CUDA devices usable now (0 without a driver).");
@@ -407,8 +424,9 @@ PYBIND11_MODULE(_C, m) {
       "accumulate_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples, int64_t n,
          int64_t m_out, bool antithetic, uintptr_t values, uintptr_t v_empty, uintptr_t v_full,
-         int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch) {
-        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic);
+         int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch, int64_t block,
+         uintptr_t base_mean, uintptr_t base_m2) {
+        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic, block);
         const int64_t scratch_bytes = mul(z.ranks, 4, "scratch");
         const int64_t vbytes = mul(z.values, 8, "values");
         const int64_t cbytes = mul(z.cells, 8, "mean");
@@ -419,15 +437,25 @@ PYBIND11_MODULE(_C, m) {
         check_disjoint(span_bytes("m2", m2, cbytes), {ins[0], ins[1], ins[2]});
         check_disjoint(span_bytes("scratch", scratch, scratch_bytes),
                        {ins[0], ins[1], ins[2], span_bytes("mean", mean, cbytes), span_bytes("m2", m2, cbytes)});
+        if (block > 0) {
+          require(base_mean != 0 && base_m2 != 0, "block > 0 needs base_mean and base_m2");
+          const Span outs[] = {span_bytes("mean", mean, cbytes), span_bytes("m2", m2, cbytes),
+                               span_bytes("scratch", scratch, scratch_bytes)};
+          check_disjoint(span_bytes("base_mean", base_mean, cbytes),
+                         {ins[0], ins[1], ins[2], outs[0], outs[1], outs[2], span_bytes("base_m2", base_m2, cbytes)});
+          check_disjoint(span_bytes("base_m2", base_m2, cbytes),
+                         {ins[0], ins[1], ins[2], outs[0], outs[1], outs[2]});
+        }
         py::gil_scoped_release nogil;
         cuda::accumulate(device, stream, seed, k0, n_samples, n, m_out, antithetic, values,
-                         v_empty, v_full, count0, mean, m2, scratch);
+                         v_empty, v_full, count0, mean, m2, scratch, block, base_mean, base_m2);
       },
       "CUDA twin of accumulate_cpu over device pointers (float64); scratch: [n_samples * pps, n] "
       "int32 device memory for the ranks, allocated by the caller (its framework's allocator).",
       py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("n_samples"),
       py::arg("n"), py::arg("m"), py::arg("antithetic"), py::arg("values"), py::arg("v_empty"),
-      py::arg("v_full"), py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("scratch"));
+      py::arg("v_full"), py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("scratch"),
+      py::arg("block") = 0, py::arg("base_mean") = 0, py::arg("base_m2") = 0);
 #else
   m.def("cuda_device_count", []() { return 0; }, "CUDA devices usable now (always 0: no CUDA build).");
   for (const char* name : {"permutations_cuda", "masks_cuda", "masked_apply_cuda", "prefix_walk_cuda", "accumulate_cuda",

@@ -2,12 +2,13 @@
 Castro, Gómez & Tejada 2009)."""
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import ops
+from . import ops, reference
 from ._arrays import host_numpy, is_cuda_array, is_torch
 from ._progress import progress_bar
 from .games import Game, as_game
@@ -94,46 +95,6 @@ def _check_finite_host(v, e0, n):
         raise ValueError(f"value_fn returned a non-finite value ({v[i].tolist()}) for {which}")
 
 
-class _Accumulator:
-    """Welford state [n, m] plus the carry of evaluations that do not yet form a whole sample."""
-
-    def __init__(self, seed, n, m, antithetic, v_empty, v_full, engine, on_device):
-        self.seed, self.n, self.antithetic, self.engine = seed, n, antithetic, engine
-        self.pps = 2 if antithetic else 1
-        self.per_sample = self.pps * (n - 1)
-        self.count = 0
-        self.pending = None
-        if on_device:
-            import torch
-
-            self.v_empty, self.v_full = v_empty.contiguous(), v_full.contiguous()
-            self.mean = torch.zeros((n, m), dtype=torch.float64, device=v_empty.device)
-            self.m2 = torch.zeros_like(self.mean)
-            self._cat = lambda a, b: torch.cat([a, b])
-        else:
-            self.v_empty, self.v_full = host_numpy(v_empty), host_numpy(v_full)
-            self.mean = np.zeros((n, m))
-            self.m2 = np.zeros((n, m))
-            self._cat = lambda a, b: np.concatenate([a, b])
-        self.on_device = on_device
-
-    def push(self, values):
-        if not self.on_device and is_torch(values):
-            values = host_numpy(values)
-        if self.pending is not None:
-            values = self._cat(self.pending, values)
-        whole = values.shape[0] // self.per_sample
-        if whole:
-            rows = whole * self.per_sample
-            block = values[:rows]
-            ops.accumulate(self.seed, self.count * self.pps, whole, self.n, self.antithetic,
-                           block.contiguous() if self.on_device else block, self.v_empty,
-                           self.v_full, self.count, self.mean, self.m2, engine=self.engine)
-            self.count += whole
-            values = values[rows:]
-        self.pending = (values.clone() if self.on_device else values.copy()) if len(values) else None
-
-
 # Anytime stopping: the rule is checked only at these sample counts (a geometric schedule from
 # min_samples), never at chunk boundaries, so where a run stops does not depend on batch_size.
 CHECK_GROWTH = 1.25
@@ -147,6 +108,264 @@ def _checkpoints(first, cap):
         yield c
         c = max(c + 1, int(np.ceil(c * CHECK_GROWTH)))
     yield cap
+
+
+# The fixed order of the sum. Samples are pushed, in sample order, into the Welford state of their
+# block (BLOCK_SAMPLES consecutive samples, from zero); blocks are merged in block order (_merge).
+# Who computed a block (this process, another worker, an earlier run resumed) cannot change a bit.
+BLOCK_SAMPLES = 16
+
+
+class _Welford:
+    """Running mean and M2 ([n, m] float64: NumPy, or torch on the game's device) over count samples."""
+
+    __slots__ = ("mean", "m2", "count")
+
+    def __init__(self, mean, m2, count=0):
+        self.mean, self.m2, self.count = mean, m2, int(count)
+
+    @classmethod
+    def zeros(cls, n, m, like=None):
+        if like is not None and is_torch(like):
+            import torch
+
+            z = torch.zeros((n, m), dtype=torch.float64, device=like.device)
+            return cls(z, torch.zeros_like(z))
+        return cls(np.zeros((n, m)), np.zeros((n, m)))
+
+    def copy(self):
+        c = (lambda a: a.clone()) if is_torch(self.mean) else (lambda a: a.copy())
+        return _Welford(c(self.mean), c(self.m2), self.count)
+
+
+def _merge(a: _Welford, b: _Welford) -> _Welford:
+    """The state of a's samples followed by b's (Chan, Golub & LeVeque 1979): on the host or the
+    device, the arithmetic of accumulate.h::merge_block (reference.merge_block), which folds blocks
+    inside the engines, so a block merged here and one folded there give the same bits. An empty
+    side returns the other one unchanged."""
+    if b.count == 0:
+        return a
+    if a.count == 0:
+        return b
+    out = a.copy()
+    reference.merge_block(out.mean, out.m2, a.count, b.mean, b.m2, b.count)
+    out.count = a.count + b.count
+    return out
+
+
+class _Sampler:
+    """What every evaluation of one run needs: the game and its settings, the endpoints' values.
+    Picklable (with the game) so a worker process can run blocks of samples."""
+
+    def __init__(self, game, seed, antithetic, engine, m, v_empty, v_full, batch_size, on_device):
+        self.game, self.seed, self.antithetic, self.engine = game, seed, antithetic, engine
+        self.m, self.v_empty, self.v_full = m, v_empty, v_full
+        self.batch_size, self.on_device = batch_size, on_device
+        self.n = game.n_players
+        self.pps = 2 if antithetic else 1
+        self.per_sample = self.pps * (self.n - 1)
+
+    def evaluate(self, e0, e1):
+        """Values of evaluations [e0, e1) as float64 [B, max(m, 1)], checked."""
+        n = self.n
+        try:
+            raw = self.game.evaluate(self.seed, e0, e1, self.antithetic, self.engine)
+        except Exception as exc:
+            if hasattr(exc, "add_note"):
+                k0, k1 = e0 // (n - 1), (e1 - 1) // (n - 1)
+                exc.add_note(f"shapcam: raised by the value function on evaluations [{e0}, {e1}) "
+                             f"(permutations {k0}..{k1}, seed {self.seed})")
+            raise
+        v, _ = _values_2d(raw, e1 - e0, self.m, f"evaluations [{e0}, {e1})")
+        if not self.on_device:
+            v = host_numpy(v)
+            _check_finite_host(v, e0, n)
+        return v
+
+
+class _Feed:
+    """Evaluations in index order, computed in chunks of at most batch_size evaluations that may
+    span blocks but never pass the horizon (the next stopping-rule checkpoint: a run that stops
+    there has evaluated nothing beyond it)."""
+
+    def __init__(self, s: _Sampler, e_start: int, bar=None):
+        self.s, self.pos, self.bar = s, e_start, bar
+        self.chunk, self.off = None, 0
+
+    def rows(self, limit: int, horizon: int):
+        """Up to `limit` rows of values, the next ones in index order (a view of the chunk)."""
+        if self.chunk is None or self.off == self.chunk.shape[0]:
+            e0 = self.pos
+            e1 = min(e0 + self.s.batch_size, horizon)
+            assert e1 > e0
+            self.chunk, self.off = self.s.evaluate(e0, e1), 0
+            self.pos = e1
+            if self.bar is not None:
+                self.bar.update(e1 - e0)
+        take = min(limit, self.chunk.shape[0] - self.off)
+        out = self.chunk[self.off:self.off + take]
+        self.off += take
+        return out
+
+
+class _Run:
+    """Pushes samples, in sample order from `first`, into a Welford state.
+
+    With ``base`` (the estimator's own run): the fixed-shape sum — state holds the block in
+    progress and the engine folds each finished block of BLOCK_SAMPLES into base (count0 is the
+    sample's index, first = 0). Without (a worker's block): one state from zero, which is what
+    that block's state is inside the estimator's run, bit for bit.
+    """
+
+    def __init__(self, s: _Sampler, first: int, state: _Welford | None = None,
+                 base: _Welford | None = None):
+        self.s, self.first, self.base = s, first, base
+        self.state = state if state is not None else _Welford.zeros(s.n, max(s.m, 1), s.v_empty)
+        self._carry = None  # rows of a sample not yet complete: [per_sample, m] buffer
+        self._filled = 0
+
+    @property
+    def pushed(self):
+        return self.state.count + (self.base.count if self.base is not None else 0)
+
+    @property
+    def next_sample(self):
+        return self.first + self.pushed
+
+    def merged(self) -> _Welford:
+        """The state over every sample pushed."""
+        return _merge(self.base, self.state) if self.base is not None else self.state
+
+    def advance(self, to: int, feed: _Feed, horizon: int):
+        """Push samples [next_sample, to), values from feed (never evaluated past horizon)."""
+        ps = self.s.per_sample
+        need = (to - self.next_sample) * ps
+        while need > 0:
+            v = feed.rows(need, horizon * ps)
+            self._push(v)
+            need -= v.shape[0]
+        assert self._filled == 0
+
+    def _push(self, values):
+        ps, i, B = self.s.per_sample, 0, values.shape[0]
+        if self._filled:
+            take = min(B, ps - self._filled)
+            self._carry[self._filled:self._filled + take] = values[:take]
+            self._filled += take
+            i = take
+            if self._filled == ps:
+                self._accumulate(self._carry, 1)
+                self._filled = 0
+        whole = (B - i) // ps
+        if whole:
+            self._accumulate(values[i:i + whole * ps], whole)
+            i += whole * ps
+        if i < B:
+            if self._carry is None:
+                self._carry = values.new_empty((ps, values.shape[1])) if is_torch(values) \
+                    else np.empty((ps, values.shape[1]))
+            self._carry[:B - i] = values[i:]
+            self._filled = B - i
+
+    def _accumulate(self, rows, n_samples):
+        s, st, base = self.s, self.state, self.base
+        count0 = self.pushed
+        blocked = dict(block=BLOCK_SAMPLES, base=(base.mean, base.m2)) if base is not None else {}
+        ops.accumulate(s.seed, (self.first + count0) * s.pps, n_samples, s.n, s.antithetic,
+                       rows.contiguous() if is_torch(rows) else rows, s.v_empty, s.v_full,
+                       count0, st.mean, st.m2, engine=s.engine, **blocked)
+        total = count0 + n_samples
+        if base is not None:
+            base.count, st.count = total - total % BLOCK_SAMPLES, total % BLOCK_SAMPLES
+        else:
+            st.count = total
+
+
+class _Schedule:
+    """Where a run may stop: the sample counts at which the rule is checked (min_samples, then
+    x1.25, never chunk boundaries: where a run stops does not depend on batch_size) and the cap.
+    Cuts of block j: those checkpoints inside it, and its end."""
+
+    def __init__(self, first, cap, anytime):
+        self.cap = cap
+        self._gen = _checkpoints(first, cap) if anytime else iter([cap])
+        self._points = []  # generated so far, increasing
+
+    def _upto(self, hi):
+        while not self._points or self._points[-1] < hi:
+            nxt = next(self._gen, None)
+            if nxt is None:
+                break
+            self._points.append(nxt)
+
+    def cuts(self, j, start):
+        """[(cut, is_checkpoint)] for block j, after sample `start`, up to the block's end."""
+        lo, hi = max(start, j * BLOCK_SAMPLES), min((j + 1) * BLOCK_SAMPLES, self.cap)
+        self._upto(hi)
+        pts = [c for c in self._points if lo < c <= hi]
+        out = [(c, True) for c in pts]
+        if not pts or pts[-1] != hi:
+            out.append((hi, False))
+        return out
+
+    def points(self, start):
+        """The checkpoints after sample `start`, in order (the cap last)."""
+        i = 0
+        while True:
+            if i == len(self._points):
+                nxt = next(self._gen, None)
+                if nxt is None:
+                    return
+                self._points.append(nxt)
+            c = self._points[i]
+            i += 1
+            if c > start:
+                yield c
+
+    def horizon(self, sample):
+        """The first checkpoint at or after `sample` (the cap at the latest)."""
+        self._upto(sample)
+        i = bisect.bisect_left(self._points, sample)
+        return self._points[i] if i < len(self._points) else self.cap
+
+    def blocks(self, start):
+        """Blocks that hold samples [start, cap)."""
+        j = start // BLOCK_SAMPLES
+        while j * BLOCK_SAMPLES < self.cap:
+            yield j
+            j += 1
+
+
+def _run_serial(s: _Sampler, sched: _Schedule, start: int, base: _Welford, partial, rule, bar):
+    """The run in this process: one state, checked at each checkpoint. Returns (final state,
+    base, block in progress, reason or None)."""
+    run = _Run(s, 0, partial, base=base)
+    feed = _Feed(s, start * s.per_sample, bar)
+    for target in sched.points(start):
+        run.advance(target, feed, target)
+        cur = run.merged()
+        reason = rule(cur)
+        if reason:
+            return cur, run.base, run.state, reason
+    return run.merged(), run.base, run.state, None
+
+
+def _fold(total: _Welford, blocks, rule):
+    """Merge other workers' blocks in order (each a list of (cut, is_checkpoint, state of the block
+    from zero at that cut)); at each checkpoint ask rule(state) for a reason to stop. Returns
+    (final, base, block in progress, reason or None) as _run_serial does."""
+    base, last = total, None
+    for _j, snaps in blocks:
+        for _cut, check, st in snaps:
+            last = st
+            cur = _merge(base, st)
+            if check:
+                reason = rule(cur)
+                if reason:
+                    return cur, base, last, reason
+        if last is not None and last.count == BLOCK_SAMPLES:
+            base, last = cur, None
+    return (_merge(base, last) if last is not None else base), base, last, None
 
 
 def _int_or_none(v, name, lowest):
@@ -168,7 +387,8 @@ def _positive_or_none(v, name):
 
 def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True, batch_size=None,
                      device=None, engine=None, progress=None, tol=None, rtol=None, max_evals=None,
-                     max_seconds=None, min_samples=None, resume=None) -> ShapleyResult:
+                     max_seconds=None, min_samples=None, resume=None,
+                     executor=None) -> ShapleyResult:
     """Estimate Shapley values by sampling permutations of the players.
 
     Args:
@@ -203,6 +423,14 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
             sampling continues from its next permutation, and the result is the one a single run
             to the new stopping point gives, bit for bit (K counts all permutations, the earlier
             ones included).
+        executor: run blocks of samples on other workers and merge their states: a
+            ``concurrent.futures.Executor`` (e.g. a ``ProcessPoolExecutor``), a Dask
+            ``distributed.Client``, ``"ray"`` (Ray, initialised if it is not), or an int (a
+            ProcessPoolExecutor of that many processes for this run). The game is pickled
+            (cloudpickle when installed) and sent once per worker; workers return [n, m] states,
+            not evaluations. The result is the serial one bit for bit, whatever the number of
+            workers or the order they finish in (see :mod:`shapcam.parallel`); a task lost with
+            its worker is recomputed; stopping rules work as without it. Host games only.
 
     Returns:
         ShapleyResult with values and stderr ``[n]`` (or ``[n, m]``), n_evals, n_permutations,
@@ -252,15 +480,25 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
                        eng, game, "K", None)
 
     per_sample = pps * (n - 1)
-    acc = _Accumulator(seed, n, mw, antithetic, v_empty, v_full, eng, on_device)
+    if on_device:
+        v_empty, v_full = v_empty.contiguous(), v_full.contiguous()
+    else:
+        v_empty, v_full = host_numpy(v_empty), host_numpy(v_full)
+    if executor is not None and on_device:
+        raise ValueError("executor=: workers run games whose values live on the host; this game's "
+                         "values are on a GPU (run it without executor=, or give each worker a "
+                         "host game)")
+    sampler = _Sampler(game, seed, antithetic, eng, m, v_empty, v_full, int(batch_size), on_device)
+    total, partial = _Welford.zeros(n, mw, v_empty), None
     if resume is not None:
-        _resume_into(acc, resume, seed, antithetic, n, m, v_empty, v_full)
+        total, partial = _resume_state(resume, seed, antithetic, n, m, v_empty, v_full, on_device)
+    start = total.count + (partial.count if partial is not None else 0)
     # Samples K permutations make (antithetic: ceil(K / 2) pairs); None: no K cap.
     k_samples = -(-int(K) // pps) if K is not None else None
     cap = k_samples
     if max_evals is not None:
         by_evals = (max_evals - 2) // per_sample
-        if by_evals < max(acc.count, 1):
+        if by_evals < max(start, 1):
             raise ValueError(f"max_evals={max_evals}: not even one more sample fits (each costs "
                              f"{per_sample} evaluations, plus 2 for the endpoints)")
         cap = by_evals if cap is None else min(cap, by_evals)
@@ -268,87 +506,94 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     bounded = cap is not None
     if not bounded:  # K=None with tol/rtol/max_seconds only: unbounded, checked as it goes
         cap = np.iinfo(np.int64).max // (4 * per_sample)
-    if cap < acc.count:
-        raise ValueError(f"resume: the earlier run already has {acc.count} samples, more than "
+    if cap < start:
+        raise ValueError(f"resume: the earlier run already has {start} samples, more than "
                          f"this call's K / max_evals allow ({cap})")
-    bar = progress_bar(cap * per_sample if bounded else 0, progress, desc="shapley", unit="eval",
-                       auto_min=200_000)
-    stop_reason = "K" if k_samples is not None and cap == k_samples else "max_evals"
     # An absolute schedule (not relative to a resumed run's count), so a resumed run checks where
     # a single run would have.
-    stops = _checkpoints(min_samples, cap) if anytime else iter([cap])
+    sched = _Schedule(min_samples, cap, anytime)
+
+    def rule(st):
+        if st.count >= cap:
+            return None
+        if (tol is not None or rtol is not None) and _se_met(st, tol, rtol):
+            return "tol"
+        if max_seconds is not None and time.perf_counter() - t_start >= max_seconds:
+            return "max_seconds"
+        return None
+
+    bar = progress_bar((cap - start) * per_sample if bounded else 0, progress, desc="shapley",
+                       unit="eval", auto_min=200_000)
     try:
-        for target in stops:
-            if target <= acc.count:
-                continue
-            e_lo, e_hi = acc.count * per_sample, target * per_sample
-            for e0 in range(e_lo, e_hi, batch_size):
-                e1 = min(e_hi, e0 + batch_size)
-                v, _ = _values_2d(game.evaluate(seed, e0, e1, antithetic, eng), e1 - e0, m,
-                                  f"evaluations [{e0}, {e1})")
-                if not on_device:
-                    _check_finite_host(host_numpy(v), e0, n)
-                acc.push(v)
-                bar.update(e1 - e0)
-            if anytime and target < cap:
-                if (tol is not None or rtol is not None) and _se_met(acc, tol, rtol):
-                    stop_reason = "tol"
-                    break
-                if max_seconds is not None and time.perf_counter() - t_start >= max_seconds:
-                    stop_reason = "max_seconds"
-                    break
+        if start >= cap:
+            final, base, last, reason = _merge(total, partial) if partial else total, total, partial, None
+        elif executor is None:
+            final, base, last, reason = _run_serial(sampler, sched, start, total, partial, rule, bar)
+        else:
+            from . import parallel
+
+            blocks = parallel.run_blocks(executor, sampler, sched, start, partial, bar)
+            try:
+                final, base, last, reason = _fold(total, blocks, rule)
+            finally:
+                blocks.close()
     finally:
         bar.close()
-    assert acc.pending is None
-    c = acc.count
-    stderr = _stderr(acc)
+    stop_reason = reason or ("K" if k_samples is not None and cap == k_samples else "max_evals")
+    c = final.count
+    stderr = _stderr(final)
     if on_device:
         import torch
 
         # A non-finite value anywhere reaches some player's marginals, hence the mean.
-        if not bool(torch.isfinite(acc.mean).all()):
+        if not bool(torch.isfinite(final.mean).all()):
             raise ValueError("value_fn returned a non-finite value (NaN or inf) for some coalition")
-    copy = (lambda a: a.clone()) if on_device else (lambda a: a.copy())
-    state = {"mean": copy(acc.mean), "m2": copy(acc.m2), "count": c, "n": n, "m": m}
-    return _result(acc.mean, stderr, m, 2 + c * per_sample, c * pps, c, v_full, v_empty, seed,
+    if last is not None and last.count == BLOCK_SAMPLES:
+        base, last = final, None
+    last = last.copy() if last is not None else _Welford.zeros(n, mw, v_empty)
+    base = base.copy()
+    state = {"n": n, "m": m, "count": c, "block_samples": BLOCK_SAMPLES,
+             "base": (base.mean, base.m2, base.count), "block": (last.mean, last.m2, last.count)}
+    values = final.mean.clone() if on_device else final.mean.copy()
+    return _result(values, stderr, m, 2 + c * per_sample, c * pps, c, v_full, v_empty, seed,
                    antithetic, eng, game, stop_reason, state)
 
 
-def _stderr(acc):
-    """Standard error of the mean over acc.count samples (NaN with fewer than 2). Correctly
+def _stderr(st: _Welford):
+    """Standard error of the mean over st.count samples (NaN with fewer than 2). Correctly
     rounded division and sqrt on every device, so device and host agree to the bit: torch divides
     a CUDA tensor by a Python scalar as a multiplication by its reciprocal (1 ulp off), hence a
     device-tensor denominator; and sqrt, not ** 0.5."""
-    c = acc.count
+    c = st.count
     if c < 2:
-        return acc.mean * float("nan")
-    if acc.on_device:
+        return st.mean * float("nan")
+    if is_torch(st.m2):
         import torch
 
         # torch.full, not torch.tensor: no blocking host-to-device copy
-        denom = torch.full((), float((c - 1) * c), dtype=torch.float64, device=acc.m2.device)
-        return torch.sqrt(acc.m2 / denom)
-    return np.sqrt(acc.m2 / float((c - 1) * c))
+        denom = torch.full((), float((c - 1) * c), dtype=torch.float64, device=st.m2.device)
+        return torch.sqrt(st.m2 / denom)
+    return np.sqrt(st.m2 / float((c - 1) * c))
 
 
-def _se_met(acc, tol, rtol) -> bool:
+def _se_met(st: _Welford, tol, rtol) -> bool:
     """The stopping rule: the largest standard error is at most tol, or at most rtol times the
     range of the values (the largest over outputs)."""
-    se = host_numpy(_stderr(acc))
+    se = host_numpy(_stderr(st))
     worst = float(np.max(se))
     if not np.isfinite(worst):
         return False
     if tol is not None and worst <= tol:
         return True
     if rtol is not None:
-        mean = host_numpy(acc.mean)
+        mean = host_numpy(st.mean)
         spread = float(np.max(mean.max(0) - mean.min(0)))
         return worst <= rtol * spread
     return False
 
 
-def _resume_into(acc, prev, seed, antithetic, n, m, v_empty, v_full):
-    """Load an earlier run's Welford state, checking that it belongs to this game and setting."""
+def _resume_state(prev, seed, antithetic, n, m, v_empty, v_full, on_device):
+    """An earlier run's (merged whole blocks, block in progress), checked against this game."""
     state = getattr(prev, "state", None)
     if not isinstance(prev, ShapleyResult) or not state:
         raise TypeError("resume: expected the ShapleyResult of an earlier estimate_shapley run")
@@ -358,19 +603,26 @@ def _resume_into(acc, prev, seed, antithetic, n, m, v_empty, v_full):
     if state["n"] != n or state["m"] != m:
         raise ValueError(f"resume: the earlier run had {state['n']} players and {state['m']} outputs; "
                          f"this game has {n} and {m}")
-    same = np.array_equal(host_numpy(acc.v_empty), host_numpy(_as_2d(prev.v_empty))) and \
-        np.array_equal(host_numpy(acc.v_full), host_numpy(_as_2d(prev.v_full)))
+    if state.get("block_samples") != BLOCK_SAMPLES:
+        raise ValueError("resume: the earlier run comes from a shapcam version that summed samples "
+                         "in another order; it cannot be continued bit for bit")
+    same = np.array_equal(host_numpy(v_empty), host_numpy(_as_2d(prev.v_empty))) and \
+        np.array_equal(host_numpy(v_full), host_numpy(_as_2d(prev.v_full)))
     if not same:
         raise ValueError("resume: this game's v(none) / v(all) differ from the earlier run's: "
                          "not the same game")
-    if acc.on_device:
-        import torch
+    like = v_empty if on_device else None
 
-        acc.mean = torch.as_tensor(state["mean"], device=acc.mean.device).clone()
-        acc.m2 = torch.as_tensor(state["m2"], device=acc.m2.device).clone()
-    else:
-        acc.mean, acc.m2 = np.array(host_numpy(state["mean"])), np.array(host_numpy(state["m2"]))
-    acc.count = int(state["count"])
+    def load(mean, m2, count):
+        if like is not None:
+            import torch
+
+            return _Welford(torch.as_tensor(mean, device=like.device).clone(),
+                            torch.as_tensor(m2, device=like.device).clone(), count)
+        return _Welford(np.array(host_numpy(mean)), np.array(host_numpy(m2)), count)
+
+    base, block = load(*state["base"]), load(*state["block"])
+    return base, (block if block.count else None)
 
 
 def _as_2d(v):

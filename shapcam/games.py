@@ -263,6 +263,16 @@ class MaskedInputGame(Game):
                 raise ValueError(f"workspace: expected [B, *{self.plan.shape}] on x's device, got {ws_shape}")
             self._buffer = workspace
 
+    def __getstate__(self):
+        # For executor= workers: the lock and the workspace stay with this process.
+        state = dict(self.__dict__)
+        state["_lock"], state["_buffer"] = None, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def workspace(self):
         """The buffer of masked inputs (pass it to the next game to reuse it)."""

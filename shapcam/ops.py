@@ -342,41 +342,53 @@ def _empty_like_array(like, shape):
 
 
 def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, count0, mean, m2, *,
-               engine=None):
+               engine=None, block=0, base=None):
     """Push n_samples complete samples into the Welford state (mean, m2 [n, m] float64, in place).
 
     values [n_samples * pps * (n-1), m], v_empty and v_full [m], all float64 and on one device:
     NumPy arrays for the host engines, CUDA tensors for the CUDA engine. A sample is one
     permutation, or an antithetic pair (pps = 2); k0 is its first permutation.
+    block > 0: the estimator's fixed-shape sum (accumulate.h): samples go into the state of their
+    block of ``block`` samples, and each finished block is folded into ``base`` = (base_mean,
+    base_m2), like mean and m2; count0 counts every sample pushed before (base and block).
     """
     seed = check_seed(seed)
     n = _check_n(n, 2)
     _check_range(k0, k0, "k0")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
         raise ValueError(f"n_samples: expected an int >= 0, got {n_samples!r}")
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 0:
+        raise ValueError(f"block: expected an int >= 0, got {block!r}")
+    if block and (base is None or len(base) != 2):
+        raise ValueError("block > 0 needs base=(base_mean, base_m2)")
     pps = 2 if antithetic else 1
     if k0 % pps:
         raise ValueError(f"k0: must start a sample (a multiple of {pps}), got {k0}")
     m = shape_of(mean)[1]
+    base_mean, base_m2 = base if block else (None, None)
     r = route(engine, is_cuda_array(mean))
     if r.host_copy:
         raise ValueError("accumulate: a device state needs the CUDA engine")
     if r.cuda:
-        ptrs = [cuda_pointer(a, name) for a, name in ((values, "values"), (v_empty, "v_empty"),
-                                                     (v_full, "v_full"), (mean, "mean"), (m2, "m2"))]
+        arrays = ((values, "values"), (v_empty, "v_empty"), (v_full, "v_full"), (mean, "mean"),
+                  (m2, "m2")) + (((base_mean, "base_mean"), (base_m2, "base_m2")) if block else ())
+        ptrs = [cuda_pointer(a, name) for a, name in arrays]
         dev = _device_of(mean, ptrs[3][0])
         # The ranks' scratch comes from the caller's framework (its caching allocator), not from
         # a cudaMalloc inside the extension.
         scratch = _device_empty(mean, (max(n_samples, 0) * pps, n), "int32")
         _engine.native().accumulate_cuda(dev, cuda_stream(mean), seed, k0, n_samples, n, m, antithetic,
                                          *[p[1] for p in ptrs[:3]], count0, ptrs[3][1], ptrs[4][1],
-                                         cuda_pointer(scratch, "scratch")[1] if n_samples > 0 else 0)
+                                         cuda_pointer(scratch, "scratch")[1] if n_samples > 0 else 0,
+                                         int(block), ptrs[5][1] if block else 0,
+                                         ptrs[6][1] if block else 0)
         return
     if r.engine == "reference":
         reference.accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, count0,
-                             mean, m2)
+                             mean, m2, block, base_mean, base_m2)
         return
     _engine.native().accumulate_cpu(seed, k0, n_samples, n, m, antithetic,
                                     np.ascontiguousarray(values, dtype=np.float64),
                                     np.ascontiguousarray(v_empty, dtype=np.float64),
-                                    np.ascontiguousarray(v_full, dtype=np.float64), count0, mean, m2)
+                                    np.ascontiguousarray(v_full, dtype=np.float64), count0, mean, m2,
+                                    int(block), base_mean, base_m2)

@@ -119,8 +119,10 @@ def masked_apply(seed, e0, e1, n, antithetic, x, players, baseline, out=None):
     return out
 
 
-def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, count0, mean, m2):
-    """Push complete samples into the Welford state (mean, m2 [n, m], float64, in place).
+def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, count0, mean, m2,
+               block=0, base_mean=None, base_m2=None):
+    """Push complete samples into the Welford state (mean, m2 [n, m], float64, in place); with
+    block > 0, in blocks of that many samples, a finished block folded into (base_mean, base_m2).
 
     values: [n_samples * pps * (n-1), m] float64; the same arithmetic, in the same order, as
     csrc/include/shapcam/accumulate.h, so the native engines match to the last bit.
@@ -140,10 +142,29 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
     if antithetic:
         phi = 0.5 * (phi[0::2] + phi[1::2])
     for s in range(n_samples):
+        i = count0 + s
+        in_block = i % block if block > 0 else i
         x = phi[s]
         delta = x - mean
-        mean += delta / float(count0 + s + 1)
+        mean += delta / float(in_block + 1)
         m2 += delta * (x - mean)
+        if block > 0 and in_block + 1 == block:
+            merge_block(base_mean, base_m2, i + 1 - block, mean, m2, block)
+            mean[...] = 0.0
+            m2[...] = 0.0
+
+
+def merge_block(base_mean, base_m2, na, mean, m2, nb):
+    """accumulate.h::merge_block on arrays, in place on the base: the state of the base's na
+    samples followed by nb samples of (mean, m2); a copy when na = 0."""
+    if na == 0:
+        base_mean[...] = mean
+        base_m2[...] = m2
+        return
+    total = float(na + nb)
+    delta = mean - base_mean
+    base_m2[...] = (base_m2 + m2) + delta * delta * (float(na) * float(nb) / total)
+    base_mean[...] = base_mean + delta * (float(nb) / total)
 
 
 def cell_subsets(members, rank, n, t):

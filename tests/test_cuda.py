@@ -77,6 +77,29 @@ def test_accumulate_equals_cpu():
         np.testing.assert_array_equal(g2.cpu().numpy(), m2)
 
 
+def test_blocked_accumulate_and_merge_equal_cpu():
+    # The fixed-shape sum (blocks folded in the engine) and the estimator's host/device merge.
+    from shapcam.estimator import _merge, _Welford
+
+    rng = np.random.default_rng(2)
+    n, m, S, B = 37, 2, 11, 4
+    values = rng.normal(size=(S * 2 * (n - 1), m))
+    ve, vf = rng.normal(size=m), rng.normal(size=m)
+    host = [np.zeros((n, m)) for _ in range(4)]
+    ops.accumulate(3, 0, S, n, True, values, ve, vf, 0, host[0], host[1], engine="native", block=B,
+                   base=(host[2], host[3]))
+    t = lambda a: torch.from_numpy(a).to(DEV)
+    dev = [torch.zeros((n, m), dtype=torch.float64, device=DEV) for _ in range(4)]
+    ops.accumulate(3, 0, S, n, True, t(values), t(ve), t(vf), 0, dev[0], dev[1], block=B,
+                   base=(dev[2], dev[3]))
+    for h, d in zip(host, dev):
+        np.testing.assert_array_equal(d.cpu().numpy(), h)
+    hm = _merge(_Welford(host[2], host[3], 8), _Welford(host[0], host[1], 3))
+    dm = _merge(_Welford(dev[2], dev[3], 8), _Welford(dev[0], dev[1], 3))
+    np.testing.assert_array_equal(dm.mean.cpu().numpy(), hm.mean)
+    np.testing.assert_array_equal(dm.m2.cpu().numpy(), hm.m2)
+
+
 def test_estimate_on_device_equals_host():
     g = table_game(10, 3)
     table_mask_fn = lambda m: torch.from_numpy(g(m.cpu().numpy())).to(m.device)

@@ -121,6 +121,59 @@ def test_accumulate_equals_reference_and_chunking(rng):
         np.testing.assert_array_equal(states["native"][1], states["reference"][1])
 
 
+def test_blocked_accumulate_is_the_merge_of_blocks_from_zero(rng):
+    """block > 0: every engine folds finished blocks into the base with the arithmetic of
+    estimator._merge, so the engine's fixed-shape sum equals blocks computed apart (from zero, by
+    other workers) and merged in order on the host — bit for bit, however the pushes are split."""
+    from shapcam.estimator import _merge, _Welford
+
+    n, m, B, S = 9, 2, 4, 15  # 3 whole blocks and 3 samples of a fourth
+    for anti in (True, False):
+        pps = 2 if anti else 1
+        per = pps * (n - 1)
+        values = rng.normal(size=(S * per, m))
+        ve, vf = rng.normal(size=m), rng.normal(size=m)
+        # blocks from zero, merged in order
+        total = _Welford(np.zeros((n, m)), np.zeros((n, m)), 0)
+        for j in range(0, S, B):
+            cnt = min(B, S - j)
+            blk = _Welford(np.zeros((n, m)), np.zeros((n, m)), cnt)
+            ops.accumulate(5, j * pps, cnt, n, anti, values[j * per:(j + cnt) * per], ve, vf, 0,
+                           blk.mean, blk.m2, engine="reference")
+            total = _merge(total, blk)
+        for eng in ("reference", "native"):
+            for splits in ([S], [1, 6, 8], [5, 5, 5], [4, 11]):
+                mean, m2 = np.zeros((n, m)), np.zeros((n, m))
+                bmean, bm2 = np.zeros((n, m)), np.zeros((n, m))
+                done = 0
+                for cnt in splits:
+                    ops.accumulate(5, done * pps, cnt, n, anti, values[done * per:(done + cnt) * per],
+                                   ve, vf, done, mean, m2, engine=eng, block=B, base=(bmean, bm2))
+                    done += cnt
+                got = _merge(_Welford(bmean, bm2, S - S % B), _Welford(mean, m2, S % B))
+                np.testing.assert_array_equal(got.mean, total.mean)
+                np.testing.assert_array_equal(got.m2, total.m2)
+                # and it is a Welford state of the same samples
+                flat = _Welford(np.zeros((n, m)), np.zeros((n, m)), S)
+                ops.accumulate(5, 0, S, n, anti, values, ve, vf, 0, flat.mean, flat.m2, engine=eng)
+                np.testing.assert_allclose(got.mean, flat.mean, rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(got.m2, flat.m2, rtol=1e-10, atol=1e-12)
+
+
+def test_blocked_accumulate_refuses_a_missing_or_aliased_base():
+    z = lambda: np.zeros((4, 1))  # noqa: E731
+    vals = np.zeros((2 * 3, 1))
+    with pytest.raises(ValueError, match="base"):
+        ops.accumulate(0, 0, 1, 4, True, vals, np.zeros(1), np.zeros(1), 0, z(), z(), block=2)
+    mean, m2 = z(), z()
+    _C = pytest.importorskip("shapcam._C")
+    with pytest.raises(ValueError):
+        _C.accumulate_cpu(0, 0, 1, 4, 1, True, vals, np.zeros(1), np.zeros(1), 0, mean, m2, 2, mean, z())
+    with pytest.raises(ValueError, match="block"):
+        ops.accumulate(0, 0, 1, 4, True, vals, np.zeros(1), np.zeros(1), 0, z(), z(), block=-1,
+                       base=(z(), z()))
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 def test_bad_inputs_name_the_argument(rng):

@@ -207,7 +207,7 @@ template void prefix_walk<double>(uint64_t, int64_t, int64_t, int64_t, bool, con
 
 void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m, bool antithetic,
                 const double* values, const double* v_empty, const double* v_full, int64_t count0,
-                double* mean, double* m2) {
+                double* mean, double* m2, int64_t block, double* base_mean, double* base_m2) {
   if (n_samples <= 0) return;
   const int64_t pps = permutations_per_sample(antithetic);
   const int64_t P = n_samples * pps;
@@ -218,7 +218,7 @@ void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t
 #pragma omp parallel for schedule(static) if (n * m * n_samples > kParallelMin)
   for (int64_t cell = 0; cell < n * m; ++cell) {
     accumulate_cell(values, v_empty, v_full, rank.data(), n_samples, n, m, antithetic, cell / m,
-                    cell % m, count0, mean, m2);
+                    cell % m, count0, mean, m2, block, base_mean, base_m2);
   }
 }
 

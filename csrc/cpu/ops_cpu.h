@@ -31,7 +31,7 @@ void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithe
 // number of samples pushed before.
 void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m, bool antithetic,
                 const double* values, const double* v_empty, const double* v_full, int64_t count0,
-                double* mean, double* m2);
+                double* mean, double* m2, int64_t block, double* base_mean, double* base_m2);
 
 // The incremental prefix walk of a cell game (csrc/include/shapcam/walk.h) for the evaluation
 // chunk [e0, e1): out [B, d] = z of each evaluation's coalition. tables [cells, 2^size, d];

@@ -303,11 +303,14 @@ __global__ void accumulate_kernel(int64_t n_samples, int64_t n, int64_t m, bool 
                                   const double* __restrict__ v_full,   // [m]
                                   int64_t count0,
                                   double* __restrict__ mean,           // [n, m]
-                                  double* __restrict__ m2) {           // [n, m]
+                                  double* __restrict__ m2,             // [n, m]
+                                  int64_t block,
+                                  double* __restrict__ base_mean,      // [n, m] when block > 0
+                                  double* __restrict__ base_m2) {      // [n, m] when block > 0
   const int64_t cell = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (cell >= n * m) return;
   accumulate_cell(values, v_empty, v_full, rank, n_samples, n, m, antithetic, cell / m, cell % m,
-                  count0, mean, m2);
+                  count0, mean, m2, block, base_mean, base_m2);
 }
 
 size_t smem_limit(int device) {
@@ -539,7 +542,8 @@ void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_
 
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
                 int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
-                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch) {
+                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch,
+                int64_t block, uintptr_t base_mean, uintptr_t base_m2) {
   if (n_samples <= 0) return;
   const DeviceGuard guard(device);
   check_players(device, n);
@@ -551,6 +555,10 @@ void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t
   check_buffer(mean, n * m * 8, device, "mean");
   check_buffer(m2, n * m * 8, device, "m2");
   check_buffer(scratch, P * n * static_cast<int64_t>(sizeof(int32_t)), device, "scratch");
+  if (block > 0) {
+    check_buffer(base_mean, n * m * 8, device, "base_mean");
+    check_buffer(base_m2, n * m * 8, device, "base_m2");
+  }
   const cudaStream_t s = as_stream(stream);
   int32_t* rank = reinterpret_cast<int32_t*>(scratch);
   const size_t smem = permutation_smem_bytes(n);
@@ -563,7 +571,8 @@ void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t
   accumulate_kernel<<<static_cast<unsigned>((cells + 127) / 128), 128, 0, s>>>(
       n_samples, n, m, antithetic, rank, reinterpret_cast<const double*>(values),
       reinterpret_cast<const double*>(v_empty), reinterpret_cast<const double*>(v_full), count0,
-      reinterpret_cast<double*>(mean), reinterpret_cast<double*>(m2));
+      reinterpret_cast<double*>(mean), reinterpret_cast<double*>(m2), block,
+      reinterpret_cast<double*>(base_mean), reinterpret_cast<double*>(base_m2));
   check_launch("accumulate_kernel");
 }
 

@@ -37,7 +37,8 @@ void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_
 // scratch [n_samples * pps, n] int32: the samples' ranks, device memory the caller allocated.
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
                 int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
-                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch);
+                uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch,
+                int64_t block, uintptr_t base_mean, uintptr_t base_m2);
 
 // Number of CUDA devices usable now (0 when no driver or no GPU; never throws).
 int device_count();
