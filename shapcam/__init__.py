@@ -11,12 +11,12 @@ from ._engine import engine_info
 from ._version import __version__
 from .estimator import ShapleyResult, estimate_shapley
 from .exact import exact_shapley
-from .games import CellTableGame, Game, MaskedInputGame, MaskGame
+from .games import CellTableGame, Game, MaskedInputGame, MaskGame, TruncatedGame
 
 _CAM_NAMES = ("ShapCAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "RISE", "MeaningfulPerturbation",
               "CAMResult")
 
-__all__ = ["__version__", "engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame", "CellTableGame",
+__all__ = ["__version__", "engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame", "CellTableGame", "TruncatedGame",
            "MaskedInputGame", *_CAM_NAMES]
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import pickle
+import threading
 import traceback
 import uuid
 import warnings
@@ -44,7 +45,9 @@ class WorkerLost(RuntimeError):
 
 # --- the worker side -------------------------------------------------------------------------
 
-_SAMPLERS: dict = {}  # token -> the unpickled sampler, one per run, kept in each worker process
+# token -> the unpickled sampler of a run, kept in each worker process, one copy per thread (a
+# game may keep state between chunks, e.g. TruncatedGame along a permutation).
+_LOCAL = threading.local()
 _KEEP = 4
 
 
@@ -57,12 +60,15 @@ def _dumps(obj) -> bytes:
 
 
 def _sampler(token, payload):
-    s = _SAMPLERS.get(token)
+    cache = getattr(_LOCAL, "samplers", None)
+    if cache is None:
+        cache = _LOCAL.samplers = {}
+    s = cache.get(token)
     if s is None:
         s = pickle.loads(payload)
-        while len(_SAMPLERS) >= _KEEP:
-            _SAMPLERS.pop(next(iter(_SAMPLERS)))
-        _SAMPLERS[token] = s
+        while len(cache) >= _KEEP:
+            cache.pop(next(iter(cache)))
+        cache[token] = s
     return s
 
 

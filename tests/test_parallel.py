@@ -172,3 +172,52 @@ def test_ray_is_bit_identical():
         assert same(serial(K=150, executor="ray"), serial(K=150))
     finally:
         ray.shutdown()
+
+
+def saturating(masks):
+    # v(S) = min(|S|, 4) / 4 (+ a player-weighted term that saturates the same way): once a
+    # prefix holds 4 players its value is v(all), so truncation loses nothing here.
+    c = masks.sum(1)
+    return np.minimum(c, 4) / 4.0 + np.where(c >= 4, 0.0, masks[:, 0] * 0.1)
+
+
+def test_truncated_game_skips_saturated_prefixes_without_changing_a_bit():
+    n = 12
+    full = shapcam.estimate_shapley(saturating, n, K=40, seed=3, batch_size=25)
+    g = shapcam.TruncatedGame(saturating, n, tol=0.0, step=3)
+    cut = shapcam.estimate_shapley(g, K=40, seed=3, batch_size=25)
+    assert same(cut, full)
+    assert g.skipped > 0.4 * 40 * (n - 1) and g.evaluated + g.skipped == 40 * (n - 1)
+    # on workers (tasks start on permutation boundaries; each thread keeps its own walk state)
+    with cf.ThreadPoolExecutor(3) as ex:
+        par = shapcam.estimate_shapley(shapcam.TruncatedGame(saturating, n, tol=0.0, step=3),
+                                       K=40, seed=3, batch_size=25, executor=ex)
+    assert same(par, full)
+
+
+def test_truncation_trades_bias_for_evaluations():
+    # A game that is not saturated: truncation at a loose tolerance moves the estimate, keeps
+    # efficiency exact, and spends fewer evaluations.
+    n = 10
+    f = lambda m: np.sqrt(m @ np.arange(1.0, n + 1))  # noqa: E731
+    exact = shapcam.exact_shapley(f, n).values
+    g = shapcam.TruncatedGame(f, n, tol=1.0, step=1)
+    res = shapcam.estimate_shapley(g, K=2000, seed=0)
+    assert g.skipped > 0
+    assert abs(res.efficiency_gap) < 1e-12
+    assert np.abs(res.values - exact).max() > 4 * np.max(res.stderr)  # biased, and says so in docs
+    with pytest.raises(ValueError, match="tol"):
+        shapcam.TruncatedGame(f, n, tol=-1)
+
+
+def test_data_valuation_example_runs_and_agrees_on_dask(dask_client):
+    pytest.importorskip("sklearn")
+    from shapcam.examples import data_valuation as dv
+
+    local, problem, _, made = dv.value_data(n_train=24, n_val=80, K=6, truncate=0.01)
+    assert made is not None and made <= local.n_evals
+    remote, _, _, _ = dv.value_data(n_train=24, n_val=80, K=6, truncate=0.01, executor=dask_client)
+    assert same(remote, local)
+    out = dv.checks(local.values, problem)
+    assert 0.0 <= out["detection_rate"] <= 1.0 and out["flipped"] == 2
+    assert dv.main(["--n-train", "20", "--n-val", "60", "-K", "4"]) == 0
