@@ -133,6 +133,32 @@ def test_killed_worker_process_is_recomputed(tmp_path):
     assert same(got, ref)
 
 
+class Flaky(cf.Executor):
+    """An executor whose tasks are lost (their futures raise) `losses` times, then run here."""
+
+    def __init__(self, losses):
+        self.losses, self.submitted = losses, 0
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted += 1
+        f = cf.Future()
+        if self.losses > 0:
+            self.losses -= 1
+            f.set_exception(ConnectionResetError("worker went away"))
+        else:
+            f.set_result(fn(*args, **kwargs))
+        return f
+
+
+def test_lost_tasks_are_retried_then_reported():
+    ref = serial(K=100)
+    flaky = Flaky(losses=2)
+    assert same(serial(K=100, executor=flaky), ref)  # lost twice, recomputed, merged once
+    assert flaky.submitted == 2 + -(-50 // BLOCK_SAMPLES)
+    with pytest.raises(parallel.WorkerLost, match="lost 4 times"):
+        serial(K=100, executor=Flaky(losses=10**9))  # never hangs: RETRIES, then an error
+
+
 def test_executor_argument_errors():
     with pytest.raises(TypeError, match="executor"):
         serial(K=10, executor=object())

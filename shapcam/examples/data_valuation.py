@@ -157,9 +157,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the numbers to this file")
     a = p.parse_args(argv)
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is None:
         print("error: this example needs scikit-learn: pip install scikit-learn", file=sys.stderr)
         return 2
     truncate = a.truncate if a.truncate >= 0 else None
