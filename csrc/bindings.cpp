@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "cpu/ops_cpu.h"
+#include "shapcam/index.h"
+#include "shapcam/permutation.h"
 #include "shapcam/walk.h"
 #ifdef SHAPCAM_WITH_CUDA
 #include "cuda/ops_cuda.h"
@@ -138,6 +140,18 @@ AccumulateSizes check_accumulate(int64_t n, int64_t n_samples, int64_t k0, int64
                          mul(n, m_out, "mean")};
 }
 
+// Bytes of a CUDA op's global permutation workspace for `perms` permutations of n players
+// (ops_cuda.h), overflow-checked; 0 when work is 0.
+int64_t work_bytes(uintptr_t work, int64_t perms, int64_t n) {
+  if (!work) return 0;
+  return mul(mul(perms, permutation_work_words(n), "work"), 4, "work");
+}
+
+// Permutations a chunk of evaluations [e0, e1) touches.
+int64_t chunk_perms(int64_t e0, int64_t e1, int64_t n) {
+  return eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
+}
+
 // The cell structure of a cell game: members [cells, size] (-1 pads) and cell_of [n] must
 // describe one partition of the n players: every player in exactly one cell, cell_of agreeing.
 void check_cells(const int32_t* members, int64_t cells, int64_t size, const int32_t* cell_of,
@@ -226,6 +240,14 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_built") = false;
 #endif
   m.def("num_threads", &cpu::num_threads, "Threads the CPU ops use.");
+  m.def(
+      "permutation_work_words",
+      [](int64_t n) {
+        check_n(n, 1);
+        return permutation_work_words(n);
+      },
+      "int32 words one permutation of n players takes in a CUDA op's global workspace (work=).",
+      py::arg("n"));
 
   m.def(
       "permutations_cpu",
@@ -344,62 +366,78 @@ PYBIND11_MODULE(_C, m) {
 
 #ifdef SHAPCAM_WITH_CUDA
   m.def("cuda_device_count", &cuda::device_count, "CUDA devices usable now (0 without a driver).");
-  m.def("cuda_max_players", &cuda::max_players, "Largest n the CUDA kernels accept on a device.",
-        py::arg("device"));
+  m.def("cuda_max_players", &cuda::max_players,
+        "Largest n whose permutation fits a block's shared memory on a device; beyond it the CUDA "
+        "ops need a global workspace (work=).", py::arg("device"));
   m.def(
       "permutations_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
-         bool antithetic, uintptr_t perm, uintptr_t rank) {
+         bool antithetic, uintptr_t perm, uintptr_t rank, uintptr_t work) {
         check_range(k0, k1, "permutations [k0, k1)");
         check_n(n, 1);
         const int64_t bytes = mul(mul(k1 - k0, n, "perm/rank"), 4, "perm/rank");
         if (perm && rank) check_disjoint(span_bytes("rank", rank, bytes), {span_bytes("perm", perm, bytes)});
+        const int64_t wb = work_bytes(work, k1 - k0, n);
+        check_disjoint(span_bytes("work", work, wb),
+                       {span_bytes("perm", perm, perm ? bytes : 0), span_bytes("rank", rank, rank ? bytes : 0)});
         py::gil_scoped_release nogil;
-        cuda::permutations(device, stream, seed, k0, k1, n, antithetic, perm, rank);
+        cuda::permutations(device, stream, seed, k0, k1, n, antithetic, perm, rank, work);
       },
-      "CUDA twin of permutations_cpu; perm/rank are device pointers (0 skips).", py::arg("device"),
+      "CUDA twin of permutations_cpu; perm/rank are device pointers (0 skips); work: the global "
+      "permutation workspace (ops_cuda.h), 0 for shared memory.", py::arg("device"),
       py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("k1"), py::arg("n"),
-      py::arg("antithetic"), py::arg("perm"), py::arg("rank"));
+      py::arg("antithetic"), py::arg("perm"), py::arg("rank"), py::arg("work") = 0);
   m.def(
       "masks_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-         bool antithetic, uintptr_t out) {
+         bool antithetic, uintptr_t out, uintptr_t work) {
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
-        mul(e1 - e0, n, "out");
+        const int64_t ob = mul(e1 - e0, n, "out");
+        if (e1 > e0) {
+          check_disjoint(span_bytes("work", work, work_bytes(work, chunk_perms(e0, e1, n), n)),
+                         {span_bytes("out", out, ob)});
+        }
         py::gil_scoped_release nogil;
-        cuda::masks(device, stream, seed, e0, e1, n, antithetic, out);
+        cuda::masks(device, stream, seed, e0, e1, n, antithetic, out, work);
       },
-      "CUDA twin of masks_cpu; out is a device pointer to [B, n] bool.", py::arg("device"),
+      "CUDA twin of masks_cpu; out is a device pointer to [B, n] bool; work: the global "
+      "permutation workspace (ops_cuda.h), 0 for shared memory.", py::arg("device"),
       py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"),
-      py::arg("antithetic"), py::arg("out"));
+      py::arg("antithetic"), py::arg("out"), py::arg("work") = 0);
   m.def(
       "masked_apply_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
          bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
-         uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out) {
+         uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out,
+         uintptr_t work) {
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
         require(dtype_bytes == 4 || dtype_bytes == 8, "x: dtype must be float32 or float64");
         const int64_t numel = check_apply_shape(outer, inner);
         const int64_t out_bytes = mul(mul(e1 - e0, numel, "out"), dtype_bytes, "out");
-        check_disjoint(span_bytes("out", out, out_bytes),
-                       {span_bytes("x", x, numel * dtype_bytes), span_bytes("players", players, inner * 4),
-                        span_bytes("baseline", baseline, baseline ? numel * dtype_bytes : 0)});
+        const Span ins[] = {span_bytes("x", x, numel * dtype_bytes), span_bytes("players", players, inner * 4),
+                            span_bytes("baseline", baseline, baseline ? numel * dtype_bytes : 0)};
+        check_disjoint(span_bytes("out", out, out_bytes), {ins[0], ins[1], ins[2]});
+        if (e1 > e0) {
+          check_disjoint(span_bytes("work", work, work_bytes(work, chunk_perms(e0, e1, n), n)),
+                         {ins[0], ins[1], ins[2], span_bytes("out", out, out_bytes)});
+        }
         py::gil_scoped_release nogil;
         cuda::masked_apply(device, stream, seed, e0, e1, n, antithetic, dtype_bytes, x, outer,
-                           inner, players, baseline, baseline_scalar, out);
+                           inner, players, baseline, baseline_scalar, out, work);
       },
       "The fused CUDA kernel: permutations, prefix masks and masked write in one launch.",
       py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"),
       py::arg("n"), py::arg("antithetic"), py::arg("dtype_bytes"), py::arg("x"), py::arg("outer"),
       py::arg("inner"), py::arg("players"), py::arg("baseline"), py::arg("baseline_scalar"),
-      py::arg("out"));
+      py::arg("out"), py::arg("work") = 0);
   m.def(
       "prefix_walk_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
          bool antithetic, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
-         int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out) {
+         int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out,
+         uintptr_t work) {
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
         require(dtype_bytes == 4 || dtype_bytes == 8, "tables: dtype must be float32 or float64");
@@ -407,25 +445,29 @@ PYBIND11_MODULE(_C, m) {
         require(size >= 1 && size <= kMaxCellSize, "size: between 1 and " + std::to_string(kMaxCellSize));
         const int64_t tbytes = mul(mul(mul(cells, int64_t(1) << size, "tables"), d, "tables"), dtype_bytes, "tables");
         const int64_t obytes = mul(mul(e1 - e0, d, "out"), dtype_bytes, "out");
-        check_disjoint(span_bytes("out", out, obytes),
-                       {span_bytes("tables", tables, tbytes), span_bytes("z_empty", z_empty, d * dtype_bytes),
-                        span_bytes("members", members, mul(cells, size, "members") * 4),
-                        span_bytes("cell_of", cell_of, n * 4)});
+        const Span ins[] = {span_bytes("tables", tables, tbytes), span_bytes("z_empty", z_empty, d * dtype_bytes),
+                            span_bytes("members", members, mul(cells, size, "members") * 4),
+                            span_bytes("cell_of", cell_of, n * 4)};
+        check_disjoint(span_bytes("out", out, obytes), {ins[0], ins[1], ins[2], ins[3]});
+        if (e1 > e0) {
+          check_disjoint(span_bytes("work", work, work_bytes(work, chunk_perms(e0, e1, n), n)),
+                         {ins[0], ins[1], ins[2], ins[3], span_bytes("out", out, obytes)});
+        }
         py::gil_scoped_release nogil;
         cuda::prefix_walk(device, stream, seed, e0, e1, n, antithetic, dtype_bytes, tables, cells,
-                          size, d, members, cell_of, z_empty, out);
+                          size, d, members, cell_of, z_empty, out, work);
       },
       "CUDA twin of prefix_walk_cpu over device pointers (one block per permutation).",
       py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"),
       py::arg("n"), py::arg("antithetic"), py::arg("dtype_bytes"), py::arg("tables"),
       py::arg("cells"), py::arg("size"), py::arg("d"), py::arg("members"), py::arg("cell_of"),
-      py::arg("z_empty"), py::arg("out"));
+      py::arg("z_empty"), py::arg("out"), py::arg("work") = 0);
   m.def(
       "accumulate_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples, int64_t n,
          int64_t m_out, bool antithetic, uintptr_t values, uintptr_t v_empty, uintptr_t v_full,
          int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch, int64_t block,
-         uintptr_t base_mean, uintptr_t base_m2) {
+         uintptr_t base_mean, uintptr_t base_m2, uintptr_t work) {
         const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic, block);
         const int64_t scratch_bytes = mul(z.ranks, 4, "scratch");
         const int64_t vbytes = mul(z.values, 8, "values");
@@ -446,16 +488,24 @@ PYBIND11_MODULE(_C, m) {
           check_disjoint(span_bytes("base_m2", base_m2, cbytes),
                          {ins[0], ins[1], ins[2], outs[0], outs[1], outs[2]});
         }
+        {
+          const int64_t wb = work_bytes(work, mul(n_samples, antithetic ? 2 : 1, "samples"), n);
+          check_disjoint(span_bytes("work", work, wb),
+                         {ins[0], ins[1], ins[2], span_bytes("mean", mean, cbytes), span_bytes("m2", m2, cbytes),
+                          span_bytes("scratch", scratch, scratch_bytes),
+                          span_bytes("base_mean", base_mean, block > 0 ? cbytes : 0),
+                          span_bytes("base_m2", base_m2, block > 0 ? cbytes : 0)});
+        }
         py::gil_scoped_release nogil;
         cuda::accumulate(device, stream, seed, k0, n_samples, n, m_out, antithetic, values,
-                         v_empty, v_full, count0, mean, m2, scratch, block, base_mean, base_m2);
+                         v_empty, v_full, count0, mean, m2, scratch, block, base_mean, base_m2, work);
       },
       "CUDA twin of accumulate_cpu over device pointers (float64); scratch: [n_samples * pps, n] "
       "int32 device memory for the ranks, allocated by the caller (its framework's allocator).",
       py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("n_samples"),
       py::arg("n"), py::arg("m"), py::arg("antithetic"), py::arg("values"), py::arg("v_empty"),
       py::arg("v_full"), py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("scratch"),
-      py::arg("block") = 0, py::arg("base_mean") = 0, py::arg("base_m2") = 0);
+      py::arg("block") = 0, py::arg("base_mean") = 0, py::arg("base_m2") = 0, py::arg("work") = 0);
 #else
   m.def("cuda_device_count", []() { return 0; }, "CUDA devices usable now (always 0: no CUDA build).");
   for (const char* name : {"permutations_cuda", "masks_cuda", "masked_apply_cuda", "prefix_walk_cuda", "accumulate_cuda",

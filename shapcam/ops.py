@@ -126,7 +126,9 @@ def _permutations_op(seed, k0, k1, n, antithetic, engine, device, want):
         out = torch.empty((k1 - k0, n), dtype=torch.int32, device=dev)
         d, ptr = cuda_pointer(out, want)
         args = (ptr, 0) if want == "perm" else (0, ptr)
-        _engine.native().permutations_cuda(d, cuda_stream(out), seed, k0, k1, n, antithetic, *args)
+        _work, wptr = _perm_work(out, d, n, k1 - k0)
+        _engine.native().permutations_cuda(d, cuda_stream(out), seed, k0, k1, n, antithetic, *args,
+                                           wptr)
         return out
     if r.engine == "reference":
         perm = reference.permutations(seed, k0, k1, n, antithetic)
@@ -157,8 +159,9 @@ def masks(seed, e0, e1, n, antithetic=True, *, engine=None, out=None):
     r = route(engine, out is not None and is_cuda_array(out))
     if r.cuda:
         dev, ptr = cuda_pointer(out, "out")
-        _engine.native().masks_cuda(_device_of(out, dev), cuda_stream(out), seed, e0, e1, n,
-                                    antithetic, ptr)
+        dev = _device_of(out, dev)
+        _work, wptr = _perm_work(out, dev, n, _chunk_perms(e0, e1, n))
+        _engine.native().masks_cuda(dev, cuda_stream(out), seed, e0, e1, n, antithetic, ptr, wptr)
         return out
     if r.host_copy:
         _copy_into(out, masks(seed, e0, e1, n, antithetic, engine=r.engine))
@@ -200,6 +203,33 @@ def _device_empty(like, shape, dtype):
     import cupy
 
     return cupy.empty(shape, dtype=dtype)
+
+
+# CUDA: a permutation lives in a block's shared memory up to cuda_max_players(device) players
+# (~29 K on an H100); beyond, each op gets a global-memory workspace from the caller's framework
+# (csrc/cuda/ops_cuda.h). Same bits either way; tests set this flag to take the global path at
+# small n.
+FORCE_GLOBAL_PERMUTATIONS = False
+_SMEM_PLAYERS: dict = {}
+
+
+def _perm_work(like, device, n, perms):
+    """(workspace, pointer) for a CUDA op touching `perms` permutations of n players: (None, 0)
+    when they fit shared memory. Keep the workspace alive until the op is enqueued (the framework's
+    allocator reuses it in stream order)."""
+    nat = _engine.native()
+    limit = _SMEM_PLAYERS.get(device)
+    if limit is None:
+        limit = _SMEM_PLAYERS[device] = int(nat.cuda_max_players(device))
+    if n <= limit and not FORCE_GLOBAL_PERMUTATIONS:
+        return None, 0
+    work = _device_empty(like, (max(perms, 1), int(nat.permutation_work_words(n))), "int32")
+    return work, cuda_pointer(work, "work")[1]
+
+
+def _chunk_perms(e0, e1, n):
+    """Permutations that evaluations [e0, e1) touch."""
+    return (e1 - 1) // (n - 1) - e0 // (n - 1) + 1 if e1 > e0 else 0
 
 
 def _host_writable(a, name):
@@ -285,9 +315,10 @@ def _apply_cuda(plan, seed, e0, e1, antithetic, out):
         _, bptr = cuda_pointer(plan.baseline, "baseline")
     _, optr = cuda_pointer(out, "out")
     nbytes = 4 if plan.dtype == "float32" else 8
+    _work, wptr = _perm_work(out, dev, plan.n, _chunk_perms(e0, e1, plan.n))
     _engine.native().masked_apply_cuda(dev, cuda_stream(out), seed, e0, e1, plan.n, antithetic,
                                        nbytes, xptr, plan.outer, plan.inner, pptr, bptr, bscalar,
-                                       optr)
+                                       optr, wptr)
 
 
 def prefix_walk(game, seed, e0, e1, antithetic, *, out=None, engine=None):
@@ -310,11 +341,13 @@ def prefix_walk(game, seed, e0, e1, antithetic, *, out=None, engine=None):
     if r.cuda:
         mem, cof = game.structure_on_device()
         dev, tptr = cuda_pointer(T, "tables")
+        dev = _device_of(T, dev)
+        _work, wptr = _perm_work(out, dev, n, _chunk_perms(e0, e1, n))
         _engine.native().prefix_walk_cuda(
-            _device_of(T, dev), cuda_stream(out), seed, e0, e1, n, antithetic,
+            dev, cuda_stream(out), seed, e0, e1, n, antithetic,
             4 if dtype_name(T) == "float32" else 8, tptr, game.n_cells, game.cell_size, d,
             cuda_pointer(mem, "members")[1], cuda_pointer(cof, "cell_of")[1],
-            cuda_pointer(game.z_empty, "z_empty")[1], cuda_pointer(out, "out")[1])
+            cuda_pointer(game.z_empty, "z_empty")[1], cuda_pointer(out, "out")[1], wptr)
         return out
     hT, hz = host_numpy(T), host_numpy(game.z_empty)
     target = np.empty((B, d), dtype=hT.dtype) if r.host_copy else _host_writable(out, "out")
@@ -377,11 +410,12 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
         # The ranks' scratch comes from the caller's framework (its caching allocator), not from
         # a cudaMalloc inside the extension.
         scratch = _device_empty(mean, (max(n_samples, 0) * pps, n), "int32")
+        _work, wptr = _perm_work(mean, dev, n, n_samples * pps)
         _engine.native().accumulate_cuda(dev, cuda_stream(mean), seed, k0, n_samples, n, m, antithetic,
                                          *[p[1] for p in ptrs[:3]], count0, ptrs[3][1], ptrs[4][1],
                                          cuda_pointer(scratch, "scratch")[1] if n_samples > 0 else 0,
                                          int(block), ptrs[5][1] if block else 0,
-                                         ptrs[6][1] if block else 0)
+                                         ptrs[6][1] if block else 0, wptr)
         return
     if r.engine == "reference":
         reference.accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, count0,

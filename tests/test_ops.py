@@ -160,6 +160,17 @@ def test_blocked_accumulate_is_the_merge_of_blocks_from_zero(rng):
                 np.testing.assert_allclose(got.m2, flat.m2, rtol=1e-10, atol=1e-12)
 
 
+@requires_native
+def test_permutation_work_words_is_the_headers():
+    from shapcam import _C
+
+    for n in (1, 2, 5, 8, 29_000, 100_000):
+        draws = 4 * ((n - 1 + 3) // 4) if n > 1 else 0
+        assert _C.permutation_work_words(n) == max(draws, n) + n
+    with pytest.raises(ValueError):
+        _C.permutation_work_words(0)
+
+
 def test_blocked_accumulate_refuses_a_missing_or_aliased_base():
     z = lambda: np.zeros((4, 1))  # noqa: E731
     vals = np.zeros((2 * 3, 1))

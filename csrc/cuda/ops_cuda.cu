@@ -136,19 +136,43 @@ __device__ void block_permutation(uint64_t seed, int64_t k, int64_t n, bool anti
   __syncthreads();
 }
 
+// One block per permutation k0 + blockIdx.x. Its workspace is shared memory, or (work non-null: n
+// beyond shared memory) its slice of `work` [K, permutation_work_words(n)] in global memory, which
+// then keeps the ranks and the permutation for the kernels that read them (permutation_of).
 __global__ void permutations_kernel(uint64_t seed, int64_t k0, int64_t n, bool antithetic,
                                     int32_t* __restrict__ perm_out,   // [K, n] or null
-                                    int32_t* __restrict__ rank_out) {  // [K, n] or null
+                                    int32_t* __restrict__ rank_out,   // [K, n] or null
+                                    int32_t* __restrict__ work) {     // [K, work words] or null
   extern __shared__ int32_t smem[];
   const int64_t kk = blockIdx.x;
-  uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
-  int32_t* perm = smem + scratch_words(n);
+  int32_t* base = work ? work + kk * permutation_work_words(n) : smem;
+  uint32_t* scratch = reinterpret_cast<uint32_t*>(base);
+  int32_t* perm = base + scratch_words(n);
   block_permutation(seed, k0 + kk, n, antithetic, scratch, perm);
   const int32_t* rank = reinterpret_cast<const int32_t*>(scratch);
+  if (!perm_out && !rank_out) return;
   for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
     if (perm_out) perm_out[kk * n + t] = perm[t];
     if (rank_out) rank_out[kk * n + t] = rank[t];
   }
+}
+
+// Permutation k's ranks and order for the calling block: read from the global workspace that
+// permutations_kernel filled for the chunk's permutations from k_first (work non-null), or built
+// now in this block's shared memory. Must be called by every thread of the block.
+__device__ void permutation_of(uint64_t seed, int64_t k, int64_t n, bool antithetic,
+                               const int32_t* work, int64_t k_first, int32_t* smem,
+                               const int32_t** rank, const int32_t** perm) {
+  if (work) {
+    const int32_t* base = work + (k - k_first) * permutation_work_words(n);
+    *rank = base;
+    *perm = base + scratch_words(n);
+    return;
+  }
+  int32_t* p = smem + scratch_words(n);
+  block_permutation(seed, k, n, antithetic, reinterpret_cast<uint32_t*>(smem), p);
+  *rank = smem;
+  *perm = p;
 }
 
 // One block per permutation of the chunk (blockIdx.x): it builds that permutation once in shared
@@ -166,13 +190,13 @@ __device__ __forceinline__ void evals_of_permutation(int64_t k, int64_t n, int64
 }
 
 __global__ void masks_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
-                             bool* __restrict__ out) {  // [B, n]
+                             bool* __restrict__ out,       // [B, n]
+                             const int32_t* __restrict__ work) {
   extern __shared__ int32_t smem[];
-  uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
-  int32_t* perm = smem + scratch_words(n);
-  const int32_t* rank = smem;
-  const int64_t k = eval_index(e0, n).k + blockIdx.x;
-  block_permutation(seed, k, n, antithetic, scratch, perm);
+  const int64_t k_first = eval_index(e0, n).k;
+  const int64_t k = k_first + blockIdx.x;
+  const int32_t *rank, *perm;
+  permutation_of(seed, k, n, antithetic, work, k_first, smem, &rank, &perm);
   int64_t first, last;
   evals_of_permutation(k, n, e0, e1, &first, &last);
   for (int64_t e = first; e < last; ++e) {
@@ -205,14 +229,14 @@ masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antit
                     T baseline_scalar,
                     T* __restrict__ out,                  // [B, outer, inner]
                     int64_t slice,                        // elements per blockIdx.y (multiple of V)
-                    int64_t groups, int64_t group_evals) {  // blockIdx.x = perm * groups + group
+                    int64_t groups, int64_t group_evals,  // blockIdx.x = perm * groups + group
+                    const int32_t* __restrict__ work,     // global permutations, or null
+                    size_t keep_offset) {                 // bytes to keep in smem
   static_assert(kKeepSmem || V == 1, "the per-element rank lookup path is scalar");
   extern __shared__ int32_t smem[];
-  uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
-  int32_t* perm = smem + scratch_words(n);
-  const int32_t* rank = smem;
-  uint8_t* keep = reinterpret_cast<uint8_t*>(perm + n);  // [inner + V - 1] when kKeepSmem
-  const int64_t k = eval_index(e0, n).k + blockIdx.x / groups;
+  uint8_t* keep = reinterpret_cast<uint8_t*>(smem) + keep_offset;  // [inner + V - 1] when kKeepSmem
+  const int64_t k_first = eval_index(e0, n).k;
+  const int64_t k = k_first + blockIdx.x / groups;
   const int64_t g = blockIdx.x % groups;
   int64_t first, last;
   evals_of_permutation(k, n, e0, e1, &first, &last);
@@ -220,7 +244,8 @@ masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antit
   first = max(first, k * evals_per_permutation(n) + g * group_evals);
   last = min(last, k * evals_per_permutation(n) + (g + 1) * group_evals);
   if (first >= last) return;  // uniform across the block
-  block_permutation(seed, k, n, antithetic, scratch, perm);
+  const int32_t *rank, *perm;
+  permutation_of(seed, k, n, antithetic, work, k_first, smem, &rank, &perm);
   const int64_t numel = outer * inner;
   const int64_t i0 = blockIdx.y * slice;
   // Inside the slice, 32-bit offsets (numel < 2^31 is checked by the launcher): fewer registers.
@@ -272,15 +297,15 @@ __global__ void prefix_walk_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_
                                    const int32_t* __restrict__ cell_of,  // [n]
                                    const T* __restrict__ z_empty,       // [d]
                                    T* __restrict__ out,                 // [B, d]
-                                   size_t z_offset) {                   // bytes to z in smem
+                                   size_t z_offset,                     // bytes to z in smem
+                                   const int32_t* __restrict__ work) {  // global permutations, or null
   extern __shared__ int32_t smem[];
-  uint32_t* scratch = reinterpret_cast<uint32_t*>(smem);
-  int32_t* perm = smem + scratch_words(n);
-  const int32_t* rank = smem;
   T* z = reinterpret_cast<T*>(reinterpret_cast<char*>(smem) + z_offset);
   const int64_t per = evals_per_permutation(n);
-  const int64_t k = eval_index(e0, n).k + blockIdx.x;
-  block_permutation(seed, k, n, antithetic, scratch, perm);
+  const int64_t k_first = eval_index(e0, n).k;
+  const int64_t k = k_first + blockIdx.x;
+  const int32_t *rank, *perm;
+  permutation_of(seed, k, n, antithetic, work, k_first, smem, &rank, &perm);
   const int64_t subsets = int64_t(1) << size;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) z[j] = z_empty[j];
   const int64_t last_t = min(per, e1 - k * per);
@@ -340,11 +365,34 @@ void allow_smem(Kernel kernel, size_t bytes) {
 void check_players(int device, int64_t n) {
   const int64_t limit = max_players(device);
   if (n > limit) {
-    throw std::invalid_argument("n_players = " + std::to_string(n) +
-                                " exceeds the CUDA engine's limit of " + std::to_string(limit) +
-                                " on this device (one permutation must fit in shared memory)");
+    throw std::invalid_argument("n_players = " + std::to_string(n) + " is beyond the " +
+                                std::to_string(limit) + " players whose permutation fits in this "
+                                "device's shared memory: pass a global workspace (work=; "
+                                "shapcam.ops does)");
   }
 }
+
+// The permutations of a launch (perms of them from k_first): null when each block builds its own
+// in shared memory (work = 0; n must fit), else `work` — the caller's device memory,
+// [perms, permutation_work_words(n)] int32 — filled here, one block per permutation, on the
+// launch's stream, for the kernel that follows to read (permutation_of).
+const int32_t* global_permutations(int device, cudaStream_t stream, uint64_t seed, int64_t k_first,
+                                   int64_t perms, int64_t n, bool antithetic, uintptr_t work) {
+  if (!work) {
+    check_players(device, n);
+    return nullptr;
+  }
+  check_buffer(work, perms * permutation_work_words(n) * static_cast<int64_t>(sizeof(int32_t)),
+               device, "work");  // sizes overflow-checked by the binding
+  check_grid(perms, "permutations");
+  permutations_kernel<<<static_cast<unsigned>(perms), kThreads, 0, stream>>>(
+      seed, k_first, n, antithetic, nullptr, nullptr, reinterpret_cast<int32_t*>(work));
+  check_launch("permutations_kernel");
+  return reinterpret_cast<const int32_t*>(work);
+}
+
+// Shared memory a block needs for its permutation: none when it is read from global memory.
+size_t perm_smem(const int32_t* work, int64_t n) { return work ? 0 : permutation_smem_bytes(n); }
 
 // Largest player period whose keep flags are staged in shared memory.
 constexpr int64_t kMaxKeepSmem = 16384;
@@ -356,7 +404,8 @@ constexpr int64_t kMaxKeepSmem = 16384;
 template <typename T, bool kScalar, int V, bool kKeep>
 void launch_variant(cudaStream_t stream, int device, size_t smem, uint64_t seed, int64_t e0,
                     int64_t e1, int64_t n, bool antithetic, const T* x, int64_t outer,
-                    int64_t inner, const int32_t* players, const T* baseline, T bscalar, T* out) {
+                    int64_t inner, const int32_t* players, const T* baseline, T bscalar, T* out,
+                    const int32_t* work) {
   auto kernel = masked_apply_kernel<T, kScalar, V, kKeep>;
   allow_smem(kernel, smem);
   int sms = 0, per_sm = 0;
@@ -378,49 +427,49 @@ void launch_variant(cudaStream_t stream, int device, size_t smem, uint64_t seed,
   check_grid(perms * groups, "masked_apply");
   const dim3 grid(static_cast<unsigned>(perms * groups), static_cast<unsigned>(y));
   kernel<<<grid, kThreads, smem, stream>>>(seed, e0, e1, n, antithetic, x, outer, inner, players,
-                                           baseline, bscalar, out, slice, groups, group_evals);
+                                           baseline, bscalar, out, slice, groups, group_evals,
+                                           work, perm_smem(work, n));
   check_launch("masked_apply_kernel");
 }
 
 template <typename T, bool kScalar>
 void launch_masked_apply_b(cudaStream_t stream, int device, uint64_t seed, int64_t e0, int64_t e1,
                            int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
-                           const int32_t* players, const T* baseline, T bscalar, T* out) {
+                           const int32_t* players, const T* baseline, T bscalar, T* out,
+                           const int32_t* work) {
   constexpr int kVec = 16 / sizeof(T);
-  const int64_t numel = outer * inner;
-  if (numel >= (int64_t(1) << 31)) {
-    throw std::invalid_argument("x: the CUDA engine takes inputs of fewer than 2^31 elements");
-  }
+  const int64_t numel = outer * inner;  // < 2^31: checked by masked_apply
   // The keep flags (inner + V bytes) sit in shared memory beside the permutation only where both
   // fit the device's per-block limit; otherwise each element looks its player's rank up.
   const bool keep_smem = inner <= kMaxKeepSmem &&
-                         permutation_smem_bytes(n) + inner + kVec <= smem_limit(device);
+                         perm_smem(work, n) + inner + kVec <= smem_limit(device);
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const bool vec = keep_smem && numel % kVec == 0 && aligned(x) && aligned(out) &&
                    (kScalar || aligned(baseline));
-  const size_t smem = permutation_smem_bytes(n) + (keep_smem ? inner + kVec : 0);
+  const size_t smem = perm_smem(work, n) + (keep_smem ? inner + kVec : 0);
   if (vec) {
     launch_variant<T, kScalar, kVec, true>(stream, device, smem, seed, e0, e1, n, antithetic, x,
-                                           outer, inner, players, baseline, bscalar, out);
+                                           outer, inner, players, baseline, bscalar, out, work);
   } else if (keep_smem) {
     launch_variant<T, kScalar, 1, true>(stream, device, smem, seed, e0, e1, n, antithetic, x,
-                                        outer, inner, players, baseline, bscalar, out);
+                                        outer, inner, players, baseline, bscalar, out, work);
   } else {
     launch_variant<T, kScalar, 1, false>(stream, device, smem, seed, e0, e1, n, antithetic, x,
-                                         outer, inner, players, baseline, bscalar, out);
+                                         outer, inner, players, baseline, bscalar, out, work);
   }
 }
 
 template <typename T>
 void launch_masked_apply(cudaStream_t stream, int device, uint64_t seed, int64_t e0, int64_t e1,
                          int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
-                         const int32_t* players, const T* baseline, T baseline_scalar, T* out) {
+                         const int32_t* players, const T* baseline, T baseline_scalar, T* out,
+                         const int32_t* work) {
   if (baseline) {
     launch_masked_apply_b<T, false>(stream, device, seed, e0, e1, n, antithetic, x, outer, inner,
-                                    players, baseline, baseline_scalar, out);
+                                    players, baseline, baseline_scalar, out, work);
   } else {
     launch_masked_apply_b<T, true>(stream, device, seed, e0, e1, n, antithetic, x, outer, inner,
-                                   players, baseline, baseline_scalar, out);
+                                   players, baseline, baseline_scalar, out, work);
   }
 }
 
@@ -441,77 +490,91 @@ int64_t max_players(int device) {
 }
 
 void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
-                  bool antithetic, uintptr_t perm, uintptr_t rank) {
+                  bool antithetic, uintptr_t perm, uintptr_t rank, uintptr_t work) {
   if (k1 <= k0) return;
   if (!perm && !rank) return;
   const DeviceGuard guard(device);
-  check_players(device, n);
+  if (!work) check_players(device, n);
   check_grid(k1 - k0, "permutations");
   const int64_t bytes = (k1 - k0) * n * static_cast<int64_t>(sizeof(int32_t));
   if (perm) check_buffer(perm, bytes, device, "perm");
   if (rank) check_buffer(rank, bytes, device, "rank");
-  const size_t smem = permutation_smem_bytes(n);
+  if (work) {
+    check_buffer(work, (k1 - k0) * permutation_work_words(n) * static_cast<int64_t>(sizeof(int32_t)),
+                 device, "work");
+  }
+  const size_t smem = work ? 0 : permutation_smem_bytes(n);
   allow_smem(permutations_kernel, smem);
   permutations_kernel<<<static_cast<unsigned>(k1 - k0), kThreads, smem, as_stream(stream)>>>(
-      seed, k0, n, antithetic, reinterpret_cast<int32_t*>(perm), reinterpret_cast<int32_t*>(rank));
+      seed, k0, n, antithetic, reinterpret_cast<int32_t*>(perm), reinterpret_cast<int32_t*>(rank),
+      reinterpret_cast<int32_t*>(work));
   check_launch("permutations_kernel");
 }
 
 void masks(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-           bool antithetic, uintptr_t out) {
+           bool antithetic, uintptr_t out, uintptr_t work) {
   if (e1 <= e0) return;
   const DeviceGuard guard(device);
-  check_players(device, n);
   check_buffer(out, (e1 - e0) * n, device, "out");
   const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
   check_grid(perms, "masks");
-  const size_t smem = permutation_smem_bytes(n);
+  const cudaStream_t s = as_stream(stream);
+  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, antithetic, work);
+  const size_t smem = perm_smem(w, n);
   allow_smem(masks_kernel, smem);
-  masks_kernel<<<static_cast<unsigned>(perms), kThreads, smem, as_stream(stream)>>>(
-      seed, e0, e1, n, antithetic, reinterpret_cast<bool*>(out));
+  masks_kernel<<<static_cast<unsigned>(perms), kThreads, smem, s>>>(
+      seed, e0, e1, n, antithetic, reinterpret_cast<bool*>(out), w);
   check_launch("masks_kernel");
 }
 
 void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
                   bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
-                  uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out) {
+                  uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out,
+                  uintptr_t work) {
   if (e1 <= e0) return;
   const DeviceGuard guard(device);
-  check_players(device, n);
   const int64_t numel = outer * inner;  // overflow-checked by the binding
   check_buffer(x, numel * dtype_bytes, device, "x");
   check_buffer(players, inner * static_cast<int64_t>(sizeof(int32_t)), device, "players");
   if (baseline) check_buffer(baseline, numel * dtype_bytes, device, "baseline");
   check_buffer(out, (e1 - e0) * numel * dtype_bytes, device, "out");
+  if (dtype_bytes != 4 && dtype_bytes != 8) {
+    throw std::invalid_argument("x: dtype must be float32 or float64");
+  }
+  if (numel >= (int64_t(1) << 31)) {
+    throw std::invalid_argument("x: the CUDA engine takes inputs of fewer than 2^31 elements");
+  }
   const auto* pl = reinterpret_cast<const int32_t*>(players);
+  const cudaStream_t s = as_stream(stream);
+  const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
+  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, antithetic, work);
   if (dtype_bytes == 4) {
-    launch_masked_apply<float>(as_stream(stream), device, seed, e0, e1, n, antithetic,
+    launch_masked_apply<float>(s, device, seed, e0, e1, n, antithetic,
                                reinterpret_cast<const float*>(x), outer, inner, pl,
                                reinterpret_cast<const float*>(baseline),
-                               static_cast<float>(baseline_scalar), reinterpret_cast<float*>(out));
-  } else if (dtype_bytes == 8) {
-    launch_masked_apply<double>(as_stream(stream), device, seed, e0, e1, n, antithetic,
+                               static_cast<float>(baseline_scalar), reinterpret_cast<float*>(out), w);
+  } else {
+    launch_masked_apply<double>(s, device, seed, e0, e1, n, antithetic,
                                 reinterpret_cast<const double*>(x), outer, inner, pl,
                                 reinterpret_cast<const double*>(baseline), baseline_scalar,
-                                reinterpret_cast<double*>(out));
-  } else {
-    throw std::invalid_argument("x: dtype must be float32 or float64");
+                                reinterpret_cast<double*>(out), w);
   }
 }
 
 void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
                  bool antithetic, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
-                 int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out) {
+                 int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out,
+                 uintptr_t work) {
   if (e1 <= e0) return;
   const DeviceGuard guard(device);
-  check_players(device, n);
+  if (!work) check_players(device, n);
   // sizes overflow-checked by the binding
   check_buffer(tables, cells * (int64_t(1) << size) * d * dtype_bytes, device, "tables");
   check_buffer(members, cells * size * static_cast<int64_t>(sizeof(int32_t)), device, "members");
   check_buffer(cell_of, n * static_cast<int64_t>(sizeof(int32_t)), device, "cell_of");
   check_buffer(z_empty, d * dtype_bytes, device, "z_empty");
   check_buffer(out, (e1 - e0) * d * dtype_bytes, device, "out");
-  const size_t z_offset = (permutation_smem_bytes(n) + 15) / 16 * 16;
+  const size_t z_offset = work ? 0 : (permutation_smem_bytes(n) + 15) / 16 * 16;
   const size_t smem = z_offset + static_cast<size_t>(d) * dtype_bytes;
   if (smem > smem_limit(device)) {
     throw std::invalid_argument("prefix_walk: n = " + std::to_string(n) + " players and d = " +
@@ -524,18 +587,20 @@ void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_
   const auto* mp = reinterpret_cast<const int32_t*>(members);
   const auto* cp = reinterpret_cast<const int32_t*>(cell_of);
   const cudaStream_t s = as_stream(stream);
+  if (dtype_bytes != 4 && dtype_bytes != 8) {
+    throw std::invalid_argument("tables: dtype must be float32 or float64");
+  }
+  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, antithetic, work);
   if (dtype_bytes == 4) {
     allow_smem(prefix_walk_kernel<float>, smem);
     prefix_walk_kernel<float><<<static_cast<unsigned>(perms), kThreads, smem, s>>>(
         seed, e0, e1, n, antithetic, reinterpret_cast<const float*>(tables), cells, size, d, mp, cp,
-        reinterpret_cast<const float*>(z_empty), reinterpret_cast<float*>(out), z_offset);
-  } else if (dtype_bytes == 8) {
+        reinterpret_cast<const float*>(z_empty), reinterpret_cast<float*>(out), z_offset, w);
+  } else {
     allow_smem(prefix_walk_kernel<double>, smem);
     prefix_walk_kernel<double><<<static_cast<unsigned>(perms), kThreads, smem, s>>>(
         seed, e0, e1, n, antithetic, reinterpret_cast<const double*>(tables), cells, size, d, mp,
-        cp, reinterpret_cast<const double*>(z_empty), reinterpret_cast<double*>(out), z_offset);
-  } else {
-    throw std::invalid_argument("tables: dtype must be float32 or float64");
+        cp, reinterpret_cast<const double*>(z_empty), reinterpret_cast<double*>(out), z_offset, w);
   }
   check_launch("prefix_walk_kernel");
 }
@@ -543,10 +608,10 @@ void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
                 int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
                 uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch,
-                int64_t block, uintptr_t base_mean, uintptr_t base_m2) {
+                int64_t block, uintptr_t base_mean, uintptr_t base_m2, uintptr_t work) {
   if (n_samples <= 0) return;
   const DeviceGuard guard(device);
-  check_players(device, n);
+  if (!work) check_players(device, n);
   const int64_t P = n_samples * permutations_per_sample(antithetic);  // sizes checked by the binding
   check_grid(P, "accumulate");
   check_buffer(values, P * (n - 1) * m * 8, device, "values");
@@ -561,10 +626,14 @@ void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t
   }
   const cudaStream_t s = as_stream(stream);
   int32_t* rank = reinterpret_cast<int32_t*>(scratch);
-  const size_t smem = permutation_smem_bytes(n);
+  if (work) {
+    check_buffer(work, P * permutation_work_words(n) * static_cast<int64_t>(sizeof(int32_t)), device,
+                 "work");
+  }
+  const size_t smem = work ? 0 : permutation_smem_bytes(n);
   allow_smem(permutations_kernel, smem);
-  permutations_kernel<<<static_cast<unsigned>(P), kThreads, smem, s>>>(seed, k0, n, antithetic,
-                                                                       nullptr, rank);
+  permutations_kernel<<<static_cast<unsigned>(P), kThreads, smem, s>>>(
+      seed, k0, n, antithetic, nullptr, rank, reinterpret_cast<int32_t*>(work));
   check_launch("permutations_kernel");
   const int64_t cells = n * m;
   check_grid((cells + 127) / 128, "accumulate");

@@ -35,6 +35,10 @@ SHAPCAM_HD int64_t scratch_words(int64_t n) {
   return d > n ? d : n;
 }
 
+// Words one permutation occupies in a global-memory workspace (CUDA, n beyond shared memory):
+// scratch_words(n) that end holding the ranks (first n), then the permutation itself (n).
+SHAPCAM_HD int64_t permutation_work_words(int64_t n) { return scratch_words(n) + n; }
+
 SHAPCAM_HD uint32_t bounded(uint32_t r, uint32_t m) {
   return static_cast<uint32_t>((static_cast<uint64_t>(r) * m) >> 32);
 }
