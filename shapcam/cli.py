@@ -1,10 +1,12 @@
 """The `shapcam` command: parses arguments and calls the library (shapcam.loading, shapcam.cam,
 shapcam.evaluate); a user error ends in one line on stderr and exit status 2, not a traceback.
 
-    shapcam demo [--out DIR] [--n 6] [--K 64]          # the bundled model on held-out images
-    shapcam explain IMAGE... [--model digits|NAME|FILE] [--layer L] [--method shapcam,gradcam]
-                             [--target C] [--out DIR]
-    shapcam evaluate [--data bundled|DIR|voc:IMAGES:ANN] [--methods ...] [--limit N] [--out DIR]
+    shapcam demo [--out DIR] [--n 6] [--K 64]          # both bundled models on held-out images
+    shapcam explain IMAGE... [--model digits|digits-vgg|NAME|FILE] [--layer L]
+                             [--method shapcam,gradcam] [--target C] [--out DIR]
+    shapcam evaluate [--model digits|digits-vgg|...] [--data bundled|DIR|voc:IMAGES:ANN]
+                     [--methods all|...] [--limit N] [--out DIR]
+    shapcam distill [--quick] [--seeds 3] [--out DIR]   # the paper's Table 4 (explanations in KD)
     shapcam info                                        # which engine runs
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ._progress import progress_bar
 # The demo's methods: the CAM family, seconds in all. RISE (4000 forward passes per image) and the
 # optimised mask (500 steps) are one `--method all` away in `explain` and `evaluate`.
 DEMO_METHODS = ("shapcam", "gradcam", "gradcam++", "scorecam")
-DEFAULT_SCORES = "each method's default: probability for Shap-CAM, logit for the Grad-CAM family"
+DEFAULT_SCORES = ("each method's default: probability for Shap-CAM, RISE and Mask, logit for the "
+                  "Grad-CAM family and Score-CAM")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +79,8 @@ def output_folder(path: str) -> str:
 
 def cam_options(args) -> dict:
     """The CAM options the command line sets, for shapcam.cam.make_cam."""
-    return {"K": args.K, "seed": args.seed, "batch_size": args.batch_size, "score": args.score}
+    return {"K": args.K, "seed": args.seed, "batch_size": args.batch_size, "score": args.score,
+            "n_masks": getattr(args, "rise_masks", None), "iterations": getattr(args, "mask_steps", None)}
 
 
 def run_methods(model, layer, x, targets, names, options, progress=True):
@@ -155,27 +159,37 @@ def cmd_demo(args) -> int:
     from .models import digits
 
     out_dir = output_folder(args.out)
-    torch.manual_seed(0)
-    model = digits.load_model()
     data = digits.load_heldout()
     n = min(args.n, len(data["labels"]))
     x = digits.to_tensor(data["images"][:n])
     names = list(DEMO_METHODS)
-    results = run_methods(model, digits.TARGET_LAYER, x, None, names, cam_options(args))
-    path = viz.grid(x, {m: r.maps for m, r in results.items()}, os.path.join(out_dir, "demo_grid.png"),
-                    scale=2, boxes=data["boxes"][:n],
-                    row_labels=[f"true {data['labels'][i]}" for i in range(n)])
-    sc = results["shapcam"]
-    print(f"shapcam demo: the bundled digits CNN ({digits.TARGET_LAYER}: 64 players), {n} held-out "
-          f"images, Shap-CAM K={args.K}, score={args.score or DEFAULT_SCORES} (engine: {engine_info()['default_engine']})")
-    print(f"{'image':>5} {'true':>4} {'pred':>4} {'conf':>6} {'eff. gap':>9}")
-    for i in range(n):
-        print(f"{i:>5} {data['labels'][i]:>4} {int(sc.targets[i]):>4} {float(sc.scores[i]):>6.3f} "
-              f"{float(sc.efficiency_gap[i]):>9.1e}")
-    print(f"{'method':<10} {'ms / image':>10}  path")
-    for m, r in results.items():
-        print(f"{m:<10} {r.seconds / n * 1e3:>10.1f}  {r.path or '-'}")
-    print(f"wrote {path}")
+    # Both bundled models: the same trunk, two heads. Average pooling + linear is additive over
+    # positions (Shapley with the logit = CAM); VGG16's kind of head (max pooling, flatten, two
+    # fully connected layers) mixes positions, where Shap-CAM and the gradients part ways.
+    for arch, title, grid_name in (("cnn", "digits CNN (average pooling + linear head)", "demo_grid.png"),
+                                   ("vgg", "digits-vgg CNN (max pooling + 2 FC head)", "demo_grid_vgg.png")):
+        torch.manual_seed(0)
+        try:
+            model = digits.load_model(arch=arch)
+        except FileNotFoundError as exc:
+            print(f"(skipping the {title}: {exc})")
+            continue
+        results = run_methods(model, digits.TARGET_LAYER, x, None, names, cam_options(args))
+        path = viz.grid(x, {m: r.maps for m, r in results.items()}, os.path.join(out_dir, grid_name),
+                        scale=2, boxes=data["boxes"][:n],
+                        row_labels=[f"true {data['labels'][i]}" for i in range(n)])
+        sc = results["shapcam"]
+        print(f"shapcam demo: the bundled {title}, {digits.TARGET_LAYER}: 64 players, {n} held-out "
+              f"images, Shap-CAM K={args.K}, score={args.score or DEFAULT_SCORES} "
+              f"(engine: {engine_info()['default_engine']})")
+        print(f"{'image':>5} {'true':>4} {'pred':>4} {'conf':>6} {'eff. gap':>9}")
+        for i in range(n):
+            print(f"{i:>5} {data['labels'][i]:>4} {int(sc.targets[i]):>4} {float(sc.scores[i]):>6.3f} "
+                  f"{float(sc.efficiency_gap[i]):>9.1e}")
+        print(f"{'method':<10} {'ms / image':>10}  path")
+        for m, r in results.items():
+            print(f"{m:<10} {r.seconds / n * 1e3:>10.1f}  {r.path or '-'}")
+        print(f"wrote {path}\n")
     return 0
 
 
@@ -190,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=nonnegative_int, default=0)
         p.add_argument("--batch-size", type=positive_int, default=None,
                        help="inputs per forward pass (Shap-CAM coalitions, Score-CAM masked images)")
+        p.add_argument("--rise-masks", type=positive_int, default=None,
+                       help="RISE: random masks per image (default 4000, its paper's)")
+        p.add_argument("--mask-steps", type=positive_int, default=None,
+                       help="Mask (meaningful perturbation): Adam steps per image (default 500)")
         p.add_argument("--score", choices=("probability", "logit"), default=None,
                        help="what every method explains: the target's softmax probability or its "
                             "logit (default: each method's own — probability for Shap-CAM, logit "
@@ -197,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(p):
         p.add_argument("--model", default="digits",
-                       help="digits (bundled), a torchvision name, or a model file (TorchScript or "
+                       help="digits or digits-vgg (bundled), efficientnet-lite0, a torchvision "
+                            "name, or a model file (TorchScript or "
                             "a state dict with --arch)")
         p.add_argument("--arch", default=None, help="architecture for a state-dict file")
         p.add_argument("--pretrained", action="store_true", help="torchvision's pretrained weights")
@@ -235,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="shapcam-eval")
     common(ev)
     sub.add_parser("info", help="print which engine shapcam runs on")
+    ds = sub.add_parser("distill", help="knowledge distillation with explanations (the paper's "
+                                        "Table 4) on the bundled canvases")
+    ds.add_argument("--quick", action="store_true", help="tiny sizes, one seed (checks it runs)")
+    ds.add_argument("--seeds", type=positive_int, default=None, help="student seeds (default 3)")
+    ds.add_argument("--out", default="shapcam-distill")
     return parser
 
 
@@ -248,6 +272,11 @@ def main(argv=None) -> int:
             return run(args)
         if args.cmd == "demo":
             return cmd_demo(args)
+        if args.cmd == "distill":
+            from .experiments import distill
+
+            distill.run(quick=args.quick, seeds=args.seeds, out=output_folder(args.out))
+            return 0
         if args.cmd == "explain":
             return cmd_explain(args)
         from . import engine_info

@@ -175,8 +175,10 @@ def _read_done(out_dir, run_id):
 
 RUN_FILE = "run.json"
 # What changes a record's numbers: a resumed run must have the same (batch sizes and --limit do not).
+SCORE_NOTE = ("each method's own (probability: Shap-CAM, RISE, Mask; logit: Grad-CAM, "
+              "Grad-CAM++, Score-CAM)")
 SETTING_KEYS = ("model", "arch", "pretrained", "layer", "data", "classes", "keep", "deletion",
-                "steps", "K", "seed", "score")
+                "steps", "K", "seed", "score", "rise_masks", "mask_steps")
 
 
 def run_settings(args, layer) -> dict:
@@ -283,6 +285,56 @@ def summarize(records, methods):
     return out
 
 
+def paired(records, methods, ref="shapcam"):
+    """{method: {metric: (mean of ref - method, 95% half-width, n)}}: the paired comparison of
+    `ref` against each other method over the images both were scored on (normal approximation to
+    the mean of the per-image differences). Empty when ref is not among the methods."""
+    if ref not in methods:
+        return {}
+    by = {}
+    for r in records:
+        by.setdefault(r["id"], {})[r["method"]] = r
+    out = {}
+    for m in methods:
+        if m == ref:
+            continue
+        out[m] = {}
+        for key, _ in METRIC_LABELS:
+            d = np.array([row[ref][key] - row[m][key] for row in by.values()
+                          if ref in row and m in row and key in row[ref] and key in row[m]],
+                         dtype=np.float64)
+            if len(d):
+                half = 1.96 * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+                out[m][key] = (float(d.mean()), float(half), int(len(d)))
+    return out
+
+
+def paired_table(diffs, ref="shapcam"):
+    """Markdown: ref - method per metric, mean ± 95% half-width over the same images; * where
+    the interval excludes 0."""
+    methods = list(diffs)
+    if not methods:
+        return ""
+    lines = [f"| {ref} − method | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for key, label in METRIC_LABELS:
+        if not any(key in diffs[m] for m in methods):
+            continue
+        cells = []
+        for m in methods:
+            if key not in diffs[m]:
+                cells.append("—")
+                continue
+            mean, half, _n = diffs[m][key]
+            digits = 3 if key in ("deletion", "insertion") else 2
+            star = "*" if np.isfinite(half) and abs(mean) > half else ""
+            cells.append(f"{mean:+.{digits}f} ± {half:.{digits}f}{star}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(f"\nPaired over the same images: mean of ({ref} − method) ± 95% half-width; "
+                 "* the interval excludes 0. The arrow in the metric says which sign favours "
+                 f"{ref}.")
+    return "\n".join(lines)
+
+
 def markdown_table(summary, methods, title=""):
     lines = [title] if title else []
     lines += ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -313,9 +365,12 @@ def write_outputs(out_dir, records, methods, header):
         for r in records:
             w.writerow(r)
     summary = summarize(records, methods)
+    diffs = paired(records, methods)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump({"header": header, "summary": summary}, f, indent=2)
+        json.dump({"header": header, "summary": summary, "paired_vs_shapcam": diffs}, f, indent=2)
     table = markdown_table(summary, methods, title=header)
+    if diffs:
+        table += "\n\n" + paired_table(diffs)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(table + "\n")
     return table
@@ -345,8 +400,11 @@ def run(args) -> int:
     for p in model.parameters():
         p.requires_grad_(False)
     if args.data == "bundled":
-        if args.model != "digits":
-            raise ValueError("--data bundled goes with --model digits")
+        from .loading import BUNDLED
+
+        if args.model not in BUNDLED:
+            raise ValueError(f"--data bundled goes with a bundled model: --model "
+                             f"{' or '.join(BUNDLED)}")
         ds = bundled_dataset(args.n)
     elif args.data.startswith("voc:"):
         parts = args.data.split(":")
@@ -386,7 +444,10 @@ def run(args) -> int:
             skipped["unreadable image"] = len(unreadable)
         header = (f"shapcam evaluate — model {args.model}, layer {layer}, data {args.data}, "
                   f"{len(ds.items) - len(unreadable)} images" + (f" (skipped: {skipped})" if skipped else "")
-                  + f", keep={args.keep}, Shap-CAM K={args.K}, score={args.score or 'per method'}")
+                  + f", keep={args.keep}, Shap-CAM K={args.K}"
+                  + (f", RISE {args.rise_masks} masks" if getattr(args, "rise_masks", None) else "")
+                  + (f", Mask {args.mask_steps} steps" if getattr(args, "mask_steps", None) else "")
+                  + f", score={args.score or SCORE_NOTE}")
         table = write_outputs(args.out, records, methods, header)
         print(table)
         print(f"wrote per_image.csv, summary.json, table.md to {args.out}", file=sys.stderr)

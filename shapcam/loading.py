@@ -71,11 +71,16 @@ def _torchvision_names():
     return torchvision.models.list_models(module=torchvision.models)
 
 
+# The bundled models: --model name -> digits.build_model arch.
+BUNDLED = {"digits": "cnn", "digits-vgg": "vgg"}
+
+
 def load_model(spec: str, arch: str | None = None, pretrained: bool = False, device="cpu", *,
                trust_pickle: bool = False):
     """(model in eval mode on device, InputSpec) for a model spec.
 
-    spec: ``"digits"`` (the bundled CNN), ``"efficientnet-lite0"`` (real ImageNet weights from the
+    spec: ``"digits"`` (the bundled CNN: average pooling + linear head), ``"digits-vgg"`` (the
+    bundled CNN with VGG16's kind of head, which mixes positions), ``"efficientnet-lite0"`` (real ImageNet weights from the
     ``photos`` extra), a torchvision architecture name (``pretrained`` for its downloaded
     weights), or a file: TorchScript, a state dict (``arch`` names its architecture),
     a checkpoint dict holding one under ``"state_dict"`` or ``"model"``, or — only with
@@ -85,8 +90,8 @@ def load_model(spec: str, arch: str | None = None, pretrained: bool = False, dev
 
     from .models import digits
 
-    if spec == "digits":
-        return digits.load_model(device=device), DIGITS_INPUT
+    if spec in BUNDLED:
+        return digits.load_model(device=device, arch=BUNDLED[spec]), DIGITS_INPUT
     if spec == "efficientnet-lite0":
         return _efficientnet_lite0(device), IMAGENET_INPUT
     if os.path.exists(spec):
@@ -168,8 +173,15 @@ def _load_file(path, arch, device, trust_pickle):
 
 def default_layer(model, example) -> str:
     """The module that finishes last with a spatial (h*w > 1) 4-D output and is called once: for a
-    ResNet ``layer4``, for the bundled model ``features``. example: one input batch [1, C, H, W]."""
+    ResNet ``layer4``, for the bundled models ``features``. A model may name its own with a
+    ``default_cam_layer`` attribute (the bundled ones do: their VGG-style head max-pools before
+    flattening, and the paper's layer is the last convolution's, before that pooling).
+    example: one input batch [1, C, H, W]."""
     import torch
+
+    named = getattr(model, "default_cam_layer", None)
+    if isinstance(named, str) and named in dict(model.named_modules()):
+        return named
 
     seen, order = {}, []
     hooks = []

@@ -36,20 +36,24 @@ def _is_png(path):
 
 def test_demo_runs_end_to_end(tmp_path):
     out = run_cli("demo", "--n", "3", "--K", "8", "--out", str(tmp_path))
-    lines = out.splitlines()
-    assert lines[0].startswith("shapcam demo") and "eff. gap" in lines[1]
-    # the timing table: exactly one row per method, read by its first column
-    start = next(i for i, l in enumerate(lines) if l.split()[:1] == ["method"])
-    rows = [l.split() for l in lines[start + 1:] if not l.startswith("wrote")]
-    assert [r[0] for r in rows] == ["shapcam", "gradcam", "gradcam++", "scorecam"]
-    assert all(float(r[1]) > 0 for r in rows)
-    # the bundled model's head (GAP + Linear) takes the incremental path
-    assert rows[0][2] == "incremental" and all(r[2] == "-" for r in rows[1:])
-    # the per-image table: efficiency gaps are tiny
-    gaps = [float(l.split()[-1]) for l in lines[2:start]]
-    assert len(gaps) == 3 and max(abs(g) for g in gaps) < 1e-9
-    im = _is_png(tmp_path / "demo_grid.png")
-    assert im.width > 5 * 128 and im.height > 3 * 128  # 5 columns x 3 rows of 128 px tiles
+    # one section per bundled model: the average-pooling head, then VGG16's kind of head
+    sections = [sec for sec in out.split("shapcam demo")[1:]]
+    assert len(sections) == 2 and "digits CNN" in sections[0] and "digits-vgg" in sections[1]
+    for sec, grid in zip(sections, ("demo_grid.png", "demo_grid_vgg.png")):
+        lines = sec.splitlines()
+        assert "eff. gap" in lines[1]
+        # the timing table: exactly one row per method, read by its first column
+        start = next(i for i, l in enumerate(lines) if l.split()[:1] == ["method"])
+        rows = [l.split() for l in lines[start + 1:] if l.strip() and not l.startswith("wrote")]
+        assert [r[0] for r in rows] == ["shapcam", "gradcam", "gradcam++", "scorecam"]
+        assert all(float(r[1]) > 0 for r in rows)
+        # both heads (GAP + Linear; 2x2 max-pool cells + flatten + 2 FC) take the incremental path
+        assert rows[0][2] == "incremental" and all(r[2] == "-" for r in rows[1:])
+        # the per-image table: efficiency gaps are tiny
+        gaps = [float(l.split()[-1]) for l in lines[2:start]]
+        assert len(gaps) == 3 and max(abs(g) for g in gaps) < 1e-9
+        im = _is_png(tmp_path / grid)
+        assert im.width > 5 * 128 and im.height > 3 * 128  # 5 columns x 3 rows of 128 px tiles
 
 
 def test_explain_writes_pngs_and_json(tmp_path):
@@ -84,12 +88,13 @@ def test_explain_torchvision_model_and_bad_method(tmp_path):
 
 def test_bundled_model_accuracy_and_size():
     """The shipped weights are small and as accurate as promised on the shipped held-out set."""
-    assert os.path.getsize(digits.WEIGHTS) <= 2 * 2**20
-    model = digits.load_model()
     data = digits.load_heldout()
-    with torch.no_grad():
-        pred = model(digits.to_tensor(data["images"])).argmax(1).numpy()
-    assert (pred == data["labels"]).mean() >= 0.95
+    for arch, path, size, bar in (("cnn", digits.WEIGHTS, 2, 0.95), ("vgg", digits.WEIGHTS_VGG, 4, 0.97)):
+        assert os.path.getsize(path) <= size * 2**20
+        model = digits.load_model(arch=arch)
+        with torch.no_grad():
+            pred = model(digits.to_tensor(data["images"])).argmax(1).numpy()
+        assert (pred == data["labels"]).mean() >= bar, arch
     # Boxes are inside the image and cover under half of it.
     b = data["boxes"]
     assert (b[:, :2] >= 0).all() and (b[:, 2:] <= digits.CANVAS).all()

@@ -80,6 +80,14 @@ def test_table_equals_metrics_by_hand(tmp_path):
     half = 1.96 * np.std(drops, ddof=1) / np.sqrt(len(drops))
     assert summary["shapcam"]["average_drop"][1] == pytest.approx(half)
     assert "| Average Drop (%)" in (tmp_path / "table.md").read_text()
+    # the paired comparison: shapcam - gradcam over the same images, by hand
+    paired = json.loads((tmp_path / "summary.json").read_text())["paired_vs_shapcam"]
+    g = {r["id"]: float(r["proportion"]) for r in rows if r["method"] == "gradcam"}
+    d = [float(r["proportion"]) - g[r["id"]] for r in rows if r["method"] == "shapcam"]
+    mean, half, n = paired["gradcam"]["proportion"]
+    assert n == 3 and mean == pytest.approx(np.mean(d))
+    assert half == pytest.approx(1.96 * np.std(d, ddof=1) / np.sqrt(3))
+    assert "shapcam − method" in (tmp_path / "table.md").read_text()
 
 
 def test_resume_equals_uninterrupted(tmp_path):

@@ -314,11 +314,46 @@ def test_maps_are_differentiable_and_match_finite_differences():
             p.data[idx] = old
             assert abs((up - down) / 2e-6 - g[idx].item()) < 1e-5 * max(1.0, abs(g[idx].item())), idx
     with pytest.raises(ValueError, match="create_graph"):
-        from shapcam.cam import GradCAM
+        from shapcam.cam import RISE
 
-        GradCAM(net, "features").explain(x, create_graph=True)
+        RISE(net, n_masks=4).explain(x, create_graph=True)
     with pytest.raises(ValueError, match="incremental path"):
         ShapCAM(net, "features", K=2, split="hooks").explain(x, create_graph=True)
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "scorecam"])
+def test_baseline_maps_are_differentiable(name):
+    """explain(create_graph=True) for the Grad-CAM family (double backprop: the gradient of the
+    map matches central differences) and Score-CAM (differentiable through A, its channel weights
+    held constant): same values as without, and a graph to the parameters."""
+    from shapcam.cam import make_cam
+
+    torch.manual_seed(0)
+    net = SmallGapNet().eval()
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+    cam = make_cam(name, net, "features")
+    res = cam.explain(x, targets=[1], create_graph=True)
+    plain = cam.explain(x, targets=[1])
+    assert res.values.requires_grad and res.maps.requires_grad
+    np.testing.assert_allclose(res.values.detach().numpy(), plain.values.numpy(), atol=1e-12)
+    if name == "scorecam":
+        return
+    wts = torch.linspace(-1, 1, 16, dtype=torch.float64).reshape(4, 4)
+    p = net.features[0].weight
+    g = torch.autograd.grad((res.values * wts).sum(), p)[0]
+
+    def loss_at():
+        with torch.no_grad():
+            return float((cam.explain(x, targets=[1]).values * wts).sum())
+
+    for idx in [(0, 0, 0, 0), (3, 1, 2, 1)]:
+        old = p.data[idx].item()
+        p.data[idx] = old + 1e-6
+        up = loss_at()
+        p.data[idx] = old - 1e-6
+        down = loss_at()
+        p.data[idx] = old
+        assert abs((up - down) / 2e-6 - g[idx].item()) < 1e-5 * max(1.0, abs(g[idx].item())), idx
 
 
 class ONetHead(nn.Module):

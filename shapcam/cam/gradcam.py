@@ -15,14 +15,17 @@ class GradCAM(BaseCAM):
     """
 
     name = "gradcam"
+    supports_create_graph = True  # explain(create_graph=True): maps differentiable (double backprop)
 
     def __init__(self, model, target_layer, *, score: str = "logit", split: str = "auto"):
         super().__init__(model, target_layer, split=split)
         self.score = check_score(score)
 
     def _gradients(self, A, extras, targets):
-        """dY_t/dA for every target slot: [N, m, C, h, w]."""
-        acts = A.detach().clone().requires_grad_(True)
+        """dY_t/dA for every target slot: [N, m, C, h, w]. With create_graph, A is the trunk's
+        output in the graph of the model's parameters and the gradients keep their own graph."""
+        graph = getattr(self, "_create_graph", False)
+        acts = A if graph else A.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             out = self.split.head(acts, extras)
             if self.score == "probability":
@@ -30,7 +33,8 @@ class GradCAM(BaseCAM):
             grads = []
             for j in range(targets.shape[1]):
                 y = out.gather(1, targets[:, j:j + 1]).sum()
-                grads.append(torch.autograd.grad(y, acts, retain_graph=j + 1 < targets.shape[1])[0])
+                grads.append(torch.autograd.grad(y, acts, create_graph=graph,
+                                                 retain_graph=graph or j + 1 < targets.shape[1])[0])
         return torch.stack(grads, 1)
 
     def _weights(self, A, grads):
@@ -40,7 +44,7 @@ class GradCAM(BaseCAM):
         grads = self._gradients(A, extras, targets)
         w = self._weights(A, grads)
         cams = (w[..., None, None] * A[:, None]).sum(2)
-        return cams.detach(), {}
+        return (cams if getattr(self, "_create_graph", False) else cams.detach()), {}
 
 
 class GradCAMPlusPlus(GradCAM):

@@ -19,6 +19,9 @@ class ScoreCAM(BaseCAM):
     """
 
     name = "scorecam"
+    # explain(create_graph=True): the map sum_k w_k A_k is differentiable through A; the channel
+    # weights w (softmax of the masked-input scores) are treated as constants.
+    supports_create_graph = True
 
     def __init__(self, model, target_layer, *, score: str = "logit", batch_size: int = 64,
                  split: str = "auto", progress=None):
@@ -28,8 +31,16 @@ class ScoreCAM(BaseCAM):
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         self.batch_size, self.progress = int(batch_size), progress
 
-    @torch.no_grad()
     def _cams(self, images, A, extras, targets):
+        cams, fields = self._weighted(images, A.detach(), targets)
+        if getattr(self, "_create_graph", False):
+            w = fields.pop("weights")  # [N, m, C], constants
+            return (w[..., None, None] * A[:, None].to(w.dtype)).sum(2), fields
+        fields.pop("weights")
+        return cams, fields
+
+    @torch.no_grad()
+    def _weighted(self, images, A, targets):
         N, C = A.shape[:2]
         # UpsamplingBilinear2d (align_corners=True), as in the reference implementation. The
         # normalisation runs in float32 at least: its 1e-8 is 0 in float16 (NaN masks).
@@ -38,7 +49,7 @@ class ScoreCAM(BaseCAM):
         flat = up.flatten(2)
         lo, hi = flat.min(-1).values[..., None, None], flat.max(-1).values[..., None, None]
         up = ((up - lo) / (hi - lo + 1e-8)).to(images.dtype)
-        cams = []
+        cams, weights = [], []
         bar = progress_bar(N * C, self.progress, desc="score-cam", unit="mask", auto_min=2048)
         for i in range(N):
             scores = []
@@ -50,6 +61,7 @@ class ScoreCAM(BaseCAM):
                 scores.append(out[:, targets[i]])  # [b, m]
                 bar.update(batch.shape[0])
             w = torch.softmax(torch.cat(scores, 0).T.double(), -1).to(work.dtype)  # [m, C]
+            weights.append(w)
             cams.append((w[..., None, None] * work[i, None]).sum(1))
         bar.close()
-        return torch.stack(cams), {"n_evals": N * C}
+        return torch.stack(cams), {"n_evals": N * C, "weights": torch.stack(weights)}

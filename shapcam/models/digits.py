@@ -20,6 +20,7 @@ CLASSES = [str(d) for d in range(10)]
 TARGET_LAYER = "features.10"  # the last ReLU: a 64 x 8 x 8 feature map, 64 players
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 WEIGHTS = os.path.join(DATA_DIR, "digits_cnn.pt")
+WEIGHTS_VGG = os.path.join(DATA_DIR, "digits_vgg.pt")
 HELDOUT = os.path.join(DATA_DIR, "digits_heldout.npz")
 # Digit instances are split once, at random (seed 0): 1437 for training, 360 held out.
 _SPLIT = np.random.default_rng(0).permutation(1797)
@@ -27,20 +28,42 @@ TRAIN_DIGITS = np.sort(_SPLIT[:1437])
 HELDOUT_DIGITS = np.sort(_SPLIT[1437:])
 
 
-def build_model():
-    """The digits CNN: 4 conv layers (the last feature map is 64 x 8 x 8), GAP, linear."""
+def _trunk():
     from torch import nn
 
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+    )
+
+
+def build_model(arch: str = "cnn"):
+    """The digits CNNs: the same 4 conv layers (the last feature map is 64 x 8 x 8), then
+
+    - ``"cnn"``: global average pooling and one Linear — additive over positions (with the logit,
+      Shapley values equal CAM);
+    - ``"vgg"``: VGG16's kind of head — 2x2 max pooling (non-overlapping cells), flatten, two
+      fully connected layers with a ReLU between — which mixes positions, where Shapley values
+      and gradients part ways.
+    """
+    from torch import nn
+
+    if arch not in ("cnn", "vgg"):
+        raise ValueError(f"arch: 'cnn' or 'vgg', got {arch!r}")
+
     class DigitsCNN(nn.Module):
+        default_cam_layer = "features"  # the last ReLU's 64 x 8 x 8 map (loading.default_layer)
+
         def __init__(self):
             super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-            )
-            self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+            self.features = _trunk()
+            if arch == "cnn":
+                self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+            else:
+                self.classifier = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * 4 * 4, 128),
+                                                nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, 10))
 
         def forward(self, x):
             return self.classifier(self.features(x))
@@ -48,14 +71,16 @@ def build_model():
     return DigitsCNN()
 
 
-def load_model(path: str | None = None, device="cpu"):
-    """The bundled digits CNN with its trained weights, in eval mode."""
+def load_model(path: str | None = None, device="cpu", arch: str = "cnn"):
+    """A bundled digits CNN (``arch`` "cnn" or "vgg", see build_model) with its trained weights,
+    in eval mode."""
     import torch
 
-    path = path or WEIGHTS
+    path = path or (WEIGHTS if arch == "cnn" else WEIGHTS_VGG)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing; run `python -m shapcam.models.train_digits`")
-    model = build_model()
+        raise FileNotFoundError(f"{path} is missing; run `python -m shapcam.models.train_digits "
+                                f"--arch {arch}`")
+    model = build_model(arch)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval().to(device)
 
