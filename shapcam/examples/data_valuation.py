@@ -143,17 +143,31 @@ def checks(values, problem, frac=0.2, seed=0):
     }
 
 
+def _positive(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {s}")
+    return v
+
+
+def _fraction(s):
+    v = float(s)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s}")
+    return v
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n-train", type=int, default=100, help="training points = players (100)")
-    p.add_argument("--n-val", type=int, default=200, help="validation points (200)")
-    p.add_argument("--noise", type=float, default=0.1, help="fraction of flipped labels (0.1)")
-    p.add_argument("-K", type=int, default=64, help="permutations (64)")
+    p.add_argument("--n-train", type=_positive, default=100, help="training points = players (100)")
+    p.add_argument("--n-val", type=_positive, default=200, help="validation points (200)")
+    p.add_argument("--noise", type=_fraction, default=0.1, help="fraction of flipped labels (0.1)")
+    p.add_argument("-K", type=_positive, default=64, help="permutations (64)")
     p.add_argument("--truncate", type=float, default=0.01,
                    help="TMC tolerance in accuracy (0.01); a negative value turns truncation off")
     p.add_argument("--executor", default="none", choices=["none", "processes", "dask", "ray"])
-    p.add_argument("-w", "--workers", type=int, default=2, help="workers for --executor (2)")
+    p.add_argument("-w", "--workers", type=_positive, default=2, help="workers for --executor (2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the numbers to this file")
     a = p.parse_args(argv)
@@ -163,6 +177,10 @@ def main(argv=None):
         print("error: this example needs scikit-learn: pip install scikit-learn", file=sys.stderr)
         return 2
     truncate = a.truncate if a.truncate >= 0 else None
+    if a.n_train < 2 or a.n_train + a.n_val > 569:
+        print("error: need 2 <= --n-train and --n-train + --n-val <= 569 (the data's size)",
+              file=sys.stderr)
+        return 2
     executor, close = open_executor(a.executor, a.workers)
     try:
         res, problem, secs, made = value_data(a.n_train, a.n_val, a.noise, a.K, truncate, executor,

@@ -121,7 +121,7 @@ def _fit(model, batches, epochs, steps_per_epoch, extra_loss=None, lr=3e-3, log=
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             count += len(y)
         if log:
             log(f"  epoch {epoch + 1}/{epochs}: loss {total / max(count, 1):.4f}")
