@@ -103,6 +103,7 @@ CHILD = textwrap.dedent("""
     import json, sys, time
     import numpy as np
     import shapcam
+    from shapcam._memory import peak_growth
     n, bs, K = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     w = np.linspace(-1, 1, 64)
 
@@ -110,21 +111,11 @@ CHILD = textwrap.dedent("""
         return masks[:, :64].view(np.uint8).astype(np.float64) @ w + masks[:, -1] * masks[:, -2]
 
     f(np.zeros((2, n), bool))
-    def status(key):  # kB, from the kernel's accounting of this process
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-
-    # Reset the peak (VmHWM) to the current RSS, so imports' transient peaks do not hide the run's.
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    base = status("VmRSS")
     t = time.perf_counter()
-    res = shapcam.estimate_shapley(f, n, K=K, seed=0, batch_size=bs)
+    res, growth = peak_growth(lambda: shapcam.estimate_shapley(f, n, K=K, seed=0, batch_size=bs))
     dt = time.perf_counter() - t
-    peak = status("VmHWM")
     print(json.dumps({"s": dt, "evals_per_s": res.n_evals / dt, "n_evals": res.n_evals,
-                      "growth_mb": (peak - base) / 1024}))
+                      "growth_mb": growth}))
 """)
 
 
@@ -179,7 +170,7 @@ def bench_zz_parallel_table(benchmark):
               "state MB (4 [n] float64) | batch of masks MB |", "|---|---|---|---|---|---|---|"]
     for r in ROWS["players"]:
         lines.append(f"| {r['n']} | {r['batch']} | {r['evals_per_s']:.0f} | "
-                     f"{r['mask_bytes_per_s'] / 1e9:.2f} | {r['growth_mb']:.1f} | "
+                     f"{r['mask_bytes_per_s'] / 1e9:.2f} | {r['growth_mb'] if r['growth_mb'] is not None else float('nan'):.1f} | "
                      f"{r['state_mb']:.1f} | {r['batch_mb']:.1f} |")
     lines += ["", "| n | samples | one state ms | blocks of 16 ms | ratio |", "|---|---|---|---|---|"]
     for r in ROWS["blocked"]:

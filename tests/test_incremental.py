@@ -279,6 +279,19 @@ def test_hooks_split_falls_back():
         ShapCAM(net, "features", incremental="yes")
 
 
+def assert_matches_central_differences(loss_at, p, g, h=1e-6):
+    """g (an autograd gradient of loss_at() with respect to parameter p) equals central differences
+    at two entries of p."""
+    for idx in [(0, 0), (1, 2)] if p.dim() == 2 else [(0, 0, 0, 0), (3, 1, 2, 1)]:
+        old = p.data[idx].item()
+        p.data[idx] = old + h
+        up = loss_at()
+        p.data[idx] = old - h
+        down = loss_at()
+        p.data[idx] = old
+        assert abs((up - down) / (2 * h) - g[idx].item()) < 1e-5 * max(1.0, abs(g[idx].item())), idx
+
+
 def test_maps_are_differentiable_and_match_finite_differences():
     """explain(create_graph=True): the Shapley map is a torch expression of the parameters (the
     same permutations and walk as the engines); its gradient matches central differences."""
@@ -305,14 +318,7 @@ def test_maps_are_differentiable_and_match_finite_differences():
         return float((r.values ** 2).sum() + (r.values * wts).sum())
 
     for p, g in zip(params, grads):
-        for idx in [(0, 0), (1, 2)] if p.dim() == 2 else [(0, 0, 0, 0), (3, 1, 2, 1)]:
-            old = p.data[idx].item()
-            p.data[idx] = old + 1e-6
-            up = loss_at()
-            p.data[idx] = old - 1e-6
-            down = loss_at()
-            p.data[idx] = old
-            assert abs((up - down) / 2e-6 - g[idx].item()) < 1e-5 * max(1.0, abs(g[idx].item())), idx
+        assert_matches_central_differences(loss_at, p, g)
     with pytest.raises(ValueError, match="create_graph"):
         from shapcam.cam import RISE
 
@@ -346,14 +352,7 @@ def test_baseline_maps_are_differentiable(name):
         with torch.no_grad():
             return float((cam.explain(x, targets=[1]).values * wts).sum())
 
-    for idx in [(0, 0, 0, 0), (3, 1, 2, 1)]:
-        old = p.data[idx].item()
-        p.data[idx] = old + 1e-6
-        up = loss_at()
-        p.data[idx] = old - 1e-6
-        down = loss_at()
-        p.data[idx] = old
-        assert abs((up - down) / 2e-6 - g[idx].item()) < 1e-5 * max(1.0, abs(g[idx].item())), idx
+    assert_matches_central_differences(loss_at, p, g)
 
 
 class ONetHead(nn.Module):

@@ -13,6 +13,7 @@ CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
     import shapcam
+    from shapcam._memory import peak_growth
     n, bs = int(sys.argv[1]), int(sys.argv[2])
     w = np.arange(n, dtype=np.float64) % 7
 
@@ -21,18 +22,9 @@ CHILD = textwrap.dedent("""
         return sub @ w[:64] + 2.0 * masks[:, -1] * masks[:, -2]
 
     f(np.zeros((2, n), bool))  # numpy's own first-use allocations, before the baseline
-    def status(key):  # kB, from the kernel's accounting of this process
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-
-    # Reset the peak (VmHWM) to the current RSS, so imports' transient peaks do not hide the run's.
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    base = status("VmRSS")
-    res = shapcam.estimate_shapley(f, n, K=1, seed=0, antithetic=False, batch_size=bs)
-    peak = status("VmHWM")
-    print(json.dumps({"growth_mb": (peak - base) / 1024, "n_evals": res.n_evals,
+    res, growth = peak_growth(lambda: shapcam.estimate_shapley(f, n, K=1, seed=0, antithetic=False,
+                                                               batch_size=bs))
+    print(json.dumps({"growth_mb": growth, "n_evals": res.n_evals,
                       "gap": float(res.efficiency_gap),
                       "additive_err": float(np.abs(res.values[:64] - w[:64]).max())}))
 """)
