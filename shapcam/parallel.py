@@ -110,7 +110,26 @@ def run_task(token, payload, task):
 # --- engines ---------------------------------------------------------------------------------
 
 
-class _Futures:
+class _Engine:
+    """What run_blocks asks of an engine; the defaults fit futures with result() and cancel()."""
+
+    owned = False  # made by this run (closed at its end)
+
+    def result(self, h):
+        return h.result()
+
+    def cancel(self, h):
+        h.cancel()
+
+    def replacement(self):
+        """A fresh engine to continue on after this one broke, or None."""
+        return None
+
+    def close(self):
+        pass
+
+
+class _Futures(_Engine):
     """A concurrent.futures.Executor (or anything with submit() -> a concurrent Future)."""
 
     def __init__(self, executor, owned=False):
@@ -129,14 +148,7 @@ class _Futures:
         done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
         return done
 
-    def result(self, h):
-        return h.result()
-
-    def cancel(self, h):
-        h.cancel()
-
     def replacement(self):
-        """A fresh engine to continue on after this one broke, or None."""
         if isinstance(self.executor, cf.ProcessPoolExecutor):
             return _Futures(cf.ProcessPoolExecutor(max_workers=self.workers()), owned=True)
         return None
@@ -146,7 +158,7 @@ class _Futures:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-class _Dask:
+class _Dask(_Engine):
     """A distributed.Client: the game is scattered to every worker once."""
 
     def __init__(self, client):
@@ -168,20 +180,8 @@ class _Dask:
         done, _ = wait(list(handles), return_when="FIRST_COMPLETED")
         return done
 
-    def result(self, h):
-        return h.result()
 
-    def cancel(self, h):
-        h.cancel()
-
-    def replacement(self):
-        return None
-
-    def close(self):
-        pass
-
-
-class _Ray:
+class _Ray(_Engine):
     """Ray (the module, or the string "ray"): the game goes to the object store once."""
 
     def __init__(self):
@@ -213,12 +213,6 @@ class _Ray:
             self.ray.cancel(h)
         except Exception:  # noqa: BLE001 - already finished or gone
             pass
-
-    def replacement(self):
-        return None
-
-    def close(self):
-        pass
 
 
 def engine_for(executor):
@@ -278,7 +272,7 @@ def run_blocks(executor, sampler, sched, start, partial, bar):
     from .estimator import BLOCK_SAMPLES, _Welford
 
     eng = engine_for(executor)
-    owned = [eng] if getattr(eng, "owned", False) else []  # engines this run made, closed at its end
+    owned = [eng] if eng.owned else []  # engines this run made, closed at its end
     pending = {}   # handle -> (attempts, task)
     done = {}      # block -> [(cut, is_checkpoint, _Welford)]
     try:
