@@ -3,6 +3,7 @@
 # tests (also under compute-sanitizer memcheck), run the GPU benchmarks, print a table last.
 #   bash benchmarks/gpu_check.sh            # full
 #   QUICK=1 bash benchmarks/gpu_check.sh    # fewer K values
+#   HOST_TESTS=0 ...                         # skip the CPU test suite (it runs in CI)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}; mkdir -p "$OUT"
@@ -16,12 +17,12 @@ SHAPCAM_CUDA=1 SHAPCAM_CUDA_ARCH=${SHAPCAM_CUDA_ARCH:-90} $PY setup.py -q build_
 echo "built in $(( $(date +%s) - t0 )) s"
 $PY -c "import shapcam, json; i = shapcam.engine_info(); print(json.dumps(i)); assert i['cuda_available'], i"
 echo "== tests"
-$PY -m pytest -q -x tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -15
+$PY -m pytest -q -rfE tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -15
 test_rc=${PIPESTATUS[0]}
-$PY -m pytest -q tests -m "not cuda" -p no:cacheprovider 2>&1 | tail -2
+[ "${HOST_TESTS:-1}" = 0 ] || $PY -m pytest -q tests -m "not cuda" -p no:cacheprovider 2>&1 | tail -2
 echo "== compute-sanitizer memcheck (CUDA tests)"
 if command -v compute-sanitizer >/dev/null; then
-  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -m pytest -q -x tests/test_cuda.py \
+  timeout ${MEMCHECK_S:-240} compute-sanitizer --tool memcheck --error-exitcode 3 $PY -m pytest -q -x tests/test_cuda.py \
     -k "not stream" -p no:cacheprovider > "$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/memcheck.log") clean summaries)"
   grep -E "ERROR SUMMARY|passed|failed" "$OUT/memcheck.log" | tail -3

@@ -386,7 +386,7 @@ class CellTableGame(Game):
         self.readout = readout
         self.device = self.tables.device if is_torch(self.tables) else None
         if z_empty is None:
-            z_empty = self.tables[:, 0].sum(0)
+            z_empty = self._cell_sum(self.tables[:, 0])
         elif shape_of(z_empty) != (d,):
             raise ValueError(f"z_empty: expected [{d}], got {shape_of(z_empty)}")
         if is_torch(self.tables):
@@ -443,6 +443,20 @@ class CellTableGame(Game):
     def _read(self, Z):
         return Z if self.readout is None else self.readout(Z)
 
+    def _cell_sum(self, x):
+        """Sum over cells of x [cells, d], the same bits on every device: summed on the host in
+        float64 in one fixed order, then cast to the tables' dtype (and device). A reduction on
+        the device would take the device's order, and the CPU and GPU games would differ.
+        Tables that require grad keep the device sum (and their graph)."""
+        if getattr(x, "requires_grad", False):
+            return x.sum(0)
+        total = host_numpy(x).astype(np.float64).sum(0)
+        if is_torch(self.tables):
+            import torch
+
+            return torch.as_tensor(total, device=self.tables.device).to(self.tables.dtype)
+        return total.astype(self.tables.dtype)
+
     def _full_z(self):
         """z of the grand coalition: every cell's full subset."""
         full = ((self.members >= 0).astype(np.int64) << np.arange(self.cell_size)).sum(1)
@@ -451,8 +465,8 @@ class CellTableGame(Game):
 
             idx = torch.from_numpy(full).to(self.tables.device)
             cells = torch.arange(self.n_cells, device=self.tables.device)
-            return self.z_empty + (self.tables[cells, idx] - self.tables[:, 0]).sum(0)
-        return self.z_empty + (self.tables[np.arange(self.n_cells), full] - self.tables[:, 0]).sum(0)
+            return self.z_empty + self._cell_sum(self.tables[cells, idx] - self.tables[:, 0])
+        return self.z_empty + self._cell_sum(self.tables[np.arange(self.n_cells), full] - self.tables[:, 0])
 
     def endpoints(self):
         z = self._full_z()

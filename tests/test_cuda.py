@@ -169,8 +169,9 @@ def test_bad_device_input():
     with pytest.raises(ValueError, match="host pointer|not a CUDA pointer"):
         _C.masked_apply_cuda(0, 0, 0, 0, 4, 9, True, 4, x.data_ptr(), 8, 9,
                              players.int().to(DEV).data_ptr(), 0, 0.0, host.data_ptr())
-    with pytest.raises(ValueError, match="exceeds the CUDA engine's limit"):
-        ops.ranks(0, 0, 1, 10**6, device=DEV)
+    # Beyond the shared-memory limit the device builds permutations in a global workspace.
+    np.testing.assert_array_equal(ops.ranks(0, 0, 1, 10**6, device=DEV).cpu().numpy(),
+                                  ops.ranks(0, 0, 1, 10**6, engine="native"))
     if torch.cuda.device_count() > 1:
         with pytest.raises(ValueError, match="cuda:1"):
             _C.masked_apply_cuda(0, 0, 0, 0, 4, 9, True, 4, x.data_ptr(), 8, 9,
@@ -185,6 +186,7 @@ def test_raw_cuda_entries_check_extents_and_aliasing():
 
     x = torch.randn(8, 9, device=DEV)
     pl = torch.arange(9, dtype=torch.int32, device=DEV)
+    torch.cuda.empty_cache()  # else torch may carve the tensor out of a larger cached segment
     big = torch.empty(16 * 2**20, device=DEV)  # 64 MiB: an allocation of its own
     near_end = big.data_ptr() + (big.numel() - 10) * 4  # 40 bytes before its end
     with pytest.raises(ValueError, match="allocation holds only"):
