@@ -16,6 +16,7 @@
 #include "cpu/ops_cpu.h"
 #include "shapcam/index.h"
 #include "shapcam/permutation.h"
+#include "shapcam/permutation.h"
 #include "shapcam/walk.h"
 #ifdef SHAPCAM_WITH_CUDA
 #include "cuda/ops_cuda.h"
@@ -47,6 +48,21 @@ void check_n(int64_t n, int64_t lowest = 2) {
                            std::to_string(n));
   require(n <= std::numeric_limits<int32_t>::max(),
           "n: at most 2^31 - 1 players (ids are int32), got " + std::to_string(n));
+}
+
+// The sampling design (permutation.h) as permutations per sample: 1 plain, 2 antithetic,
+// 4 stratified; a Python bool keeps its old meaning (True: antithetic pairs, False: plain).
+int group_arg(const py::handle& h) {
+  if (PyBool_Check(h.ptr())) return h.ptr() == Py_True ? shapcam::kAntithetic : shapcam::kPlain;
+  require(PyLong_Check(h.ptr()), "group: expected a bool or an int (1, 2 or 4)");
+  const long long g = PyLong_AsLongLong(h.ptr());
+  if (g == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw std::invalid_argument("group: out of range");
+  }
+  require(shapcam::valid_group(g), "group: permutations per sample must be 1 (plain), 2 "
+                                   "(antithetic) or 4 (stratified), got " + std::to_string(g));
+  return static_cast<int>(g);
 }
 
 void check_range(int64_t lo, int64_t hi, const char* what) {
@@ -126,14 +142,14 @@ struct AccumulateSizes {
 };
 
 AccumulateSizes check_accumulate(int64_t n, int64_t n_samples, int64_t k0, int64_t count0,
-                                 int64_t m_out, bool antithetic, int64_t block) {
+                                 int64_t m_out, int group, int64_t block) {
   check_n(n);
   require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
   require(block >= 0, "block: samples per block must be >= 0 (0: no blocks)");
   require(n_samples <= INT64_MAX - count0, "count0 + n_samples overflows int64");
   require(m_out >= 1, "m: need at least 1 output");
-  const int64_t pps = antithetic ? 2 : 1;
-  require(k0 % pps == 0, "k0: must start a sample (a multiple of 2 when antithetic)");
+  const int64_t pps = group;
+  require(k0 % pps == 0, "k0: must start a sample (a multiple of the group size)");
   const int64_t P = mul(n_samples, pps, "samples");
   const int64_t rows = mul(P, n - 1, "values");
   return AccumulateSizes{rows, mul(rows, m_out, "values"), mul(P, n, "ranks"),
@@ -176,7 +192,7 @@ void check_cells(const int32_t* members, int64_t cells, int64_t size, const int3
 }
 
 template <typename T>
-void prefix_walk_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+void prefix_walk_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group,
                            const py::array& tables, int64_t cells, int64_t size, int64_t d,
                            const py::array& members, const py::array& cell_of,
                            const py::array& z_empty, py::array& out) {
@@ -193,11 +209,11 @@ void prefix_walk_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, boo
   check_disjoint(span("out", op, osize), {span("tables", tp, tsize), span("z_empty", zp, d),
                                           span("members", mp, cells * size), span("cell_of", cp, n)});
   py::gil_scoped_release nogil;
-  cpu::prefix_walk<T>(seed, e0, e1, n, antithetic, tp, cells, size, d, mp, cp, zp, op);
+  cpu::prefix_walk<T>(seed, e0, e1, n, group, tp, cells, size, d, mp, cp, zp, op);
 }
 
 template <typename T>
-void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group,
                             const py::array& x, int64_t outer, int64_t inner,
                             const py::array& players, const py::object& baseline, py::array& out) {
   const int64_t numel = check_apply_shape(outer, inner);
@@ -218,7 +234,7 @@ void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bo
   check_disjoint(span("out", op, (e1 - e0) * numel),
                  {span("x", xp, numel), span("players", pp, inner), span("baseline", bp, bp ? numel : 0)});
   py::gil_scoped_release nogil;
-  cpu::masked_apply<T>(seed, e0, e1, n, antithetic, xp, outer, inner, pp, bp, bscalar, op);
+  cpu::masked_apply<T>(seed, e0, e1, n, group, xp, outer, inner, pp, bp, bscalar, op);
 }
 
 #ifndef SHAPCAM_WITH_CUDA
@@ -251,8 +267,9 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "permutations_cpu",
-      [](uint64_t seed, int64_t k0, int64_t k1, int64_t n, bool antithetic, py::object perm,
+      [](uint64_t seed, int64_t k0, int64_t k1, int64_t n, py::object group_arg_obj, py::object perm,
          py::object rank) {
+        const int group = group_arg(group_arg_obj);
         check_range(k0, k1, "permutations [k0, k1)");
         check_n(n, 1);
         const int64_t size = mul(k1 - k0, n, "perm/rank");
@@ -263,34 +280,36 @@ PYBIND11_MODULE(_C, m) {
         if (!rank.is_none()) { ra = rank.cast<py::array>(); rp = writable<int32_t>(ra, "rank", size); }
         if (pp && rp) check_disjoint(span("rank", rp, size), {span("perm", pp, size)});
         py::gil_scoped_release nogil;
-        cpu::permutations(seed, k0, k1, n, antithetic, pp, rp);
+        cpu::permutations(seed, k0, k1, n, group, pp, rp);
       },
       "Permutations [k0, k1) of n players into perm [K, n] and/or rank [K, n] (int32; None skips).",
-      py::arg("seed"), py::arg("k0"), py::arg("k1"), py::arg("n"), py::arg("antithetic"),
+      py::arg("seed"), py::arg("k0"), py::arg("k1"), py::arg("n"), py::arg("group"),
       py::arg("perm"), py::arg("rank"));
 
   m.def(
       "masks_cpu",
-      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, py::array out) {
+      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, py::object group_arg_obj, py::array out) {
+        const int group = group_arg(group_arg_obj);
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
         bool* op = writable<bool>(out, "out", mul(e1 - e0, n, "out"));
         py::gil_scoped_release nogil;
-        cpu::masks(seed, e0, e1, n, antithetic, op);
+        cpu::masks(seed, e0, e1, n, group, op);
       },
       "Prefix masks of evaluations [e0, e1) into out [B, n] (bool).", py::arg("seed"),
-      py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("antithetic"), py::arg("out"));
+      py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("group"), py::arg("out"));
 
   m.def(
       "masked_apply_cpu",
-      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, py::array x,
+      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, py::object group_arg_obj, py::array x,
          int64_t outer, int64_t inner, py::array players, py::object baseline, py::array out) {
+        const int group = group_arg(group_arg_obj);
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
         if (py::isinstance<carray<float>>(x)) {
-          masked_apply_cpu_typed<float>(seed, e0, e1, n, antithetic, x, outer, inner, players, baseline, out);
+          masked_apply_cpu_typed<float>(seed, e0, e1, n, group, x, outer, inner, players, baseline, out);
         } else if (py::isinstance<carray<double>>(x)) {
-          masked_apply_cpu_typed<double>(seed, e0, e1, n, antithetic, x, outer, inner, players, baseline, out);
+          masked_apply_cpu_typed<double>(seed, e0, e1, n, group, x, outer, inner, players, baseline, out);
         } else {
           throw std::invalid_argument("x: dtype must be float32 or float64");
         }
@@ -298,21 +317,22 @@ PYBIND11_MODULE(_C, m) {
       "Fused masked apply for evaluations [e0, e1): out[b, o, j] = x[o, j] if player players[j] is "
       "in the prefix of eval e0+b, else baseline. x [outer, inner], players [inner] int32, baseline "
       "a scalar or [outer, inner], out [B, outer, inner].",
-      py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("antithetic"),
+      py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("group"),
       py::arg("x"), py::arg("outer"), py::arg("inner"), py::arg("players"), py::arg("baseline"),
       py::arg("out"));
 
   m.def(
       "prefix_walk_cpu",
-      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, py::array tables,
+      [](uint64_t seed, int64_t e0, int64_t e1, int64_t n, py::object group_arg_obj, py::array tables,
          int64_t cells, int64_t size, int64_t d, py::array members, py::array cell_of,
          py::array z_empty, py::array out) {
+        const int group = group_arg(group_arg_obj);
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
         if (py::isinstance<carray<float>>(tables)) {
-          prefix_walk_cpu_typed<float>(seed, e0, e1, n, antithetic, tables, cells, size, d, members, cell_of, z_empty, out);
+          prefix_walk_cpu_typed<float>(seed, e0, e1, n, group, tables, cells, size, d, members, cell_of, z_empty, out);
         } else if (py::isinstance<carray<double>>(tables)) {
-          prefix_walk_cpu_typed<double>(seed, e0, e1, n, antithetic, tables, cells, size, d, members, cell_of, z_empty, out);
+          prefix_walk_cpu_typed<double>(seed, e0, e1, n, group, tables, cells, size, d, members, cell_of, z_empty, out);
         } else {
           throw std::invalid_argument("tables: dtype must be float32 or float64 (C-contiguous)");
         }
@@ -320,16 +340,17 @@ PYBIND11_MODULE(_C, m) {
       "The incremental prefix walk of a cell game for evaluations [e0, e1): out [B, d] = z of each "
       "coalition (csrc/include/shapcam/walk.h). tables [cells, 2^size, d]; members [cells, size] "
       "int32 (-1 pads); cell_of [n] int32; z_empty [d].",
-      py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("antithetic"),
+      py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"), py::arg("group"),
       py::arg("tables"), py::arg("cells"), py::arg("size"), py::arg("d"), py::arg("members"),
       py::arg("cell_of"), py::arg("z_empty"), py::arg("out"));
 
   m.def(
       "accumulate_cpu",
-      [](uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m_out, bool antithetic,
+      [](uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m_out, py::object group_arg_obj,
          py::array values, py::array v_empty, py::array v_full, int64_t count0, py::array mean,
          py::array m2, int64_t block, py::object base_mean, py::object base_m2) {
-        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic, block);
+        const int group = group_arg(group_arg_obj);
+        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, group, block);
         const int64_t rows = z.rows, cells = z.cells;
         const double* vp = readable<double>(values, "values", z.values);
         const double* ve = readable<double>(v_empty, "v_empty", m_out);
@@ -353,14 +374,14 @@ PYBIND11_MODULE(_C, m) {
                                                        span("m2", sp, cells)});
         }
         py::gil_scoped_release nogil;
-        cpu::accumulate(seed, k0, n_samples, n, m_out, antithetic, vp, ve, vf, count0, mp, sp, block,
+        cpu::accumulate(seed, k0, n_samples, n, m_out, group, vp, ve, vf, count0, mp, sp, block,
                         bmp, bsp);
       },
       "Push n_samples complete samples (values [S*pps*(n-1), m] float64) into the Welford state "
       "mean, m2 [n, m]; block > 0: in blocks of that many samples, each finished block folded "
       "into base_mean, base_m2 (accumulate.h).",
       py::arg("seed"), py::arg("k0"), py::arg("n_samples"), py::arg("n"), py::arg("m"),
-      py::arg("antithetic"), py::arg("values"), py::arg("v_empty"), py::arg("v_full"),
+      py::arg("group"), py::arg("values"), py::arg("v_empty"), py::arg("v_full"),
       py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("block") = 0,
       py::arg("base_mean") = py::none(), py::arg("base_m2") = py::none());
 
@@ -372,7 +393,8 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "permutations_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
-         bool antithetic, uintptr_t perm, uintptr_t rank, uintptr_t work) {
+         py::object group_arg_obj, uintptr_t perm, uintptr_t rank, uintptr_t work) {
+        const int group = group_arg(group_arg_obj);
         check_range(k0, k1, "permutations [k0, k1)");
         check_n(n, 1);
         const int64_t bytes = mul(mul(k1 - k0, n, "perm/rank"), 4, "perm/rank");
@@ -381,16 +403,17 @@ PYBIND11_MODULE(_C, m) {
         check_disjoint(span_bytes("work", work, wb),
                        {span_bytes("perm", perm, perm ? bytes : 0), span_bytes("rank", rank, rank ? bytes : 0)});
         py::gil_scoped_release nogil;
-        cuda::permutations(device, stream, seed, k0, k1, n, antithetic, perm, rank, work);
+        cuda::permutations(device, stream, seed, k0, k1, n, group, perm, rank, work);
       },
       "CUDA twin of permutations_cpu; perm/rank are device pointers (0 skips); work: the global "
       "permutation workspace (ops_cuda.h), 0 for shared memory.", py::arg("device"),
       py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("k1"), py::arg("n"),
-      py::arg("antithetic"), py::arg("perm"), py::arg("rank"), py::arg("work") = 0);
+      py::arg("group"), py::arg("perm"), py::arg("rank"), py::arg("work") = 0);
   m.def(
       "masks_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-         bool antithetic, uintptr_t out, uintptr_t work) {
+         py::object group_arg_obj, uintptr_t out, uintptr_t work) {
+        const int group = group_arg(group_arg_obj);
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
         const int64_t ob = mul(e1 - e0, n, "out");
@@ -399,18 +422,19 @@ PYBIND11_MODULE(_C, m) {
                          {span_bytes("out", out, ob)});
         }
         py::gil_scoped_release nogil;
-        cuda::masks(device, stream, seed, e0, e1, n, antithetic, out, work);
+        cuda::masks(device, stream, seed, e0, e1, n, group, out, work);
       },
       "CUDA twin of masks_cpu; out is a device pointer to [B, n] bool; work: the global "
       "permutation workspace (ops_cuda.h), 0 for shared memory.", py::arg("device"),
       py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"), py::arg("n"),
-      py::arg("antithetic"), py::arg("out"), py::arg("work") = 0);
+      py::arg("group"), py::arg("out"), py::arg("work") = 0);
   m.def(
       "masked_apply_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-         bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
+         py::object group_arg_obj, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
          uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out,
          uintptr_t work) {
+        const int group = group_arg(group_arg_obj);
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
         require(dtype_bytes == 4 || dtype_bytes == 8, "x: dtype must be float32 or float64");
@@ -424,20 +448,21 @@ PYBIND11_MODULE(_C, m) {
                          {ins[0], ins[1], ins[2], span_bytes("out", out, out_bytes)});
         }
         py::gil_scoped_release nogil;
-        cuda::masked_apply(device, stream, seed, e0, e1, n, antithetic, dtype_bytes, x, outer,
+        cuda::masked_apply(device, stream, seed, e0, e1, n, group, dtype_bytes, x, outer,
                            inner, players, baseline, baseline_scalar, out, work);
       },
       "The fused CUDA kernel: permutations, prefix masks and masked write in one launch.",
       py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"),
-      py::arg("n"), py::arg("antithetic"), py::arg("dtype_bytes"), py::arg("x"), py::arg("outer"),
+      py::arg("n"), py::arg("group"), py::arg("dtype_bytes"), py::arg("x"), py::arg("outer"),
       py::arg("inner"), py::arg("players"), py::arg("baseline"), py::arg("baseline_scalar"),
       py::arg("out"), py::arg("work") = 0);
   m.def(
       "prefix_walk_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-         bool antithetic, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
+         py::object group_arg_obj, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
          int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out,
          uintptr_t work) {
+        const int group = group_arg(group_arg_obj);
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
         require(dtype_bytes == 4 || dtype_bytes == 8, "tables: dtype must be float32 or float64");
@@ -454,21 +479,22 @@ PYBIND11_MODULE(_C, m) {
                          {ins[0], ins[1], ins[2], ins[3], span_bytes("out", out, obytes)});
         }
         py::gil_scoped_release nogil;
-        cuda::prefix_walk(device, stream, seed, e0, e1, n, antithetic, dtype_bytes, tables, cells,
+        cuda::prefix_walk(device, stream, seed, e0, e1, n, group, dtype_bytes, tables, cells,
                           size, d, members, cell_of, z_empty, out, work);
       },
       "CUDA twin of prefix_walk_cpu over device pointers (one block per permutation).",
       py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("e0"), py::arg("e1"),
-      py::arg("n"), py::arg("antithetic"), py::arg("dtype_bytes"), py::arg("tables"),
+      py::arg("n"), py::arg("group"), py::arg("dtype_bytes"), py::arg("tables"),
       py::arg("cells"), py::arg("size"), py::arg("d"), py::arg("members"), py::arg("cell_of"),
       py::arg("z_empty"), py::arg("out"), py::arg("work") = 0);
   m.def(
       "accumulate_cuda",
       [](int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples, int64_t n,
-         int64_t m_out, bool antithetic, uintptr_t values, uintptr_t v_empty, uintptr_t v_full,
+         int64_t m_out, py::object group_arg_obj, uintptr_t values, uintptr_t v_empty, uintptr_t v_full,
          int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch, int64_t block,
          uintptr_t base_mean, uintptr_t base_m2, uintptr_t work) {
-        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, antithetic, block);
+        const int group = group_arg(group_arg_obj);
+        const AccumulateSizes z = check_accumulate(n, n_samples, k0, count0, m_out, group, block);
         const int64_t scratch_bytes = mul(z.ranks, 4, "scratch");
         const int64_t vbytes = mul(z.values, 8, "values");
         const int64_t cbytes = mul(z.cells, 8, "mean");
@@ -489,7 +515,7 @@ PYBIND11_MODULE(_C, m) {
                          {ins[0], ins[1], ins[2], outs[0], outs[1], outs[2]});
         }
         {
-          const int64_t wb = work_bytes(work, mul(n_samples, antithetic ? 2 : 1, "samples"), n);
+          const int64_t wb = work_bytes(work, mul(n_samples, group, "samples"), n);
           check_disjoint(span_bytes("work", work, wb),
                          {ins[0], ins[1], ins[2], span_bytes("mean", mean, cbytes), span_bytes("m2", m2, cbytes),
                           span_bytes("scratch", scratch, scratch_bytes),
@@ -497,13 +523,13 @@ PYBIND11_MODULE(_C, m) {
                           span_bytes("base_m2", base_m2, block > 0 ? cbytes : 0)});
         }
         py::gil_scoped_release nogil;
-        cuda::accumulate(device, stream, seed, k0, n_samples, n, m_out, antithetic, values,
+        cuda::accumulate(device, stream, seed, k0, n_samples, n, m_out, group, values,
                          v_empty, v_full, count0, mean, m2, scratch, block, base_mean, base_m2, work);
       },
       "CUDA twin of accumulate_cpu over device pointers (float64); scratch: [n_samples * pps, n] "
       "int32 device memory for the ranks, allocated by the caller (its framework's allocator).",
       py::arg("device"), py::arg("stream"), py::arg("seed"), py::arg("k0"), py::arg("n_samples"),
-      py::arg("n"), py::arg("m"), py::arg("antithetic"), py::arg("values"), py::arg("v_empty"),
+      py::arg("n"), py::arg("m"), py::arg("group"), py::arg("values"), py::arg("v_empty"),
       py::arg("v_full"), py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("scratch"),
       py::arg("block") = 0, py::arg("base_mean") = 0, py::arg("base_m2") = 0, py::arg("work") = 0);
 #else

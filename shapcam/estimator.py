@@ -19,14 +19,16 @@ class ShapleyResult:
     """Shapley estimates and what they rest on.
 
     values: [n] (or [n, m] for m outputs) — the mean marginal contribution of each player.
-    stderr: same shape — standard error of each value over the independent samples (antithetic
-        pairs count as one sample); NaN when fewer than 2 samples were drawn.
+    stderr: same shape — standard error of each value over the independent samples (a sample is
+        one group of the sampler: a permutation, an antithetic pair, a stratified block of 4);
+        NaN when fewer than 2 samples were drawn.
     n_evals: value evaluations spent (2 endpoints + n_permutations * (n - 1)).
     n_permutations, n_samples: permutations drawn, and independent samples they form.
     v_full, v_empty: v(all players) and v(no player), scalars or [m].
     stop_reason: why sampling stopped — "K", "tol", "max_evals" or "max_seconds" ("exact" for
         exact_shapley).
     state: the running (mean, M2, count) that ``estimate_shapley(..., resume=result)`` continues.
+    sampler: the sampling design ("plain", "antithetic", "stratified"; see SAMPLERS).
     Arrays are NumPy, or torch tensors on the game's device when it has one.
     ``np.asarray(result)`` is ``result.values`` as a NumPy array (exact_shapley returns this type
     too, with stderr 0).
@@ -44,6 +46,7 @@ class ShapleyResult:
     engine: str = "reference"
     stop_reason: str = "K"
     state: dict | None = field(default=None, repr=False)  # the Welford state, for resume=
+    sampler: str = "antithetic"
 
     def __array__(self, dtype=None, copy=None):
         from ._arrays import host_numpy
@@ -99,6 +102,36 @@ def _check_finite_host(v, e0, n):
 # min_samples), never at chunk boundaries, so where a run stops does not depend on batch_size.
 CHECK_GROWTH = 1.25
 DEFAULT_MIN_SAMPLES = 16
+
+# Sampling designs: name -> permutations per sample (csrc/include/shapcam/permutation.h). Every
+# permutation of a group is uniformly distributed on its own, so each design is unbiased; groups
+# are independent, so the standard error is taken over groups; the values of every sample sum to
+# v(all) - v(none), so efficiency is exact.
+SAMPLERS = {
+    # Textbook permutation sampling (Castro, Gómez & Tejada 2009).
+    "plain": reference.PLAIN,
+    # Each permutation with its reverse: a player's predecessors in the two are complementary
+    # (Mitchell, Cooper, Frank & Holmes 2022 call it the structured block of 2); exact on
+    # games of order 2 and below.
+    "antithetic": reference.ANTITHETIC,
+    # Blocks of 4: pi, its reverse, pi rotated by n // 2, and that one's reverse. A player takes
+    # four positions spread evenly over the permutation (position stratification, Castro et al.
+    # 2017; a structured block of 4 in Mitchell et al. 2022), on top of the antithetic pairs.
+    "stratified": reference.STRATIFIED,
+}
+DEFAULT_SAMPLER = "antithetic"
+
+
+def resolve_sampler(sampler, antithetic=True) -> tuple[str, int]:
+    """(name, permutations per sample) of a sampler choice; antithetic=False means "plain"."""
+    if sampler is None:
+        sampler = DEFAULT_SAMPLER if antithetic else "plain"
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)} or None, got {sampler!r}")
+    if not antithetic and sampler != "plain":
+        raise ValueError(f"antithetic=False asks for plain permutation sampling, but sampler="
+                         f"{sampler!r} was given (leave antithetic at True, or pass sampler='plain')")
+    return sampler, SAMPLERS[sampler]
 
 
 def _checkpoints(first, cap):
@@ -157,12 +190,14 @@ class _Sampler:
     """What every evaluation of one run needs: the game and its settings, the endpoints' values.
     Picklable (with the game) so a worker process can run blocks of samples."""
 
-    def __init__(self, game, seed, antithetic, engine, m, v_empty, v_full, batch_size, on_device):
-        self.game, self.seed, self.antithetic, self.engine = game, seed, antithetic, engine
+    def __init__(self, game, seed, group, engine, m, v_empty, v_full, batch_size, on_device):
+        # group: the sampling design as permutations per sample (1, 2, 4), what the ops and
+        # Game.evaluate take as their `antithetic` argument (reference.group_of)
+        self.game, self.seed, self.antithetic, self.engine = game, seed, group, engine
         self.m, self.v_empty, self.v_full = m, v_empty, v_full
         self.batch_size, self.on_device = batch_size, on_device
         self.n = game.n_players
-        self.pps = 2 if antithetic else 1
+        self.pps = group
         self.per_sample = self.pps * (self.n - 1)
 
     def evaluate(self, e0, e1):
@@ -388,7 +423,7 @@ def _positive_or_none(v, name):
 def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True, batch_size=None,
                      device=None, engine=None, progress=None, tol=None, rtol=None, max_evals=None,
                      max_seconds=None, min_samples=None, resume=None,
-                     executor=None) -> ShapleyResult:
+                     executor=None, sampler=None) -> ShapleyResult:
     """Estimate Shapley values by sampling permutations of the players.
 
     Args:
@@ -398,13 +433,19 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
             :class:`~shapcam.Game` such as :class:`~shapcam.MaskedInputGame`.
         n_players: number of players n (taken from the game when value_fn is a Game).
         K: permutations to sample (>= 1), or None to sample until a stopping rule below fires.
-            Each permutation costs n - 1 evaluations; v(all) and v(none) are evaluated once. With
-            ``antithetic=True`` an odd K is rounded up to K + 1, because a permutation is only
-            drawn together with its reverse; ``n_permutations`` reports the number drawn.
+            Each permutation costs n - 1 evaluations; v(all) and v(none) are evaluated once. K is
+            rounded up to whole samples of the sampler (a multiple of 2 for antithetic pairs, of
+            4 for stratified blocks); ``n_permutations`` reports the number drawn.
         seed: the permutations are a pure function of (seed, permutation index, n): the same seed
             gives the same estimate whatever batch_size, engine or device.
-        antithetic: pair each permutation with its reverse (lower variance on smooth games); the
-            standard error is then taken over pairs.
+        antithetic: False asks for textbook permutation sampling (``sampler="plain"``); True
+            (default) leaves the choice to ``sampler``.
+        sampler: the sampling design, each unbiased with exact efficiency and a standard error
+            over its independent samples: ``"plain"`` (one permutation per sample),
+            ``"antithetic"`` (a permutation and its reverse), ``"stratified"`` (blocks of 4: a
+            permutation, its reverse, its rotation by n // 2 and that one's reverse). None: the
+            default, DEFAULT_SAMPLER (the lowest error measured over the benchmark suite in
+            benchmarks/RESULTS.md). See SAMPLERS for the references.
         batch_size: most coalitions per value_fn call (default: the game's, e.g. 16384 masks, or
             256 MB of masked inputs on the CPU / 1 GB on a GPU for MaskedInputGame).
         device: None (NumPy masks) or a torch device for the masks given to value_fn.
@@ -419,7 +460,7 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         min_samples: samples drawn before tol/rtol may fire (default 16; a standard error from a
             handful of samples is not to be trusted). The rules are checked at sample counts
             min_samples, then x1.25, so where a run stops does not depend on batch_size.
-        resume: a ShapleyResult of an earlier run on the same game, seed and antithetic setting:
+        resume: a ShapleyResult of an earlier run on the same game, seed and sampler:
             sampling continues from its next permutation, and the result is the one a single run
             to the new stopping point gives, bit for bit (K counts all permutations, the earlier
             ones included).
@@ -456,7 +497,7 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     seed = ops.check_seed(seed)
-    pps = 2 if antithetic else 1
+    sampler, pps = resolve_sampler(sampler, antithetic)
     t_start = time.perf_counter()
 
     ends, m = _values_2d(game.endpoints(), 2, None, "the empty and full coalitions")
@@ -473,11 +514,11 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     mw = max(m, 1)
 
     if n == 1:
-        K_eff = (int(K) + (int(K) % 2 if antithetic else 0)) if K is not None else pps
+        K_eff = -(-int(K) // pps) * pps if K is not None else pps
         values = (v_full - v_empty).reshape(1, mw)
         stderr = values * 0
-        return _result(values, stderr, m, 2, K_eff, K_eff // pps, v_full, v_empty, seed, antithetic,
-                       eng, game, "K", None)
+        return _result(values, stderr, m, 2, K_eff, K_eff // pps, v_full, v_empty, seed, pps > 1,
+                       eng, game, "K", None, sampler)
 
     per_sample = pps * (n - 1)
     if on_device:
@@ -488,12 +529,13 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         raise ValueError("executor=: workers run games whose values live on the host; this game's "
                          "values are on a GPU (run it without executor=, or give each worker a "
                          "host game)")
-    sampler = _Sampler(game, seed, antithetic, eng, m, v_empty, v_full, int(batch_size), on_device)
+    design = sampler
+    sampler = _Sampler(game, seed, pps, eng, m, v_empty, v_full, int(batch_size), on_device)
     total, partial = _Welford.zeros(n, mw, v_empty), None
     if resume is not None:
-        total, partial = _resume_state(resume, seed, antithetic, n, m, v_empty, v_full, on_device)
+        total, partial = _resume_state(resume, seed, design, n, m, v_empty, v_full, on_device)
     start = total.count + (partial.count if partial is not None else 0)
-    # Samples K permutations make (antithetic: ceil(K / 2) pairs); None: no K cap.
+    # Samples K permutations make (ceil(K / pps) groups); None: no K cap.
     k_samples = -(-int(K) // pps) if K is not None else None
     cap = k_samples
     if max_evals is not None:
@@ -552,11 +594,11 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         base, last = final, None
     last = last.copy() if last is not None else _Welford.zeros(n, mw, v_empty)
     base = base.copy()
-    state = {"n": n, "m": m, "count": c, "block_samples": BLOCK_SAMPLES,
+    state = {"n": n, "m": m, "count": c, "block_samples": BLOCK_SAMPLES, "sampler": design,
              "base": (base.mean, base.m2, base.count), "block": (last.mean, last.m2, last.count)}
     values = final.mean.clone() if on_device else final.mean.copy()
     return _result(values, stderr, m, 2 + c * per_sample, c * pps, c, v_full, v_empty, seed,
-                   antithetic, eng, game, stop_reason, state)
+                   pps > 1, eng, game, stop_reason, state, design)
 
 
 def _stderr(st: _Welford):
@@ -592,14 +634,15 @@ def _se_met(st: _Welford, tol, rtol) -> bool:
     return False
 
 
-def _resume_state(prev, seed, antithetic, n, m, v_empty, v_full, on_device):
+def _resume_state(prev, seed, sampler, n, m, v_empty, v_full, on_device):
     """An earlier run's (merged whole blocks, block in progress), checked against this game."""
     state = getattr(prev, "state", None)
     if not isinstance(prev, ShapleyResult) or not state:
         raise TypeError("resume: expected the ShapleyResult of an earlier estimate_shapley run")
-    if prev.seed != seed or prev.antithetic != antithetic:
-        raise ValueError(f"resume: the earlier run used seed={prev.seed}, antithetic={prev.antithetic}; "
-                         f"this one seed={seed}, antithetic={antithetic}")
+    prev_sampler = state.get("sampler", "antithetic" if prev.antithetic else "plain")
+    if prev.seed != seed or prev_sampler != sampler:
+        raise ValueError(f"resume: the earlier run used seed={prev.seed}, sampler={prev_sampler!r}; "
+                         f"this one seed={seed}, sampler={sampler!r}")
     if state["n"] != n or state["m"] != m:
         raise ValueError(f"resume: the earlier run had {state['n']} players and {state['m']} outputs; "
                          f"this game has {n} and {m}")
@@ -630,7 +673,7 @@ def _as_2d(v):
 
 
 def _result(values, stderr, m, n_evals, K_eff, count, v_full, v_empty, seed, antithetic, eng, game,
-            stop_reason="K", state=None):
+            stop_reason="K", state=None, sampler=None):
     values, stderr = _to_game_type(values, game), _to_game_type(stderr, game)
     v_full, v_empty = _to_game_type(v_full, game), _to_game_type(v_empty, game)
     if m == 0:
@@ -640,7 +683,8 @@ def _result(values, stderr, m, n_evals, K_eff, count, v_full, v_empty, seed, ant
             v_full, v_empty = float(v_full), float(v_empty)
     return ShapleyResult(values=values, stderr=stderr, n_evals=int(n_evals), n_permutations=K_eff,
                          n_samples=int(count), v_full=v_full, v_empty=v_empty, seed=seed,
-                         antithetic=antithetic, engine=eng, stop_reason=stop_reason, state=state)
+                         antithetic=antithetic, engine=eng, stop_reason=stop_reason, state=state,
+                         sampler=sampler or ("antithetic" if antithetic else "plain"))
 
 
 def _to_game_type(a, game: Game):

@@ -2,7 +2,8 @@
 
 Engines: ``"reference"`` (NumPy twin, shapcam/reference.py), ``"native"`` (shapcam._C: C++ on the
 CPU, CUDA for device arrays when built with CUDA). ``engine=None`` picks native when it loaded.
-Every op is a pure function of (seed, index range, n, antithetic) and its inputs, and every engine
+Every op is a pure function of (seed, index range, n, antithetic: the sampling design, a bool or
+the group size 1/2/4 of reference.group_of) and its inputs, and every engine
 returns the same bits.
 """
 from __future__ import annotations
@@ -115,6 +116,7 @@ def _check_n(n, lowest):
 
 
 def _permutations_op(seed, k0, k1, n, antithetic, engine, device, want):
+    antithetic = reference.group_of(antithetic)
     seed = check_seed(seed)
     _check_range(k0, k1, f"{want} [k0, k1)")
     n = _check_n(n, 1)
@@ -149,6 +151,7 @@ def masks(seed, e0, e1, n, antithetic=True, *, engine=None, out=None):
 
     out: an optional [B, n] bool array to fill (NumPy, torch CPU or CUDA tensor).
     """
+    antithetic = reference.group_of(antithetic)
     seed = check_seed(seed)
     _check_range(e0, e1, "chunk [e0, e1)")
     n = _check_n(n, 2)
@@ -255,6 +258,7 @@ def masked_apply(seed, e0, e1, n, antithetic, x, players, baseline=0.0, *, out=N
 
 def apply_plan(plan, seed, e0, e1, antithetic, *, out=None, engine=None):
     """masked_apply over a prepared :class:`~shapcam.games.MaskPlan` (the estimator's hot path)."""
+    antithetic = reference.group_of(antithetic)
     seed = check_seed(seed)
     _check_range(e0, e1, "chunk [e0, e1)")
     n = plan.n
@@ -325,6 +329,7 @@ def prefix_walk(game, seed, e0, e1, antithetic, *, out=None, engine=None):
     """z of evaluations [e0, e1) of a :class:`~shapcam.games.CellTableGame`: [B, d] in the
     tables' array type, dtype and device (the incremental walk of csrc/include/shapcam/walk.h).
     out: optional [B, d] buffer to fill."""
+    antithetic = reference.group_of(antithetic)
     seed = check_seed(seed)
     _check_range(e0, e1, "chunk [e0, e1)")
     n = _check_n(game.n_players, 2)
@@ -385,6 +390,7 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
     block of ``block`` samples, and each finished block is folded into ``base`` = (base_mean,
     base_m2), like mean and m2; count0 counts every sample pushed before (base and block).
     """
+    antithetic = reference.group_of(antithetic)
     seed = check_seed(seed)
     n = _check_n(n, 2)
     _check_range(k0, k0, "k0")
@@ -394,7 +400,7 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
         raise ValueError(f"block: expected an int >= 0, got {block!r}")
     if block and (base is None or len(base) != 2):
         raise ValueError("block > 0 needs base=(base_mean, base_m2)")
-    pps = 2 if antithetic else 1
+    pps = antithetic
     if k0 % pps:
         raise ValueError(f"k0: must start a sample (a multiple of {pps}), got {k0}")
     m = shape_of(mean)[1]

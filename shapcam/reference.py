@@ -1,8 +1,8 @@
 """NumPy reference engine: the pure twin of csrc/ (same names, same bits).
 
 Every function here follows the contract in ``csrc/include/shapcam/permutation.h``:
-Philox-4x32-10 keyed by the seed, Fisher–Yates driven by its words, permutation ``2j+1`` the
-reverse of ``2j`` under antithetic sampling, evaluation ``e = k*(n-1) + (t-1)``, and the prefix
+Philox-4x32-10 keyed by the seed, Fisher–Yates driven by its words, the permutations of a
+sampling design's group derived from one draw (antithetic: ``2j+1`` is the reverse of ``2j``), evaluation ``e = k*(n-1) + (t-1)``, and the prefix
 test ``rank_k[p] < t``. The native engines are tested bit for bit against these functions.
 """
 from __future__ import annotations
@@ -37,10 +37,23 @@ def philox4x32_10(ctr, key):
     return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
 
 
-def _draws(seed: int, ks: np.ndarray, n: int, antithetic: bool) -> np.ndarray:
+PLAIN, ANTITHETIC, STRATIFIED = 1, 2, 4  # sampling designs: permutations per sample
+
+
+def group_of(antithetic) -> int:
+    """The sampling design as permutations per sample (csrc/include/shapcam/permutation.h):
+    True -> 2 (antithetic pairs), False -> 1 (plain), or 1, 2, 4 given as an int."""
+    if isinstance(antithetic, (bool, np.bool_)):
+        return ANTITHETIC if antithetic else PLAIN
+    if isinstance(antithetic, (int, np.integer)) and int(antithetic) in (PLAIN, ANTITHETIC, STRATIFIED):
+        return int(antithetic)
+    raise ValueError(f"antithetic: expected a bool or a group size 1, 2 or 4, got {antithetic!r}")
+
+
+def _draws(seed: int, ks: np.ndarray, n: int, antithetic) -> np.ndarray:
     """Fisher–Yates draws of permutations ks: [K, n-1] uint32."""
     blocks = (n - 1 + 3) // 4 if n > 1 else 0
-    base = (ks // 2 if antithetic else ks).astype(np.uint64)
+    base = (ks // group_of(antithetic)).astype(np.uint64)
     ctr = np.zeros((len(ks), blocks, 4), dtype=np.uint32)
     ctr[..., 0] = np.arange(blocks, dtype=np.uint32)[None, :]
     ctr[..., 1] = (base & _LO).astype(np.uint32)[:, None]
@@ -64,9 +77,13 @@ def permutations(seed: int, k0: int, k1: int, n: int, antithetic: bool = True) -
         a = perm[rows, i].copy()
         perm[rows, i] = perm[rows, j]
         perm[rows, j] = a
-    if antithetic:
-        odd = (ks & 1).astype(bool)
-        perm[odd] = perm[odd, ::-1]
+    g = group_of(antithetic)
+    v = ks % g
+    if g == STRATIFIED:  # permutation.h::group_variant: rotate left by n // 2 (bit 1), then reverse (bit 0)
+        rot = (v & 2).astype(bool)
+        perm[rot] = np.roll(perm[rot], -(n // 2), axis=1)
+    odd = (v & 1).astype(bool)
+    perm[odd] = perm[odd, ::-1]
     return perm
 
 
@@ -127,7 +144,7 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
     values: [n_samples * pps * (n-1), m] float64; the same arithmetic, in the same order, as
     csrc/include/shapcam/accumulate.h, so the native engines match to the last bit.
     """
-    pps = 2 if antithetic else 1
+    pps = group_of(antithetic)
     P = n_samples * pps
     if P == 0:
         return
@@ -139,8 +156,11 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
     v[:, 1:n] = np.asarray(values, dtype=np.float64).reshape(P, n - 1, m)
     rows = np.arange(P)[:, None]
     phi = v[rows, r + 1] - v[rows, r]  # [P, n, m]: marginal of each player in each permutation
-    if antithetic:
-        phi = 0.5 * (phi[0::2] + phi[1::2])
+    if pps > 1:  # accumulate.h: summed in permutation order, times the reciprocal
+        x = phi[0::pps].copy()
+        for g in range(1, pps):
+            x = x + phi[g::pps]
+        phi = x * (1.0 / pps)
     for s in range(n_samples):
         i = count0 + s
         in_block = i % block if block > 0 else i

@@ -43,7 +43,7 @@ int thread_id() {
 constexpr int64_t kParallelMin = int64_t(1) << 18;
 }  // namespace
 
-void permutations(uint64_t seed, int64_t k0, int64_t k1, int64_t n, bool antithetic, int32_t* perm,
+void permutations(uint64_t seed, int64_t k0, int64_t k1, int64_t n, int group, int32_t* perm,
                   int32_t* rank) {
   const int64_t K = k1 - k0;
   if (K <= 0 || (!perm && !rank)) return;
@@ -58,7 +58,7 @@ void permutations(uint64_t seed, int64_t k0, int64_t k1, int64_t n, bool antithe
 #pragma omp for schedule(static)
     for (int64_t kk = 0; kk < K; ++kk) {
       int32_t* p = perm ? perm + kk * n : local;
-      shapcam::permutation(seed, k0 + kk, n, antithetic, draws, p);
+      shapcam::permutation(seed, k0 + kk, n, group, draws, p);
       if (rank) {
         int32_t* r = rank + kk * n;
         for (int64_t t = 0; t < n; ++t) r[p[t]] = static_cast<int32_t>(t);
@@ -72,19 +72,19 @@ namespace {
 struct ChunkRanks {
   int64_t k_lo = 0;
   std::vector<int32_t> rank;
-  ChunkRanks(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic) {
+  ChunkRanks(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group) {
     k_lo = eval_index(e0, n).k;
     const int64_t k_hi = eval_index(e1 - 1, n).k + 1;
     rank.resize((k_hi - k_lo) * n);
-    permutations(seed, k_lo, k_hi, n, antithetic, nullptr, rank.data());
+    permutations(seed, k_lo, k_hi, n, group, nullptr, rank.data());
   }
   const int32_t* of(int64_t k, int64_t n) const { return rank.data() + (k - k_lo) * n; }
 };
 }  // namespace
 
-void masks(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, bool* out) {
+void masks(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group, bool* out) {
   if (e1 <= e0) return;
-  const ChunkRanks ranks(seed, e0, e1, n, antithetic);
+  const ChunkRanks ranks(seed, e0, e1, n, group);
 #pragma omp parallel for schedule(static) if ((e1 - e0) * n > 4 * kParallelMin)
   for (int64_t e = e0; e < e1; ++e) {
     const EvalIndex ix = eval_index(e, n);
@@ -95,11 +95,11 @@ void masks(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, bo
 }
 
 template <typename T>
-void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic, const T* x,
+void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group, const T* x,
                   int64_t outer, int64_t inner, const int32_t* players, const T* baseline,
                   T baseline_scalar, T* out) {
   if (e1 <= e0) return;
-  const ChunkRanks ranks(seed, e0, e1, n, antithetic);
+  const ChunkRanks ranks(seed, e0, e1, n, group);
   const int64_t numel = outer * inner;
   const int64_t total = (e1 - e0) * numel;
   // The mask of an eval is periodic in the flat index with period `inner`; a period of whole rows
@@ -157,13 +157,13 @@ void masked_apply(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithe
   }
 }
 
-template void masked_apply<float>(uint64_t, int64_t, int64_t, int64_t, bool, const float*, int64_t,
+template void masked_apply<float>(uint64_t, int64_t, int64_t, int64_t, int, const float*, int64_t,
                                   int64_t, const int32_t*, const float*, float, float*);
-template void masked_apply<double>(uint64_t, int64_t, int64_t, int64_t, bool, const double*,
+template void masked_apply<double>(uint64_t, int64_t, int64_t, int64_t, int, const double*,
                                    int64_t, int64_t, const int32_t*, const double*, double, double*);
 
 template <typename T>
-void prefix_walk(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+void prefix_walk(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group,
                  const T* tables, int64_t cells, int64_t size, int64_t d, const int32_t* members,
                  const int32_t* cell_of, const T* z_empty, T* out) {
   if (e1 <= e0) return;
@@ -184,7 +184,7 @@ void prefix_walk(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithet
     T* z = z_all.data() + tid * d;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = k_lo; k < k_hi; ++k) {
-      shapcam::permutation(seed, k, n, antithetic, draws, perm);
+      shapcam::permutation(seed, k, n, group, draws, perm);
       for (int64_t t = 0; t < n; ++t) rank[perm[t]] = static_cast<int32_t>(t);
       for (int64_t j = 0; j < d; ++j) z[j] = z_empty[j];
       // Walk from the empty coalition to this permutation's last evaluation in the chunk.
@@ -198,26 +198,26 @@ void prefix_walk(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithet
   }
 }
 
-template void prefix_walk<float>(uint64_t, int64_t, int64_t, int64_t, bool, const float*, int64_t,
+template void prefix_walk<float>(uint64_t, int64_t, int64_t, int64_t, int, const float*, int64_t,
                                  int64_t, int64_t, const int32_t*, const int32_t*, const float*,
                                  float*);
-template void prefix_walk<double>(uint64_t, int64_t, int64_t, int64_t, bool, const double*,
+template void prefix_walk<double>(uint64_t, int64_t, int64_t, int64_t, int, const double*,
                                   int64_t, int64_t, int64_t, const int32_t*, const int32_t*,
                                   const double*, double*);
 
-void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m, bool antithetic,
+void accumulate(uint64_t seed, int64_t k0, int64_t n_samples, int64_t n, int64_t m, int group,
                 const double* values, const double* v_empty, const double* v_full, int64_t count0,
                 double* mean, double* m2, int64_t block, double* base_mean, double* base_m2) {
   if (n_samples <= 0) return;
-  const int64_t pps = permutations_per_sample(antithetic);
+  const int64_t pps = permutations_per_sample(group);
   const int64_t P = n_samples * pps;
   std::vector<int32_t> rank(P * n);
-  permutations(seed, k0, k0 + P, n, antithetic, nullptr, rank.data());
+  permutations(seed, k0, k0 + P, n, group, nullptr, rank.data());
   // One (player, output) cell per iteration: its samples are pushed in order, so the result does
   // not depend on the thread count or on how the caller chunked the evaluations.
 #pragma omp parallel for schedule(static) if (n * m * n_samples > kParallelMin)
   for (int64_t cell = 0; cell < n * m; ++cell) {
-    accumulate_cell(values, v_empty, v_full, rank.data(), n_samples, n, m, antithetic, cell / m,
+    accumulate_cell(values, v_empty, v_full, rank.data(), n_samples, n, m, group, cell / m,
                     cell % m, count0, mean, m2, block, base_mean, base_m2);
   }
 }

@@ -118,9 +118,9 @@ size_t permutation_smem_bytes(int64_t n) {
 // thread), Fisher–Yates on thread 0 (serial by nature, n swaps in shared memory), ranks in
 // parallel. `scratch` holds max(4 * draw_blocks(n), n) words and ends holding the ranks; `perm`
 // holds n. Must be called by every thread of the block.
-__device__ void block_permutation(uint64_t seed, int64_t k, int64_t n, bool antithetic,
+__device__ void block_permutation(uint64_t seed, int64_t k, int64_t n, int group,
                                   uint32_t* scratch, int32_t* perm) {
-  const uint64_t base = permutation_base(k, antithetic);
+  const uint64_t base = permutation_base(k, group);
   const int64_t blocks = draw_blocks(n);
   for (int64_t j = threadIdx.x; j < blocks; j += blockDim.x) {
     draw_block(seed, base, static_cast<uint32_t>(j), scratch + 4 * j);
@@ -128,7 +128,7 @@ __device__ void block_permutation(uint64_t seed, int64_t k, int64_t n, bool anti
   __syncthreads();
   if (threadIdx.x == 0) {
     fisher_yates(scratch, n, perm);
-    if (antithetic && (k & 1)) reverse_in_place(perm, n);
+    group_variant(perm, n, k, group);
   }
   __syncthreads();
   int32_t* rank = reinterpret_cast<int32_t*>(scratch);
@@ -139,7 +139,7 @@ __device__ void block_permutation(uint64_t seed, int64_t k, int64_t n, bool anti
 // One block per permutation k0 + blockIdx.x. Its workspace is shared memory, or (work non-null: n
 // beyond shared memory) its slice of `work` [K, permutation_work_words(n)] in global memory, which
 // then keeps the ranks and the permutation for the kernels that read them (permutation_of).
-__global__ void permutations_kernel(uint64_t seed, int64_t k0, int64_t n, bool antithetic,
+__global__ void permutations_kernel(uint64_t seed, int64_t k0, int64_t n, int group,
                                     int32_t* __restrict__ perm_out,   // [K, n] or null
                                     int32_t* __restrict__ rank_out,   // [K, n] or null
                                     int32_t* __restrict__ work) {     // [K, work words] or null
@@ -148,7 +148,7 @@ __global__ void permutations_kernel(uint64_t seed, int64_t k0, int64_t n, bool a
   int32_t* base = work ? work + kk * permutation_work_words(n) : smem;
   uint32_t* scratch = reinterpret_cast<uint32_t*>(base);
   int32_t* perm = base + scratch_words(n);
-  block_permutation(seed, k0 + kk, n, antithetic, scratch, perm);
+  block_permutation(seed, k0 + kk, n, group, scratch, perm);
   const int32_t* rank = reinterpret_cast<const int32_t*>(scratch);
   if (!perm_out && !rank_out) return;
   for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
@@ -160,7 +160,7 @@ __global__ void permutations_kernel(uint64_t seed, int64_t k0, int64_t n, bool a
 // Permutation k's ranks and order for the calling block: read from the global workspace that
 // permutations_kernel filled for the chunk's permutations from k_first (work non-null), or built
 // now in this block's shared memory. Must be called by every thread of the block.
-__device__ void permutation_of(uint64_t seed, int64_t k, int64_t n, bool antithetic,
+__device__ void permutation_of(uint64_t seed, int64_t k, int64_t n, int group,
                                const int32_t* work, int64_t k_first, int32_t* smem,
                                const int32_t** rank, const int32_t** perm) {
   if (work) {
@@ -170,7 +170,7 @@ __device__ void permutation_of(uint64_t seed, int64_t k, int64_t n, bool antithe
     return;
   }
   int32_t* p = smem + scratch_words(n);
-  block_permutation(seed, k, n, antithetic, reinterpret_cast<uint32_t*>(smem), p);
+  block_permutation(seed, k, n, group, reinterpret_cast<uint32_t*>(smem), p);
   *rank = smem;
   *perm = p;
 }
@@ -189,14 +189,14 @@ __device__ __forceinline__ void evals_of_permutation(int64_t k, int64_t n, int64
   *last = min(e1, (k + 1) * per);
 }
 
-__global__ void masks_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+__global__ void masks_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group,
                              bool* __restrict__ out,       // [B, n]
                              const int32_t* __restrict__ work) {
   extern __shared__ int32_t smem[];
   const int64_t k_first = eval_index(e0, n).k;
   const int64_t k = k_first + blockIdx.x;
   const int32_t *rank, *perm;
-  permutation_of(seed, k, n, antithetic, work, k_first, smem, &rank, &perm);
+  permutation_of(seed, k, n, group, work, k_first, smem, &rank, &perm);
   int64_t first, last;
   evals_of_permutation(k, n, e0, e1, &first, &last);
   for (int64_t e = first; e < last; ++e) {
@@ -221,7 +221,7 @@ struct alignas(sizeof(T) * V) Pack {
 // staged in shared memory, else each element looks its player's rank up.
 template <typename T, bool kScalarBaseline, int V, bool kKeepSmem>
 __global__ void __launch_bounds__(kThreads)
-masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group,
                     const T* __restrict__ x,              // [outer, inner]
                     int64_t outer, int64_t inner,
                     const int32_t* __restrict__ players,  // [inner]
@@ -245,7 +245,7 @@ masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antit
   last = min(last, k * evals_per_permutation(n) + (g + 1) * group_evals);
   if (first >= last) return;  // uniform across the block
   const int32_t *rank, *perm;
-  permutation_of(seed, k, n, antithetic, work, k_first, smem, &rank, &perm);
+  permutation_of(seed, k, n, group, work, k_first, smem, &rank, &perm);
   const int64_t numel = outer * inner;
   const int64_t i0 = blockIdx.y * slice;
   // Inside the slice, 32-bit offsets (numel < 2^31 is checked by the launcher): fewer registers.
@@ -290,7 +290,7 @@ masked_apply_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antit
 // (kept in shared memory) from the empty coalition, writing the evaluations inside the chunk.
 // No synchronisation after the permutation: a thread only ever touches its own j.
 template <typename T>
-__global__ void prefix_walk_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, bool antithetic,
+__global__ void prefix_walk_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group,
                                    const T* __restrict__ tables,       // [cells, 2^size, d]
                                    int64_t cells, int64_t size, int64_t d,
                                    const int32_t* __restrict__ members,  // [cells, size]
@@ -305,7 +305,7 @@ __global__ void prefix_walk_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_
   const int64_t k_first = eval_index(e0, n).k;
   const int64_t k = k_first + blockIdx.x;
   const int32_t *rank, *perm;
-  permutation_of(seed, k, n, antithetic, work, k_first, smem, &rank, &perm);
+  permutation_of(seed, k, n, group, work, k_first, smem, &rank, &perm);
   const int64_t subsets = int64_t(1) << size;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) z[j] = z_empty[j];
   const int64_t last_t = min(per, e1 - k * per);
@@ -321,7 +321,7 @@ __global__ void prefix_walk_kernel(uint64_t seed, int64_t e0, int64_t e1, int64_
   }
 }
 
-__global__ void accumulate_kernel(int64_t n_samples, int64_t n, int64_t m, bool antithetic,
+__global__ void accumulate_kernel(int64_t n_samples, int64_t n, int64_t m, int group,
                                   const int32_t* __restrict__ rank,    // [P, n]
                                   const double* __restrict__ values,   // [P * (n - 1), m]
                                   const double* __restrict__ v_empty,  // [m]
@@ -334,7 +334,7 @@ __global__ void accumulate_kernel(int64_t n_samples, int64_t n, int64_t m, bool 
                                   double* __restrict__ base_m2) {      // [n, m] when block > 0
   const int64_t cell = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (cell >= n * m) return;
-  accumulate_cell(values, v_empty, v_full, rank, n_samples, n, m, antithetic, cell / m, cell % m,
+  accumulate_cell(values, v_empty, v_full, rank, n_samples, n, m, group, cell / m, cell % m,
                   count0, mean, m2, block, base_mean, base_m2);
 }
 
@@ -377,7 +377,7 @@ void check_players(int device, int64_t n) {
 // [perms, permutation_work_words(n)] int32 — filled here, one block per permutation, on the
 // launch's stream, for the kernel that follows to read (permutation_of).
 const int32_t* global_permutations(int device, cudaStream_t stream, uint64_t seed, int64_t k_first,
-                                   int64_t perms, int64_t n, bool antithetic, uintptr_t work) {
+                                   int64_t perms, int64_t n, int group, uintptr_t work) {
   if (!work) {
     check_players(device, n);
     return nullptr;
@@ -386,7 +386,7 @@ const int32_t* global_permutations(int device, cudaStream_t stream, uint64_t see
                device, "work");  // sizes overflow-checked by the binding
   check_grid(perms, "permutations");
   permutations_kernel<<<static_cast<unsigned>(perms), kThreads, 0, stream>>>(
-      seed, k_first, n, antithetic, nullptr, nullptr, reinterpret_cast<int32_t*>(work));
+      seed, k_first, n, group, nullptr, nullptr, reinterpret_cast<int32_t*>(work));
   check_launch("permutations_kernel");
   return reinterpret_cast<const int32_t*>(work);
 }
@@ -403,7 +403,7 @@ constexpr int64_t kMaxKeepSmem = 16384;
 // pays one Fisher–Yates.
 template <typename T, bool kScalar, int V, bool kKeep>
 void launch_variant(cudaStream_t stream, int device, size_t smem, uint64_t seed, int64_t e0,
-                    int64_t e1, int64_t n, bool antithetic, const T* x, int64_t outer,
+                    int64_t e1, int64_t n, int group, const T* x, int64_t outer,
                     int64_t inner, const int32_t* players, const T* baseline, T bscalar, T* out,
                     const int32_t* work) {
   auto kernel = masked_apply_kernel<T, kScalar, V, kKeep>;
@@ -426,7 +426,7 @@ void launch_variant(cudaStream_t stream, int device, size_t smem, uint64_t seed,
   groups = (per + group_evals - 1) / group_evals;
   check_grid(perms * groups, "masked_apply");
   const dim3 grid(static_cast<unsigned>(perms * groups), static_cast<unsigned>(y));
-  kernel<<<grid, kThreads, smem, stream>>>(seed, e0, e1, n, antithetic, x, outer, inner, players,
+  kernel<<<grid, kThreads, smem, stream>>>(seed, e0, e1, n, group, x, outer, inner, players,
                                            baseline, bscalar, out, slice, groups, group_evals,
                                            work, perm_smem(work, n));
   check_launch("masked_apply_kernel");
@@ -434,7 +434,7 @@ void launch_variant(cudaStream_t stream, int device, size_t smem, uint64_t seed,
 
 template <typename T, bool kScalar>
 void launch_masked_apply_b(cudaStream_t stream, int device, uint64_t seed, int64_t e0, int64_t e1,
-                           int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
+                           int64_t n, int group, const T* x, int64_t outer, int64_t inner,
                            const int32_t* players, const T* baseline, T bscalar, T* out,
                            const int32_t* work) {
   constexpr int kVec = 16 / sizeof(T);
@@ -448,27 +448,27 @@ void launch_masked_apply_b(cudaStream_t stream, int device, uint64_t seed, int64
                    (kScalar || aligned(baseline));
   const size_t smem = perm_smem(work, n) + (keep_smem ? inner + kVec : 0);
   if (vec) {
-    launch_variant<T, kScalar, kVec, true>(stream, device, smem, seed, e0, e1, n, antithetic, x,
+    launch_variant<T, kScalar, kVec, true>(stream, device, smem, seed, e0, e1, n, group, x,
                                            outer, inner, players, baseline, bscalar, out, work);
   } else if (keep_smem) {
-    launch_variant<T, kScalar, 1, true>(stream, device, smem, seed, e0, e1, n, antithetic, x,
+    launch_variant<T, kScalar, 1, true>(stream, device, smem, seed, e0, e1, n, group, x,
                                         outer, inner, players, baseline, bscalar, out, work);
   } else {
-    launch_variant<T, kScalar, 1, false>(stream, device, smem, seed, e0, e1, n, antithetic, x,
+    launch_variant<T, kScalar, 1, false>(stream, device, smem, seed, e0, e1, n, group, x,
                                          outer, inner, players, baseline, bscalar, out, work);
   }
 }
 
 template <typename T>
 void launch_masked_apply(cudaStream_t stream, int device, uint64_t seed, int64_t e0, int64_t e1,
-                         int64_t n, bool antithetic, const T* x, int64_t outer, int64_t inner,
+                         int64_t n, int group, const T* x, int64_t outer, int64_t inner,
                          const int32_t* players, const T* baseline, T baseline_scalar, T* out,
                          const int32_t* work) {
   if (baseline) {
-    launch_masked_apply_b<T, false>(stream, device, seed, e0, e1, n, antithetic, x, outer, inner,
+    launch_masked_apply_b<T, false>(stream, device, seed, e0, e1, n, group, x, outer, inner,
                                     players, baseline, baseline_scalar, out, work);
   } else {
-    launch_masked_apply_b<T, true>(stream, device, seed, e0, e1, n, antithetic, x, outer, inner,
+    launch_masked_apply_b<T, true>(stream, device, seed, e0, e1, n, group, x, outer, inner,
                                    players, baseline, baseline_scalar, out, work);
   }
 }
@@ -490,7 +490,7 @@ int64_t max_players(int device) {
 }
 
 void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
-                  bool antithetic, uintptr_t perm, uintptr_t rank, uintptr_t work) {
+                  int group, uintptr_t perm, uintptr_t rank, uintptr_t work) {
   if (k1 <= k0) return;
   if (!perm && !rank) return;
   const DeviceGuard guard(device);
@@ -506,29 +506,29 @@ void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64
   const size_t smem = work ? 0 : permutation_smem_bytes(n);
   allow_smem(permutations_kernel, smem);
   permutations_kernel<<<static_cast<unsigned>(k1 - k0), kThreads, smem, as_stream(stream)>>>(
-      seed, k0, n, antithetic, reinterpret_cast<int32_t*>(perm), reinterpret_cast<int32_t*>(rank),
+      seed, k0, n, group, reinterpret_cast<int32_t*>(perm), reinterpret_cast<int32_t*>(rank),
       reinterpret_cast<int32_t*>(work));
   check_launch("permutations_kernel");
 }
 
 void masks(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-           bool antithetic, uintptr_t out, uintptr_t work) {
+           int group, uintptr_t out, uintptr_t work) {
   if (e1 <= e0) return;
   const DeviceGuard guard(device);
   check_buffer(out, (e1 - e0) * n, device, "out");
   const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
   check_grid(perms, "masks");
   const cudaStream_t s = as_stream(stream);
-  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, antithetic, work);
+  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, group, work);
   const size_t smem = perm_smem(w, n);
   allow_smem(masks_kernel, smem);
   masks_kernel<<<static_cast<unsigned>(perms), kThreads, smem, s>>>(
-      seed, e0, e1, n, antithetic, reinterpret_cast<bool*>(out), w);
+      seed, e0, e1, n, group, reinterpret_cast<bool*>(out), w);
   check_launch("masks_kernel");
 }
 
 void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-                  bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
+                  int group, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
                   uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out,
                   uintptr_t work) {
   if (e1 <= e0) return;
@@ -547,14 +547,14 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
   const auto* pl = reinterpret_cast<const int32_t*>(players);
   const cudaStream_t s = as_stream(stream);
   const int64_t perms = eval_index(e1 - 1, n).k - eval_index(e0, n).k + 1;
-  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, antithetic, work);
+  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, group, work);
   if (dtype_bytes == 4) {
-    launch_masked_apply<float>(s, device, seed, e0, e1, n, antithetic,
+    launch_masked_apply<float>(s, device, seed, e0, e1, n, group,
                                reinterpret_cast<const float*>(x), outer, inner, pl,
                                reinterpret_cast<const float*>(baseline),
                                static_cast<float>(baseline_scalar), reinterpret_cast<float*>(out), w);
   } else {
-    launch_masked_apply<double>(s, device, seed, e0, e1, n, antithetic,
+    launch_masked_apply<double>(s, device, seed, e0, e1, n, group,
                                 reinterpret_cast<const double*>(x), outer, inner, pl,
                                 reinterpret_cast<const double*>(baseline), baseline_scalar,
                                 reinterpret_cast<double*>(out), w);
@@ -562,7 +562,7 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
 }
 
 void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-                 bool antithetic, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
+                 int group, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
                  int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out,
                  uintptr_t work) {
   if (e1 <= e0) return;
@@ -590,29 +590,29 @@ void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_
   if (dtype_bytes != 4 && dtype_bytes != 8) {
     throw std::invalid_argument("tables: dtype must be float32 or float64");
   }
-  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, antithetic, work);
+  const int32_t* w = global_permutations(device, s, seed, eval_index(e0, n).k, perms, n, group, work);
   if (dtype_bytes == 4) {
     allow_smem(prefix_walk_kernel<float>, smem);
     prefix_walk_kernel<float><<<static_cast<unsigned>(perms), kThreads, smem, s>>>(
-        seed, e0, e1, n, antithetic, reinterpret_cast<const float*>(tables), cells, size, d, mp, cp,
+        seed, e0, e1, n, group, reinterpret_cast<const float*>(tables), cells, size, d, mp, cp,
         reinterpret_cast<const float*>(z_empty), reinterpret_cast<float*>(out), z_offset, w);
   } else {
     allow_smem(prefix_walk_kernel<double>, smem);
     prefix_walk_kernel<double><<<static_cast<unsigned>(perms), kThreads, smem, s>>>(
-        seed, e0, e1, n, antithetic, reinterpret_cast<const double*>(tables), cells, size, d, mp,
+        seed, e0, e1, n, group, reinterpret_cast<const double*>(tables), cells, size, d, mp,
         cp, reinterpret_cast<const double*>(z_empty), reinterpret_cast<double*>(out), z_offset, w);
   }
   check_launch("prefix_walk_kernel");
 }
 
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
-                int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
+                int64_t n, int64_t m, int group, uintptr_t values, uintptr_t v_empty,
                 uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch,
                 int64_t block, uintptr_t base_mean, uintptr_t base_m2, uintptr_t work) {
   if (n_samples <= 0) return;
   const DeviceGuard guard(device);
   if (!work) check_players(device, n);
-  const int64_t P = n_samples * permutations_per_sample(antithetic);  // sizes checked by the binding
+  const int64_t P = n_samples * permutations_per_sample(group);  // sizes checked by the binding
   check_grid(P, "accumulate");
   check_buffer(values, P * (n - 1) * m * 8, device, "values");
   check_buffer(v_empty, m * 8, device, "v_empty");
@@ -633,12 +633,12 @@ void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t
   const size_t smem = work ? 0 : permutation_smem_bytes(n);
   allow_smem(permutations_kernel, smem);
   permutations_kernel<<<static_cast<unsigned>(P), kThreads, smem, s>>>(
-      seed, k0, n, antithetic, nullptr, rank, reinterpret_cast<int32_t*>(work));
+      seed, k0, n, group, nullptr, rank, reinterpret_cast<int32_t*>(work));
   check_launch("permutations_kernel");
   const int64_t cells = n * m;
   check_grid((cells + 127) / 128, "accumulate");
   accumulate_kernel<<<static_cast<unsigned>((cells + 127) / 128), 128, 0, s>>>(
-      n_samples, n, m, antithetic, rank, reinterpret_cast<const double*>(values),
+      n_samples, n, m, group, rank, reinterpret_cast<const double*>(values),
       reinterpret_cast<const double*>(v_empty), reinterpret_cast<const double*>(v_full), count0,
       reinterpret_cast<double*>(mean), reinterpret_cast<double*>(m2), block,
       reinterpret_cast<double*>(base_mean), reinterpret_cast<double*>(base_m2));

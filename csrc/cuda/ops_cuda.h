@@ -19,17 +19,17 @@ namespace cuda {
 
 // perm [K, n] and/or rank [K, n] int32 (either may be 0).
 void permutations(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t k1, int64_t n,
-                  bool antithetic, uintptr_t perm, uintptr_t rank, uintptr_t work);
+                  int group, uintptr_t perm, uintptr_t rank, uintptr_t work);
 
 // out [B, n] bool.
 void masks(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-           bool antithetic, uintptr_t out, uintptr_t work);
+           int group, uintptr_t out, uintptr_t work);
 
 // The fused kernel: permutations, prefix masks and the masked write in one launch.
 // x [outer, inner]; players [inner] int32; baseline [outer, inner] or 0 (then baseline_scalar);
 // out [B, outer, inner]. dtype_bytes: 4 (float32) or 8 (float64).
 void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-                  bool antithetic, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
+                  int group, int dtype_bytes, uintptr_t x, int64_t outer, int64_t inner,
                   uintptr_t players, uintptr_t baseline, double baseline_scalar, uintptr_t out,
                   uintptr_t work);
 
@@ -37,14 +37,14 @@ void masked_apply(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64
 // tables [cells, 2^size, d], z_empty [d], out: dtype_bytes 4 or 8; members [cells, size],
 // cell_of [n]: int32.
 void prefix_walk(int device, uintptr_t stream, uint64_t seed, int64_t e0, int64_t e1, int64_t n,
-                 bool antithetic, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
+                 int group, int dtype_bytes, uintptr_t tables, int64_t cells, int64_t size,
                  int64_t d, uintptr_t members, uintptr_t cell_of, uintptr_t z_empty, uintptr_t out,
                  uintptr_t work);
 
 // values [n_samples * pps * (n - 1), m], v_empty [m], v_full [m], mean [n, m], m2 [n, m]: float64.
 // scratch [n_samples * pps, n] int32: the samples' ranks, device memory the caller allocated.
 void accumulate(int device, uintptr_t stream, uint64_t seed, int64_t k0, int64_t n_samples,
-                int64_t n, int64_t m, bool antithetic, uintptr_t values, uintptr_t v_empty,
+                int64_t n, int64_t m, int group, uintptr_t values, uintptr_t v_empty,
                 uintptr_t v_full, int64_t count0, uintptr_t mean, uintptr_t m2, uintptr_t scratch,
                 int64_t block, uintptr_t base_mean, uintptr_t base_m2, uintptr_t work);
 

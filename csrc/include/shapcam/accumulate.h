@@ -1,7 +1,8 @@
 // accumulate.h — one Welford step and the marginal contribution of one player in one permutation.
 //
 // The estimate is the mean over samples of the per-player marginals (the paper's Eq. 6); a sample
-// is one permutation, or the average of an antithetic pair. Welford's update keeps the running
+// is the average of one group of permutations (one, an antithetic pair, a stratified block of
+// 4: permutation.h). Welford's update keeps the running
 // mean and the sum of squared deviations M2 in float64 without the cancellation of sum/sum-of-
 // squares. Samples are pushed in a fixed order (sample index), so results do not depend on how
 // evaluations were chunked. Host and device share this code; the twin is shapcam/reference.py.
@@ -63,21 +64,21 @@ SHAPCAM_HD void merge_block(double* base_mu, double* base_s2, int64_t na, double
 // running state (base unused).
 SHAPCAM_HD void accumulate_cell(const double* values, const double* v_empty, const double* v_full,
                                 const int32_t* rank, int64_t n_samples, int64_t n, int64_t m,
-                                bool antithetic, int64_t p, int64_t c, int64_t count0,
+                                int group, int64_t p, int64_t c, int64_t count0,
                                 double* mean, double* m2, int64_t block, double* base_mean,
                                 double* base_m2) {
   const int64_t cell = p * m + c;
   double mu = mean[cell], s2 = m2[cell];
   double bmu = block > 0 ? base_mean[cell] : 0.0, bs2 = block > 0 ? base_m2[cell] : 0.0;
   for (int64_t s = 0; s < n_samples; ++s) {
-    double x;
-    if (antithetic) {
-      const double a = marginal(values, v_empty, v_full, 2 * s, rank[(2 * s) * n + p], n, m, c);
-      const double b = marginal(values, v_empty, v_full, 2 * s + 1, rank[(2 * s + 1) * n + p], n, m, c);
-      x = 0.5 * (a + b);
-    } else {
-      x = marginal(values, v_empty, v_full, s, rank[s * n + p], n, m, c);
+    // The group's mean marginal: summed in permutation order, then one multiplication by the
+    // reciprocal (exact for 1, 2, 4), the same in every engine.
+    const int64_t k0 = s * group;
+    double x = marginal(values, v_empty, v_full, k0, rank[k0 * n + p], n, m, c);
+    for (int64_t g = 1; g < group; ++g) {
+      x += marginal(values, v_empty, v_full, k0 + g, rank[(k0 + g) * n + p], n, m, c);
     }
+    if (group > 1) x = x * (1.0 / static_cast<double>(group));
     const int64_t i = count0 + s;  // this sample's index
     const int64_t in_block = block > 0 ? i % block : i;
     welford_push(x, in_block + 1, &mu, &s2);

@@ -22,7 +22,7 @@ SHAPCAM_HD EvalIndex eval_index(int64_t e, int64_t n) {
 // Player with rank r (its position in the permutation) is in the prefix of size t iff r < t.
 SHAPCAM_HD bool in_prefix(int32_t rank, int64_t t) { return rank < t; }
 
-// Samples are what the standard error is taken over: an antithetic pair, or one permutation.
-SHAPCAM_HD int64_t permutations_per_sample(bool antithetic) { return antithetic ? 2 : 1; }
+// Samples are what the standard error is taken over: a group of permutations (permutation.h).
+SHAPCAM_HD int64_t permutations_per_sample(int group) { return group; }
 
 }  // namespace shapcam
