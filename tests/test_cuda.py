@@ -3,6 +3,8 @@
 Skipped where no GPU is present (or shapcam._C was built without CUDA); run them on a GPU machine
 (benchmarks/gpu_check.sh does, also under compute-sanitizer).
 """
+import itertools
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ DEV = "cuda"
 
 
 @pytest.mark.parametrize("n", [2, 3, 49, 196, 1001, 5000])
-@pytest.mark.parametrize("antithetic", [True, False])
+@pytest.mark.parametrize("antithetic", [True, False, 4])  # 4: stratified blocks
 def test_permutations_ranks_masks_equal_cpu(n, antithetic):
     for seed in (0, 7, 2**63 + 5):
         for want in ("permutations", "ranks"):
@@ -100,12 +102,14 @@ def test_blocked_accumulate_and_merge_equal_cpu():
     np.testing.assert_array_equal(dm.m2.cpu().numpy(), hm.m2)
 
 
-def test_estimate_on_device_equals_host():
+@pytest.mark.parametrize("sampler", ["plain", "antithetic", "stratified"])
+def test_estimate_on_device_equals_host(sampler):
     g = table_game(10, 3)
     table_mask_fn = lambda m: torch.from_numpy(g(m.cpu().numpy())).to(m.device)
-    host = shapcam.estimate_shapley(g, 10, 33, seed=4, batch_size=50)
-    dev = shapcam.estimate_shapley(table_mask_fn, 10, 33, seed=4, batch_size=17, device=DEV)
-    assert dev.values.is_cuda and dev.stderr.is_cuda
+    kw = dict(sampler=sampler, antithetic=sampler != "plain")
+    host = shapcam.estimate_shapley(g, 10, 33, seed=4, batch_size=50, **kw)
+    dev = shapcam.estimate_shapley(table_mask_fn, 10, 33, seed=4, batch_size=17, device=DEV, **kw)
+    assert dev.values.is_cuda and dev.stderr.is_cuda and dev.sampler == sampler
     np.testing.assert_array_equal(dev.values.cpu().numpy(), host.values)
     np.testing.assert_array_equal(dev.stderr.cpu().numpy(), host.stderr)
 
@@ -249,9 +253,9 @@ def test_prefix_walk_cuda_equals_reference():
         T = rng.normal(size=(10, 16, 33)).astype(dt)
         host = CellTableGame(T, cells)
         dev = CellTableGame(torch.from_numpy(T).to(DEV), cells)
-        for e0, e1 in [(0, 200), (17, 95), (38, 40)]:
-            want = ops.prefix_walk(host, 9, e0, e1, True, engine="reference")
-            got = ops.prefix_walk(dev, 9, e0, e1, True)
+        for (e0, e1), g in itertools.product([(0, 200), (17, 95), (38, 40)], (True, 4)):
+            want = ops.prefix_walk(host, 9, e0, e1, g, engine="reference")
+            got = ops.prefix_walk(dev, 9, e0, e1, g)
             assert got.is_cuda
             np.testing.assert_array_equal(got.cpu().numpy(), want)  # --fmad=false: same bits
 

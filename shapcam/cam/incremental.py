@@ -433,8 +433,9 @@ def differentiable_shapley(tables, members, z_empty, value, perm, antithetic):
 
     tables [cells, 2^size, d], z_empty [d] (requiring grad as the model's parameters do);
     members [cells, size] (NumPy); value(Z [B, d]) -> [B, m]; perm [P, n] (NumPy, the engines'
-    permutations; with antithetic, rows 2j and 2j+1 are a pair). Returns (values [n, m], stderr
-    [n, m] (detached; over pairs when antithetic), v_full [m], v_empty [m]).
+    permutations; antithetic: the sampling design, a bool or its group size g, rows gj .. gj+g-1
+    forming a sample). Returns (values [n, m], stderr [n, m] (detached; over the samples),
+    v_full [m], v_empty [m]).
     """
     import numpy as np
 
@@ -470,8 +471,9 @@ def differentiable_shapley(tables, members, z_empty, value, perm, antithetic):
     values = per_player.mean(0)
     with torch.no_grad():
         samples = per_player.detach()
-        if antithetic:
-            samples = 0.5 * (samples[0::2] + samples[1::2])
+        g = reference.group_of(antithetic)
+        if g > 1:
+            samples = samples.reshape(P // g, g, n, -1).mean(1)
         S = samples.shape[0]
         stderr = samples.std(0, unbiased=True) / S ** 0.5 if S > 1 else values.detach() * float("nan")
     return values, stderr, ends[1], ends[0]

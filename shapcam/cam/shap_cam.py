@@ -35,7 +35,9 @@ class ShapCAM(BaseCAM):
             ResNet's pool + fc: ResNet-18 K=64 131 -> 43 ms), or more when the head's weights are
             larger than that, so each call amortises streaming them (VGG's 480 MB classifier), up
             to 256 MB.
-        antithetic: pair each permutation with its reverse.
+        antithetic: False: plain permutation sampling (``sampler="plain"``).
+        sampler: the sampling design of :func:`~shapcam.estimate_shapley` ("plain",
+            "antithetic", "stratified"); None: its default.
         incremental: None (default) evaluates coalitions incrementally where the head allows it —
             position-wise ops, then global average pooling / flatten / non-overlapping max pooling
             with a Linear, then any readout (shapcam/cam/incremental.py) — and with the fused
@@ -54,7 +56,7 @@ class ShapCAM(BaseCAM):
     def __init__(self, model, target_layer, K: int = 64, *, seed: int = 0, baseline: float = 0.0,
                  score: str = "probability", batch_size=None, antithetic: bool = True,
                  engine=None, split: str = "auto", progress=None, value: str | None = None,
-                 incremental=None):
+                 incremental=None, sampler=None):
         super().__init__(model, target_layer, split=split)
         if incremental not in (None, True, False):
             raise ValueError(f"incremental: expected None, True or False, got {incremental!r}")
@@ -68,7 +70,11 @@ class ShapCAM(BaseCAM):
         if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
             raise ValueError(f"K: expected a positive int, got {K!r}")
         self.K, self.seed, self.baseline = int(K), seed, baseline
-        self.batch_size, self.antithetic, self.engine, self.progress = batch_size, antithetic, engine, progress
+        from ..estimator import resolve_sampler
+
+        self.sampler, self._group = resolve_sampler(sampler, antithetic)
+        self.antithetic = self._group > 1
+        self.batch_size, self.engine, self.progress = batch_size, engine, progress
 
     def _default_batch(self, A):
         if A.is_cuda:
@@ -114,8 +120,9 @@ class ShapCAM(BaseCAM):
         from .incremental import build_tables, differentiable_shapley
 
         h, w = A.shape[-2:]
-        K_eff = self.K + (self.K % 2 if self.antithetic else 0)
-        perm = ops.permutations(self.seed, 0, K_eff, h * w, self.antithetic, engine=self.engine)
+        g = self._group
+        K_eff = -(-self.K // g) * g
+        perm = ops.permutations(self.seed, 0, K_eff, h * w, g, engine=self.engine)
 
         def solve(i):
             tables, members, z_empty = build_tables(plan, A[i], self.baseline)
@@ -126,11 +133,11 @@ class ShapCAM(BaseCAM):
                 return self._value(out.reshape(out.shape[0], -1), targets[i])
 
             values, stderr, v_full, v_empty = differentiable_shapley(
-                tables, members, z_empty, value_fn, perm, self.antithetic)
+                tables, members, z_empty, value_fn, perm, g)
             return ShapleyResult(values=values, stderr=stderr, n_evals=2 + K_eff * (h * w - 1),
-                                 n_permutations=K_eff, n_samples=K_eff // (2 if self.antithetic else 1),
+                                 n_permutations=K_eff, n_samples=K_eff // g,
                                  v_full=v_full, v_empty=v_empty, seed=self.seed,
-                                 antithetic=self.antithetic, engine="torch")
+                                 antithetic=self.antithetic, engine="torch", sampler=self.sampler)
 
         return solve
 
@@ -164,7 +171,7 @@ class ShapCAM(BaseCAM):
                 return self._value(out.reshape(out.shape[0], -1), t_i)
 
             game = CellTableGame(tables, members, readout=value_fn, z_empty=z_empty)
-            return estimate_shapley(game, K=self.K, seed=self.seed, antithetic=self.antithetic,
+            return estimate_shapley(game, K=self.K, seed=self.seed, sampler=self.sampler,
                                     batch_size=self.batch_size, engine=self.engine, progress=False)
 
         return solve
@@ -190,7 +197,7 @@ class ShapCAM(BaseCAM):
             feats_i = A[i].float() if A.dtype in (torch.float16, torch.bfloat16) else A[i]
             game = MaskedInputGame(value_fn, feats_i, baseline=self.baseline, players=players,
                                    workspace=workspace[0])
-            res = estimate_shapley(game, K=self.K, seed=self.seed, antithetic=self.antithetic,
+            res = estimate_shapley(game, K=self.K, seed=self.seed, sampler=self.sampler,
                                    batch_size=batch_size, engine=self.engine, progress=False)
             workspace[0] = game.workspace
             return res
