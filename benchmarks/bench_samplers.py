@@ -18,7 +18,8 @@ KernelSHAP (paired), UnbiasedKernelSHAP (paired), kADDSHAP (paired), captum's
 ShapleyValueSampling and shap's PermutationExplainer. Ours also report the coverage of
 value +- 1.96 stderr.
 
-  python benchmarks/bench_samplers.py [--seeds 40] [--quick] [--out benchmarks]
+  python benchmarks/bench_samplers.py [--seeds 30] [--quick] [--out benchmarks]
+  (or in parts, one process per core: --games a,b --part 1 ..., then --merge samplers_1.json ...)
 
 writes samplers.json and samplers_mse.png there and prints the tables for RESULTS.md.
 """
@@ -137,7 +138,8 @@ def ours(sampler):
         r = shapcam.estimate_shapley(game, game.n, K=K, seed=seed, sampler=sampler,
                                      antithetic=sampler != "plain", progress=False)
         assert r.n_evals <= budget
-        return r.values, r.stderr
+        lo, hi = r.interval(0.95)
+        return r.values, (r.stderr, lo, hi)
     return run
 
 
@@ -195,19 +197,29 @@ PEERS = [m for m in METHODS if not m.startswith("shapcam")]
 
 
 # ------------------------------------------------------------------------------------------ run
-def run_suite(seeds=40, quick=False, mults=(10, 50, 200, 500), methods=None, log=print,
-              cell_seconds=20.0):
+def run_suite(seeds=30, quick=False, mults=(10, 50, 200, 500), methods=None, log=print,
+              cell_seconds=20.0, only=None, games=None):
     """Every (game, budget, method) cell over `seeds` seeds — fewer for a method whose runs take
-    over cell_seconds together (its seed count is reported; shapiq's SVARM and kADDSHAP take
-    seconds per run at n = 100)."""
-    games = make_suite(quick)
+    over cell_seconds together (its seed count is reported), and none where one run would take
+    over 3 x cell_seconds by its time at the previous budget (shapiq's SVARM and kADDSHAP take a
+    minute per run at n = 100, 200n: such cells are reported as too slow)."""
+    games = games if games is not None else make_suite(quick)
+    if only:
+        games = [g for g in games if g.name in only]
     methods = methods or list(METHODS)
     cells = []
     for game in games:
+        per_run = {}  # method -> (mult, seconds per run) at the last budget
         for mult in mults:
             budget = mult * game.n
             for name in methods:
-                errs, cover, secs = [], [], 0.0
+                errs, cover, cover_t, secs = [], [], [], 0.0
+                last = per_run.get(name)
+                if last and last[1] * mult / last[0] > 3 * cell_seconds:
+                    cells.append(dict(game=game.name, n=game.n, budget=budget, mult=mult, method=name,
+                                      mse=None, mse_sd=None, coverage=None, seeds=0, seconds=0.0,
+                                      skipped=f"too slow (~{last[1] * mult / last[0]:.0f} s per run)"))
+                    continue
                 for s in range(seeds):
                     t0 = time.perf_counter()
                     try:
@@ -222,14 +234,28 @@ def run_suite(seeds=40, quick=False, mults=(10, 50, 200, 500), methods=None, log
                     est, se = out
                     errs.append(float(np.mean((np.asarray(est, float) - game.phi) ** 2)))
                     if se is not None:
-                        cover.append(float(np.mean(np.abs(est - game.phi) <= 1.96 * se)))
-                    if secs > cell_seconds and s >= 2:
+                        # The references are exact up to their own rounding (shap's TreeSHAP
+                        # works in float32: 6e-8 efficiency gap), which decides a "miss" only
+                        # where an estimate is exact (antithetic pairs on additive parts: SE 0).
+                        # Players whose estimate is exact (SE 0: null players of a tree, additive
+                        # parts under antithetic pairs) are left out: they cover trivially.
+                        se, lo, hi = se
+                        tol, live = 1e-6 * np.abs(game.phi).max(), se > 0
+                        if live.any():
+                            err = np.abs(est - game.phi)[live]
+                            cover.append(float(np.mean(err <= 1.96 * se[live] + tol)))
+                            ph = game.phi[live]
+                            cover_t.append(float(np.mean((lo[live] - tol <= ph) & (ph <= hi[live] + tol))))
+                    if secs > cell_seconds:
                         break
                 cells.append(dict(game=game.name, n=game.n, budget=budget, mult=mult, method=name,
                                   mse=float(np.mean(errs)) if errs else None,
                                   mse_sd=float(np.std(errs) / np.sqrt(len(errs))) if len(errs) > 1 else None,
                                   coverage=float(np.mean(cover)) if cover else None,
+                                  coverage_t=float(np.mean(cover_t)) if cover_t else None,
                                   seeds=len(errs), seconds=secs))
+                if errs:
+                    per_run[name] = (mult, secs / len(errs))
             log(f"{game.name} @ {mult}n done")
     return games, cells
 
@@ -255,13 +281,15 @@ def tables(games, cells):
         med = f"{np.median(ok):.3f}" if ok else "–"
         lines.append(f"| {name} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in vals) +
                      f" | **{med}** |")
-    lines += ["", "Coverage of value ± 1.96·stderr (ours)", ""]
-    lines += ["| method | " + " | ".join(f"{g.name} {m}n" for g in games for m in mults) + " |",
-              "|" + "---|" * (1 + len(games) * len(mults))]
-    cov = {(c["game"], c["mult"], c["method"]): c["coverage"] for c in cells}
-    for name in [f"shapcam {s}" for s in OURS]:
-        vals = [cov.get((g.name, m, name)) for g in games for m in mults]
-        lines.append(f"| {name} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in vals) + " |")
+    for key, what in (("coverage", "value ± 1.96·stderr"),
+                      ("coverage_t", "result.interval(0.95) (Student t on n_samples - 1 df)")):
+        lines += ["", f"Coverage of {what} (ours; nominal 0.95)", ""]
+        lines += ["| method | " + " | ".join(f"{g.name} {m}n" for g in games for m in mults) + " |",
+                  "|" + "---|" * (1 + len(games) * len(mults))]
+        cov = {(c["game"], c["mult"], c["method"]): c.get(key) for c in cells}
+        for name in [f"shapcam {s}" for s in OURS]:
+            vals = [cov.get((g.name, m, name)) for g in games for m in mults]
+            lines.append(f"| {name} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in vals) + " |")
     # the targets
     lines += [""]
     for name in [f"shapcam {s}" for s in OURS]:
@@ -311,22 +339,45 @@ def plot(games, cells, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, default=40)
+    ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--cell-seconds", type=float, default=20.0,
                     help="stop a method's seeds in a cell past this much time (at least 3 seeds)")
     ap.add_argument("--quick", action="store_true", help="games up to n = 30, budgets 10n and 50n")
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--games", default=None, help="comma-separated game names (default: all)")
+    ap.add_argument("--methods", default=None, help="comma-separated name prefixes (default: all)")
+    ap.add_argument("--part", default=None, help="write samplers_PART.json only (no table, no plot)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="combine parts into samplers.json, the plot and the tables")
     a = ap.parse_args(argv)
     t0 = time.time()
-    mults = (10, 50) if a.quick else (10, 50, 200, 500)
-    games, cells = run_suite(a.seeds, a.quick, mults, log=lambda s: print(s, file=sys.stderr, flush=True),
-                             cell_seconds=a.cell_seconds)
     os.makedirs(a.out, exist_ok=True)
-    meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                seeds=a.seeds, seconds=time.time() - t0, date=time.strftime("%Y-%m-%d"),
-                games={g.name: dict(n=g.n, kind=g.kind) for g in games})
-    with open(os.path.join(a.out, "samplers.json"), "w") as f:
+    if a.merge:
+        parts = [json.load(open(p)) for p in a.merge]
+        cells = {}  # a later part's cell replaces an earlier one's
+        for p in parts:
+            cells.update({(c["game"], c["mult"], c["method"]): c for c in p["cells"]})
+        cells = list(cells.values())
+        meta = dict(parts[0]["meta"], seconds=sum(p["meta"]["seconds"] for p in parts),
+                    games={k: v for p in parts for k, v in p["meta"]["games"].items()})
+        games = [SuiteGame(k, v["n"], None, [], v["kind"]) for k, v in meta["games"].items()]
+    else:
+        mults = (10, 50) if a.quick else (10, 50, 200, 500)
+        only = set(a.games.split(",")) if a.games else None
+        methods = [m for m in METHODS if any(m.startswith(p) for p in a.methods.split(","))] \
+            if a.methods else None
+        games, cells = run_suite(a.seeds, a.quick, mults, cell_seconds=a.cell_seconds, only=only,
+                                 methods=methods, log=lambda s: print(s, file=sys.stderr, flush=True))
+        if only:
+            games = [g for g in games if g.name in only]
+        meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                    seeds=a.seeds, seconds=time.time() - t0, date=time.strftime("%Y-%m-%d"),
+                    games={g.name: dict(n=g.n, kind=g.kind) for g in games})
+    name = f"samplers_{a.part}.json" if a.part else "samplers.json"
+    with open(os.path.join(a.out, name), "w") as f:
         json.dump(dict(meta=meta, cells=cells), f, indent=1)
+    if a.part:
+        return
     plot(games, cells, os.path.join(a.out, "samplers_mse.png"))
     print(tables(games, cells))
     print(f"\n{a.seeds} seeds per cell, {time.time() - t0:.0f} s")
@@ -334,3 +385,22 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def bench_suite_runs(tmp_path):
+    """Under pytest (`make bench`, `make bench-tiny`): the suite end to end on its two smallest
+    games, 3 seeds, our samplers and one peer per library; the full suite is this script's main."""
+    rng = np.random.default_rng(0)
+    T = rng.normal(size=2 ** 8)
+    table = lambda M: T[(M.astype(np.int64) << np.arange(8)).sum(1)]  # noqa: E731
+    w = rng.normal(size=8)
+    smooth8 = lambda M: np.tanh(M @ w)  # noqa: E731
+    games = [SuiteGame("table-8", 8, table, enumerate_shapley(table, 8), "enumeration"),
+             SuiteGame("smooth-8", 8, smooth8, enumerate_shapley(smooth8, 8), "enumeration")]
+    methods = [f"shapcam {s}" for s in OURS] + ["shapiq KernelSHAP (paired)",
+                                                "captum ShapleyValueSampling", "shap PermutationExplainer"]
+    games, cells = run_suite(3, mults=(10, 50), methods=methods, games=games, log=lambda s: None)
+    assert all(c["mse"] is not None for c in cells if c["method"].startswith("shapcam"))
+    text = tables(games, cells)
+    assert "shapcam stratified" in text
+    plot(games, cells, str(tmp_path / "mse.png"))

@@ -54,10 +54,65 @@ class ShapleyResult:
         a = np.asarray(host_numpy(self.values))
         return a.astype(dtype) if dtype is not None else a
 
+    def interval(self, level: float = 0.95):
+        """(low, high): values -+ q * stderr with q the Student-t quantile on n_samples - 1
+        degrees of freedom (the samples are independent groups, so their mean is t-distributed
+        when the marginals are near normal; with few samples this is much wider than 1.96 SE,
+        which covers only ~70% at 2 samples). NaN with fewer than 2 samples."""
+        if not (isinstance(level, (float, int)) and 0 < level < 1):
+            raise ValueError(f"level: expected a probability in (0, 1), got {level!r}")
+        q = t_quantile(0.5 + level / 2, self.n_samples - 1) if self.n_samples >= 2 else float("nan")
+        return self.values - q * self.stderr, self.values + q * self.stderr
+
     @property
     def efficiency_gap(self):
         """sum(values) - (v_full - v_empty): zero up to float rounding for every estimate."""
         return self.values.sum(0) - (self.v_full - self.v_empty)
+
+
+def _t_two_sided(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with integer df (Abramowitz & Stegun 26.7.3-4)."""
+    import math
+
+    theta = math.atan(t / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2 == 1:
+        if df == 1:
+            return 2 * theta / math.pi
+        term, acc = 1.0, 1.0
+        for k in range(1, (df - 1) // 2):  # 1 + 2/3 c^2 + 2.4/3.5 c^4 + ...
+            term *= c2 * (2 * k) / (2 * k + 1)
+            acc += term
+        return 2 / math.pi * (theta + s * math.cos(theta) * acc)
+    term, acc = 1.0, 1.0
+    for k in range(1, df // 2):  # 1 + 1/2 c^2 + 1.3/2.4 c^4 + ...
+        term *= c2 * (2 * k - 1) / (2 * k)
+        acc += term
+    return s * acc
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with df >= 1 degrees of freedom: bisection on the
+    closed-form CDF for df <= 2000, the Cornish-Fisher expansion around the normal beyond."""
+    import math
+
+    if df > 2000:
+        lo, hi = 0.0, 10.0
+        for _ in range(100):  # the normal quantile, by bisection on erf
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
+        z = (lo + hi) / 2
+        return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    target = 2 * p - 1
+    lo, hi = 0.0, 1.0
+    while _t_two_sided(hi, df) < target:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_two_sided(mid, df) < target else (lo, mid)
+        if hi - lo <= 1e-13 * hi:
+            break
+    return (lo + hi) / 2
 
 
 def _values_2d(v, B, m, where):
@@ -119,7 +174,7 @@ SAMPLERS = {
     # 2017; a structured block of 4 in Mitchell et al. 2022), on top of the antithetic pairs.
     "stratified": reference.STRATIFIED,
 }
-DEFAULT_SAMPLER = "antithetic"
+DEFAULT_SAMPLER = "stratified"
 
 
 def resolve_sampler(sampler, antithetic=True) -> tuple[str, int]:

@@ -178,12 +178,15 @@ RUN_FILE = "run.json"
 SCORE_NOTE = ("each method's own (probability: Shap-CAM, RISE, Mask; logit: Grad-CAM, "
               "Grad-CAM++, Score-CAM)")
 SETTING_KEYS = ("model", "arch", "pretrained", "layer", "data", "classes", "keep", "deletion",
-                "steps", "K", "seed", "score", "rise_masks", "mask_steps")
+                "steps", "K", "seed", "score", "rise_masks", "mask_steps", "sampler")
 
 
 def run_settings(args, layer) -> dict:
+    from .estimator import resolve_sampler
+
     s = {k: getattr(args, k, None) for k in SETTING_KEYS}
     s["layer"] = layer
+    s["sampler"] = resolve_sampler(s["sampler"])[0]  # the name, so a new default is a new run
     return s
 
 

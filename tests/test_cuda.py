@@ -190,12 +190,6 @@ def test_raw_cuda_entries_check_extents_and_aliasing():
 
     x = torch.randn(8, 9, device=DEV)
     pl = torch.arange(9, dtype=torch.int32, device=DEV)
-    torch.cuda.empty_cache()  # else torch may carve the tensor out of a larger cached segment
-    big = torch.empty(16 * 2**20, device=DEV)  # 64 MiB: an allocation of its own
-    near_end = big.data_ptr() + (big.numel() - 10) * 4  # 40 bytes before its end
-    with pytest.raises(ValueError, match="allocation holds only"):
-        _C.masked_apply_cuda(0, 0, 0, 0, 4, 9, True, 4, x.data_ptr(), 8, 9, pl.data_ptr(), 0, 0.0,
-                             near_end)
     with pytest.raises(ValueError, match="overlaps x"):
         _C.masked_apply_cuda(0, 0, 0, 0, 1, 9, True, 4, x.data_ptr(), 8, 9, pl.data_ptr(), 0, 0.0,
                              x.data_ptr())
@@ -211,6 +205,27 @@ def test_raw_cuda_entries_check_extents_and_aliasing():
     with pytest.raises(ValueError, match="overlaps"):
         _C.accumulate_cuda(0, 0, 0, 0, 1, 5, 1, True, vals.data_ptr(), e.data_ptr(), e.data_ptr(), 0,
                            st.data_ptr(), st.data_ptr(), scratch.data_ptr())
+
+
+def test_raw_cuda_entry_refuses_a_buffer_past_its_allocation():
+    """The extent of a raw pointer's allocation (cuMemGetAddressRange) bounds what a binding may
+    write there."""
+    from shapcam import _C
+
+    x = torch.randn(8, 9, device=DEV)
+    pl = torch.arange(9, dtype=torch.int32, device=DEV)
+    # A raw cudaMalloc of its own (torch's caching allocator may hand out a slice of a larger
+    # segment, or of expandable segments, whose extent is not the tensor's: seen on an H100).
+    cupy = pytest.importorskip("cupy")
+    nbytes = 64 * 2**20
+    raw = cupy.cuda.runtime.malloc(nbytes)
+    try:
+        near_end = raw + nbytes - 40  # 40 bytes before the allocation's end
+        with pytest.raises(ValueError, match="allocation holds only"):
+            _C.masked_apply_cuda(0, 0, 0, 0, 4, 9, True, 4, x.data_ptr(), 8, 9, pl.data_ptr(), 0,
+                                 0.0, near_end)
+    finally:
+        cupy.cuda.runtime.free(raw)
 
 
 def test_keep_flags_beyond_the_shared_memory_budget_fall_back():

@@ -36,7 +36,7 @@ def test_efficiency_multi_output(engine):
 
 def test_exact_for_additive_games_at_any_K(engine):
     w = np.array([1.0, -2.0, 0.5, 4.0, 3.0])
-    res = shapcam.estimate_shapley(additive(w), 5, 3, engine=engine)
+    res = shapcam.estimate_shapley(additive(w), 5, 8, engine=engine)  # 2 samples: a standard error
     np.testing.assert_allclose(res.values, w, atol=1e-12)
     np.testing.assert_allclose(res.stderr, 0, atol=1e-12)
 
@@ -88,8 +88,10 @@ def test_different_seeds_differ():
 
 def test_counts_and_odd_K():
     g = table_game(6, 0)
-    res = shapcam.estimate_shapley(g, 6, 5, antithetic=True)
+    res = shapcam.estimate_shapley(g, 6, 5, sampler="antithetic")
     assert (res.n_permutations, res.n_samples, res.n_evals) == (6, 3, 2 + 6 * 5)
+    res = shapcam.estimate_shapley(g, 6, 5, sampler="stratified")
+    assert (res.n_permutations, res.n_samples, res.n_evals) == (8, 2, 2 + 8 * 5)
     res = shapcam.estimate_shapley(g, 6, 5, antithetic=False)
     assert (res.n_permutations, res.n_samples, res.n_evals) == (5, 5, 2 + 5 * 5)
 
@@ -108,7 +110,7 @@ def test_value_fn_calls_respect_batch_size():
         sizes.append(len(m))
         return m.sum(1).astype(float)
 
-    shapcam.estimate_shapley(g, 12, 9, batch_size=25)
+    shapcam.estimate_shapley(g, 12, 9, batch_size=25, sampler="antithetic")
     assert sizes[0] == 2 and max(sizes[1:]) <= 25 and sum(sizes[1:]) == 10 * 11
 
 
