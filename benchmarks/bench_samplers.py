@@ -326,6 +326,10 @@ def plot(games, cells, path):
             ours_ = name.startswith("shapcam")
             ax.loglog(*zip(*pts), marker="o" if ours_ else ".", lw=2 if ours_ else 1,
                       ls="-" if ours_ else "--", label=name, alpha=1 if ours_ else 0.7)
+        floor = [c["mse"] for c in cells if c["game"] == g.name and c["method"].startswith("shapcam")
+                 and c["mse"]]
+        if floor:  # exact answers of the peers at small n (MSE ~1e-30) would squash the panel
+            ax.set_ylim(bottom=min(floor) / 30)
         ax.set_title(g.name)
         ax.set_xlabel("budget / n")
         ax.set_ylabel("MSE")
