@@ -384,8 +384,9 @@ def accumulate(seed, k0, n_samples, n, antithetic, values, v_empty, v_full, coun
     """Push n_samples complete samples into the Welford state (mean, m2 [n, m] float64, in place).
 
     values [n_samples * pps * (n-1), m], v_empty and v_full [m], all float64 and on one device:
-    NumPy arrays for the host engines, CUDA tensors for the CUDA engine. A sample is one
-    permutation, or an antithetic pair (pps = 2); k0 is its first permutation.
+    NumPy arrays for the host engines, CUDA tensors for the CUDA engine. A sample is one group of
+    pps permutations of the design (1 plain, 2 antithetic, 4 stratified); k0 is its first
+    permutation.
     block > 0: the estimator's fixed-shape sum (accumulate.h): samples go into the state of their
     block of ``block`` samples, and each finished block is folded into ``base`` = (base_mean,
     base_m2), like mean and m2; count0 counts every sample pushed before (base and block).
