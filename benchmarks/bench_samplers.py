@@ -39,7 +39,7 @@ import numpy as np
 import shapcam
 from shapcam.estimator import SAMPLERS
 
-OURS = ["plain", "antithetic", "stratified"]
+OURS = ["plain", "antithetic", "stratified", "regression"]
 
 
 # ----------------------------------------------------------------------------------------- games
@@ -131,12 +131,16 @@ def make_suite(quick=False):
 # --------------------------------------------------------------------------------------- methods
 def ours(sampler):
     def run(game, budget, seed):
-        g = SAMPLERS[sampler]
-        K = (budget - 2) // (game.n - 1) // g * g
-        if K < 2 * g:  # a standard error needs 2 samples
-            return None
-        r = shapcam.estimate_shapley(game, game.n, K=K, seed=seed, sampler=sampler,
-                                     antithetic=sampler != "plain", progress=False)
+        if sampler in SAMPLERS:
+            g = SAMPLERS[sampler]
+            K = (budget - 2) // (game.n - 1) // g * g
+            if K < 2 * g:  # a standard error needs 2 samples
+                return None
+            kw = dict(K=K)
+        else:  # a coalition sampler spends exactly the budget
+            kw = dict(K=None, max_evals=budget)
+        r = shapcam.estimate_shapley(game, game.n, seed=seed, sampler=sampler,
+                                     antithetic=sampler != "plain", progress=False, **kw)
         assert r.n_evals <= budget
         lo, hi = r.interval(0.95)
         return r.values, (r.stderr, lo, hi)

@@ -174,19 +174,61 @@ SAMPLERS = {
     # 2017; a structured block of 4 in Mitchell et al. 2022), on top of the antithetic pairs.
     "stratified": reference.STRATIFIED,
 }
-DEFAULT_SAMPLER = "stratified"
+# Samplers of coalitions that are not permutation prefixes (shapcam/regression.py): they need a
+# game that values any coalition (Game.evaluate_masks).
+#   "regression": paired coalitions, sizes by ~1/sqrt(s(n-s)), the border strata enumerated,
+#   residuals of a cross-fitted additive surrogate (Witter, Liu & Musco 2025). Unbiased; the
+#   standard error is over the pairs.
+COALITION_SAMPLERS = ("regression",)
+# The default for an unknown game: the lowest median error over the benchmark suite
+# (benchmarks/RESULTS.md) where it applies; the best permutation design otherwise.
+DEFAULT_SAMPLER = "regression"
+PERMUTATION_DEFAULT = "stratified"
 
 
 def resolve_sampler(sampler, antithetic=True) -> tuple[str, int]:
-    """(name, permutations per sample) of a sampler choice; antithetic=False means "plain"."""
+    """(name, permutations per sample) of a sampler choice; antithetic=False means "plain".
+    None resolves to the best permutation design here (estimate_shapley resolves None to
+    DEFAULT_SAMPLER where it applies: see regression_applies); "regression" has 0 permutations
+    per sample."""
     if sampler is None:
-        sampler = DEFAULT_SAMPLER if antithetic else "plain"
-    if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)} or None, got {sampler!r}")
+        sampler = PERMUTATION_DEFAULT if antithetic else "plain"
+    names = sorted(SAMPLERS) + list(COALITION_SAMPLERS)
+    if not isinstance(sampler, str) or sampler not in names:
+        raise ValueError(f"sampler: expected one of {names} or None, got {sampler!r}")
     if not antithetic and sampler != "plain":
         raise ValueError(f"antithetic=False asks for plain permutation sampling, but sampler="
                          f"{sampler!r} was given (leave antithetic at True, or pass sampler='plain')")
-    return sampler, SAMPLERS[sampler]
+    return sampler, SAMPLERS.get(sampler, 0)
+
+
+def regression_applies(game, K, max_evals, executor) -> str | None:
+    """Why the regression sampler cannot run this game (None: it can)."""
+    from . import regression
+
+    n = game.n_players
+    if not game.any_coalition:
+        return f"{type(game).__name__} values permutation prefixes only (no evaluate_masks)"
+    if executor is not None:
+        return "it runs in one process (executor= spreads permutation samplers only)"
+    if n > regression.MAX_PLAYERS:
+        return f"it fits an n x n regression, offered up to {regression.MAX_PLAYERS} players (n = {n})"
+    if n >= 2:
+        cap = _budget(n, K, max_evals)
+        plan = regression.make_plan(n, None if cap is None else cap - 2)
+        if cap is not None and not plan.exact and cap - 2 < plan.n_enumerated + 4:
+            return (f"a budget of {cap} evaluations does not hold its {plan.n_enumerated} border "
+                    f"coalitions and two pairs")
+    return None
+
+
+def _budget(n, K, max_evals):
+    """Evaluations a run may spend (endpoints included): K permutations' worth, max_evals; None
+    when neither bounds it."""
+    cap = None if K is None else 2 + int(K) * (n - 1)
+    if max_evals is not None:
+        cap = max_evals if cap is None else min(cap, max_evals)
+    return cap
 
 
 def _checkpoints(first, cap):
@@ -552,7 +594,19 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     seed = ops.check_seed(seed)
+    auto = sampler is None and antithetic is True
+    if auto:
+        why = regression_applies(game, K, max_evals, executor)
+        if resume is not None:  # continue with the earlier run's design
+            sampler = (getattr(resume, "state", None) or {}).get("sampler", PERMUTATION_DEFAULT)
+        else:
+            sampler = DEFAULT_SAMPLER if why is None else PERMUTATION_DEFAULT
     sampler, pps = resolve_sampler(sampler, antithetic)
+    if sampler in COALITION_SAMPLERS and not auto:
+        why = regression_applies(game, K, max_evals, executor)
+        if why is not None:
+            raise ValueError(f"sampler={sampler!r} cannot run here: {why}; use a permutation "
+                             f"sampler ('stratified')")
     t_start = time.perf_counter()
 
     ends, m = _values_2d(game.endpoints(), 2, None, "the empty and full coalitions")
@@ -569,12 +623,16 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     mw = max(m, 1)
 
     if n == 1:
+        pps = max(pps, 1)
         K_eff = -(-int(K) // pps) * pps if K is not None else pps
         values = (v_full - v_empty).reshape(1, mw)
         stderr = values * 0
         return _result(values, stderr, m, 2, K_eff, K_eff // pps, v_full, v_empty, seed, pps > 1,
                        eng, game, "K", None, sampler)
 
+    if sampler in COALITION_SAMPLERS:
+        return _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol,
+                               max_seconds, min_samples, resume, int(batch_size), progress, t_start)
     per_sample = pps * (n - 1)
     if on_device:
         v_empty, v_full = v_empty.contiguous(), v_full.contiguous()
@@ -656,6 +714,111 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
                    pps > 1, eng, game, stop_reason, state, design)
 
 
+def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol, max_seconds,
+                    min_samples, resume, batch_size, progress, t_start):
+    """estimate_shapley with sampler="regression" (shapcam/regression.py): the enumerated border
+    coalitions, then pairs until K / max_evals / a stopping rule, the estimate from scratch at
+    each check and at the end (a pure function of the values in evaluation order)."""
+    from . import regression as rg
+
+    n = game.n_players
+    mw = max(m, 1)
+    v0 = np.asarray(host_numpy(v_empty), dtype=np.float64).reshape(-1)
+    vN = np.asarray(host_numpy(v_full), dtype=np.float64).reshape(-1)
+    cap_evals = _budget(n, K, max_evals)
+    if resume is not None:
+        state = _resumable(resume, seed, "regression", n, m, v0, vN)
+        plan = rg.plan_from_state(state["plan"])
+        E_vals = np.array(state["enum"], dtype=np.float64).reshape(-1, mw)
+        P_vals = np.array(state["pairs"], dtype=np.float64).reshape(-1, mw)
+        start = int(state["count"])
+    else:
+        plan = rg.make_plan(n, None if cap_evals is None else cap_evals - 2)
+        E_vals = np.empty((0, mw))
+        P_vals = np.empty((0, mw))
+        start = 0
+    nE = plan.n_enumerated
+    if plan.exact:
+        cap = 0
+    elif cap_evals is None:
+        cap = np.iinfo(np.int64).max // 4
+    else:
+        cap = (cap_evals - 2 - nE) // 2
+        if cap < 2:
+            raise ValueError(f"max_evals / K: a budget of {cap_evals} evaluations does not hold the "
+                             f"regression sampler's {nE} border coalitions and two pairs")
+    if cap < start:
+        raise ValueError(f"resume: the earlier run already has {start} pairs, more than this call's "
+                         f"K / max_evals allow ({cap})")
+    fit = rg.Fit(plan, seed, eng, v0, vN)
+
+    def values_of(masks, where):
+        raw = game.evaluate_masks(masks)
+        v, _ = _values_2d(raw, masks.shape[0], m, where)
+        v = np.asarray(host_numpy(v), dtype=np.float64)
+        bad = ~np.isfinite(v).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"value_fn returned a non-finite value ({v[i].tolist()}) for the "
+                             f"coalition {np.flatnonzero(masks[i]).tolist()[:20]}"
+                             f"{'...' if masks[i].sum() > 20 else ''} ({where})")
+        return v
+
+    total = (nE - E_vals.shape[0]) + 2 * (cap - start) if cap_evals is not None else 0
+    bar = progress_bar(total, progress, desc="shapley", unit="eval", auto_min=200_000)
+    anytime = tol is not None or rtol is not None or max_seconds is not None
+    reason = None
+    est = None
+    try:
+        parts = [E_vals]
+        for r0 in range(E_vals.shape[0], nE, batch_size):
+            r1 = min(nE, r0 + batch_size)
+            parts.append(values_of(rg.enumerated_masks(plan, r0, r1), "an enumerated border coalition"))
+            bar.update(r1 - r0)
+        E_vals = np.concatenate(parts)
+        pairs = [P_vals[:2 * start]]
+        have = start
+        per_call = max(1, batch_size // 2)
+        sched = _Schedule(min_samples, cap, anytime) if cap > 0 else None
+        for target in (sched.points(start) if sched is not None else ()):
+            while have < target:
+                j1 = min(target, have + per_call)
+                pairs.append(values_of(rg.pair_masks(seed, have, j1, plan, eng),
+                                       f"pairs [{have}, {j1}), seed {seed}"))
+                bar.update(2 * (j1 - have))
+                have = j1
+            if anytime and target < cap:
+                P_vals = np.concatenate(pairs)
+                pairs = [P_vals]
+                est = fit.estimate(E_vals, P_vals, have)
+                st = _Welford(*est[1])
+                if (tol is not None or rtol is not None) and _se_met(st, tol, rtol):
+                    reason = "tol"
+                elif max_seconds is not None and time.perf_counter() - t_start >= max_seconds:
+                    reason = "max_seconds"
+                if reason:
+                    break
+        P_vals = np.concatenate(pairs)
+    finally:
+        bar.close()
+    M = have if cap > 0 else 0
+    if est is None or est[1] is None or est[1][2] != M:
+        est = fit.estimate(E_vals, P_vals, M)
+    values, st = est[0], est[1]
+    if st is None:
+        stderr = np.zeros_like(values)
+        stop_reason = "exact"
+    else:
+        stderr = _stderr(_Welford(*st))
+        stop_reason = reason or ("K" if K is not None and (max_evals is None or
+                                                           2 + int(K) * (n - 1) <= max_evals)
+                                 else "max_evals")
+    state = {"n": n, "m": m, "count": M, "sampler": "regression", "plan": plan.as_state(),
+             "enum": E_vals, "pairs": P_vals[:2 * M]}
+    return _result(values, stderr, m, 2 + nE + 2 * M, 0, M, v_full, v_empty, seed, True, eng, game,
+                   stop_reason, state, "regression")
+
+
 def _stderr(st: _Welford):
     """Standard error of the mean over st.count samples (NaN with fewer than 2). Correctly
     rounded division and sqrt on every device, so device and host agree to the bit: torch divides
@@ -691,24 +854,10 @@ def _se_met(st: _Welford, tol, rtol) -> bool:
 
 def _resume_state(prev, seed, sampler, n, m, v_empty, v_full, on_device):
     """An earlier run's (merged whole blocks, block in progress), checked against this game."""
-    state = getattr(prev, "state", None)
-    if not isinstance(prev, ShapleyResult) or not state:
-        raise TypeError("resume: expected the ShapleyResult of an earlier estimate_shapley run")
-    prev_sampler = state.get("sampler", "antithetic" if prev.antithetic else "plain")
-    if prev.seed != seed or prev_sampler != sampler:
-        raise ValueError(f"resume: the earlier run used seed={prev.seed}, sampler={prev_sampler!r}; "
-                         f"this one seed={seed}, sampler={sampler!r}")
-    if state["n"] != n or state["m"] != m:
-        raise ValueError(f"resume: the earlier run had {state['n']} players and {state['m']} outputs; "
-                         f"this game has {n} and {m}")
+    state = _resumable(prev, seed, sampler, n, m, v_empty, v_full)
     if state.get("block_samples") != BLOCK_SAMPLES:
         raise ValueError("resume: the earlier run comes from a shapcam version that summed samples "
                          "in another order; it cannot be continued bit for bit")
-    same = np.array_equal(host_numpy(v_empty), host_numpy(_as_2d(prev.v_empty))) and \
-        np.array_equal(host_numpy(v_full), host_numpy(_as_2d(prev.v_full)))
-    if not same:
-        raise ValueError("resume: this game's v(none) / v(all) differ from the earlier run's: "
-                         "not the same game")
     like = v_empty if on_device else None
 
     def load(mean, m2, count):
@@ -721,6 +870,26 @@ def _resume_state(prev, seed, sampler, n, m, v_empty, v_full, on_device):
 
     base, block = load(*state["base"]), load(*state["block"])
     return base, (block if block.count else None)
+
+
+def _resumable(prev, seed, sampler, n, m, v_empty, v_full):
+    """prev's state, checked against this run: same seed, sampler, players, outputs, endpoints."""
+    state = getattr(prev, "state", None)
+    if not isinstance(prev, ShapleyResult) or not state:
+        raise TypeError("resume: expected the ShapleyResult of an earlier estimate_shapley run")
+    prev_sampler = state.get("sampler", "antithetic" if prev.antithetic else "plain")
+    if prev.seed != seed or prev_sampler != sampler:
+        raise ValueError(f"resume: the earlier run used seed={prev.seed}, sampler={prev_sampler!r}; "
+                         f"this one seed={seed}, sampler={sampler!r}")
+    if state["n"] != n or state["m"] != m:
+        raise ValueError(f"resume: the earlier run had {state['n']} players and {state['m']} outputs; "
+                         f"this game has {n} and {m}")
+    same = np.array_equal(host_numpy(v_empty).reshape(-1), host_numpy(_as_2d(prev.v_empty)).reshape(-1)) and \
+        np.array_equal(host_numpy(v_full).reshape(-1), host_numpy(_as_2d(prev.v_full)).reshape(-1))
+    if not same:
+        raise ValueError("resume: this game's v(none) / v(all) differ from the earlier run's: "
+                         "not the same game")
+    return state
 
 
 def _as_2d(v):

@@ -24,6 +24,8 @@ class Game:
     the empty and the full coalition, ``[2]`` or ``[2, m]``; ``evaluate(seed, e0, e1, antithetic,
     engine)`` -> values of evaluations [e0, e1) in index order, ``[B]`` or ``[B, m]``;
     ``default_batch_size()``. Values come back in the game's array type and device.
+    ``evaluate_masks(masks [B, n] bool NumPy)`` -> values of arbitrary coalitions, for samplers
+    that are not permutation prefixes (``sampler="regression"``); optional.
     """
 
     n_players: int
@@ -37,6 +39,24 @@ class Game:
 
     def evaluate(self, seed, e0, e1, antithetic, engine):
         raise NotImplementedError
+
+    def evaluate_masks(self, masks):
+        raise NotImplementedError(f"{type(self).__name__} values permutation prefixes only (it has "
+                                  "no evaluate_masks); use a permutation sampler")
+
+    @property
+    def any_coalition(self) -> bool:
+        """Whether the game values arbitrary coalitions (evaluate_masks)."""
+        return type(self).evaluate_masks is not Game.evaluate_masks
+
+
+def _masks_to(masks, device):
+    """Host bool masks as a torch tensor on device (None: NumPy as is)."""
+    if device is None:
+        return masks
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(masks)).to(device)
 
 
 class MaskGame(Game):
@@ -76,6 +96,9 @@ class MaskGame(Game):
         out = self._masks_buffer(e1 - e0)
         ops.masks(seed, e0, e1, self.n_players, antithetic, engine=engine, out=out)
         return self.value_fn(out)
+
+    def evaluate_masks(self, masks):
+        return self.value_fn(_masks_to(masks, self.device))
 
 
 @dataclass
@@ -307,6 +330,31 @@ class MaskedInputGame(Game):
             ops.apply_plan(self.plan, seed, e0, e1, antithetic, out=out, engine=engine)
             return _detached_copy_if_view(self.f(out), out)
 
+    def evaluate_masks(self, masks):
+        """f on the inputs of arbitrary coalitions: x where the element's player is in S, the
+        baseline elsewhere (the masked inputs the engines write, built with where)."""
+        p = self.plan
+        with self._lock:
+            out = self._buffer_for(masks.shape[0])
+            B = masks.shape[0]
+            keep = np.ascontiguousarray(masks[:, p.players_flat])  # [B, inner]
+            if is_torch(p.x):
+                import torch
+
+                keep_t = torch.from_numpy(keep).to(p.x.device)[:, None, :]
+                x = p.x.reshape(1, p.outer, p.inner)
+                base = p.baseline if isinstance(p.baseline, float) else p.baseline.reshape(1, p.outer, p.inner)
+                if isinstance(base, float):
+                    base = torch.tensor(base, dtype=p.x.dtype, device=p.x.device)
+                out.view(B, p.outer, p.inner).copy_(torch.where(keep_t, x, base))
+            else:
+                xp = np if isinstance(p.x, np.ndarray) else __import__("cupy")
+                k = xp.asarray(keep)[:, None, :]
+                x = p.x.reshape(1, p.outer, p.inner)
+                base = p.baseline if isinstance(p.baseline, float) else p.baseline.reshape(1, p.outer, p.inner)
+                out.reshape(B, p.outer, p.inner)[...] = xp.where(k, x, xp.asarray(base, dtype=x.dtype))
+            return _detached_copy_if_view(self.f(out), out)
+
 
 MAX_CELL_SIZE = 8  # csrc/include/shapcam/walk.h: kMaxCellSize
 
@@ -480,6 +528,37 @@ class CellTableGame(Game):
 
     def evaluate(self, seed, e0, e1, antithetic, engine):
         return self._read(ops.prefix_walk(self, seed, e0, e1, antithetic, engine=engine))
+
+    def evaluate_masks(self, masks):
+        """readout(z(S)) of arbitrary coalitions: z_empty + sum over cells of (T[c, S & c] -
+        T[c, {}]), gathered per coalition (O(cells d) each; the prefix walk is O(d))."""
+        members = self.members
+        valid = members >= 0
+        bits = (masks[:, np.where(valid, members, 0)] & valid[None]).astype(np.int64)
+        sub = (bits << np.arange(self.cell_size, dtype=np.int64)).sum(2)  # [B, cells]
+        T = self.tables
+        cells = np.arange(self.n_cells)
+        step = max(1, (1 << 24) // max(1, self.n_cells * self.d))
+        parts = []
+        for a in range(0, masks.shape[0], step):
+            idx = sub[a:a + step]
+            if is_torch(T):
+                import torch
+
+                it = torch.from_numpy(idx).to(T.device)
+                ct = torch.from_numpy(cells).to(T.device)
+                parts.append(self.z_empty + (T[ct[None, :], it] - T[:, 0][None]).sum(1))
+            else:
+                xp = np if isinstance(T, np.ndarray) else __import__("cupy")
+                parts.append(self.z_empty + (T[cells[None, :], xp.asarray(idx)] - T[:, 0][None]).sum(1))
+        if is_torch(T):
+            import torch
+
+            Z = torch.cat(parts) if parts else T.new_zeros((0, self.d))
+        else:
+            xp = np if isinstance(T, np.ndarray) else __import__("cupy")
+            Z = xp.concatenate(parts) if parts else xp.zeros((0, self.d), dtype=T.dtype)
+        return self._read(Z)
 
     def exact_shapley(self):
         """Exact Shapley values when readout is None (the game is then a sum of cell games):

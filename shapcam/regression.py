@@ -1,0 +1,290 @@
+"""The "regression" sampler: regression-adjusted Monte Carlo over paired coalitions (Witter, Liu &
+Musco 2025, "Regression-adjusted Monte Carlo estimators for Shapley values and probabilistic
+values"), with the border strata enumerated exactly and a cross-fitted additive surrogate.
+
+The Shapley value splits by coalition size s (the maximum-sample-reuse form):
+
+    phi_i = (v(N) - v(0)) / n + sum_{s=1}^{n-1} T_i(s),
+    T_i(s) = E_{S uniform of size s}[ v(S) * w_i(S) ],   w_i(S) = 1/s if i in S, -1/(n-s) if not.
+
+* Enumerated strata. Sizes 1 and n-1 always (2n evaluations: v({i}) and v(N minus i)), then
+  2 and n-2, ... while the budget is large enough that a stratum would get more samples than it
+  has coalitions (the "border trick" of KernelSHAP implementations); all of them when 2^n - 2
+  evaluations fit, which is the exact answer. Their T_i(s) are exact.
+* Sampled strata. Pairs (S, N minus S): the size s from q(s) ~ 1 / sqrt(s (n - s)) over the sizes
+  left, S the first s players of a uniform permutation. A pair's estimate of the sampled part is
+  the importance-weighted sum of r(S) w_i(S) / q(s) over S and its complement, where
+  r = v - f is the residual of a surrogate f whose own T_i(s) are known in closed form.
+* The surrogate is additive, f(S) = v(0) + sum_{j in S} beta_j with sum(beta) = v(N) - v(0),
+  fitted by least squares weighted by the Shapley kernel on the enumerated coalitions and on the
+  pairs of the other folds (cross-fitting, FOLDS folds by pair index). A pair's estimate uses a
+  surrogate fitted without it, so it is unbiased whatever the fit; the pairs' estimates are
+  averaged, and their spread gives the standard error.
+
+Every pair's estimate sums to v(N) - v(0) (w sums to zero over the players for every S, and the
+surrogate's part sums to zero over the sampled strata), so efficiency is exact.
+
+The contract: pair j's coalition is ``rank_j < s_j`` with rank_j the ranks of permutation j of
+the plain design (csrc/include/shapcam/permutation.h, bit-identical in every engine) and s_j drawn
+from word 0 of ``philox(ctr = (0, j & 0xffffffff, j >> 32, 1), key(seed))`` (the fourth counter
+word 1 keeps these draws apart from the permutations', which use 0) by integer thresholds of q.
+The estimate is computed on the host in float64 from the values in evaluation order, in fixed
+blocks, so it does not depend on batch_size, the engine or the device the game runs on.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import combinations, islice
+
+import numpy as np
+
+from . import ops, reference
+
+FOLDS = 8
+# Players beyond which the sampler is not offered: the fit holds FOLDS + 1 Gram matrices of
+# (n - 1)^2 float64 and solves them at every check.
+MAX_PLAYERS = 1000
+# Coalitions enumerated in one block (masks built from itertools.combinations).
+ENUM_BLOCK = 1 << 14
+
+
+def kernel_mass(n, s):
+    """Shapley-kernel mass of coalition size s (the sum of the kernel over its C(n, s) coalitions)."""
+    s = np.asarray(s, dtype=np.float64)
+    return (n - 1) / (s * (n - s))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which sizes are enumerated exactly, which are sampled, and with what probabilities."""
+
+    n: int
+    enumerated: tuple
+    mid: tuple
+
+    @property
+    def exact(self) -> bool:
+        return not self.mid
+
+    @property
+    def n_enumerated(self) -> int:
+        return sum(math.comb(self.n, s) for s in self.enumerated)
+
+    @property
+    def q(self) -> np.ndarray:
+        mid = np.asarray(self.mid, dtype=np.float64)
+        w = 1.0 / np.sqrt(mid * (self.n - mid))
+        return w / w.sum()
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """uint64 thresholds of a 32-bit word: size index = number of thresholds <= word."""
+        c = np.cumsum(self.q)[:-1]
+        return np.minimum(np.floor(c * 2.0**32), 2.0**32).astype(np.uint64)
+
+    def as_state(self):
+        return {"n": self.n, "enumerated": list(self.enumerated), "mid": list(self.mid)}
+
+
+def make_plan(n: int, avail) -> Plan:
+    """The plan for n >= 2 players and `avail` evaluations beyond the two endpoints (None: not
+    known in advance, e.g. a run stopped by tol alone: the border strata only)."""
+    sizes = list(range(1, n))
+    if n <= 62 and avail is not None and 2**n - 2 <= avail:
+        return Plan(n, tuple(sizes), ())
+    enum = {1, n - 1}
+    cost = len(enum) * n
+    d = 2
+    while avail is not None and d <= n - d:
+        c = math.comb(n, d) * (1 if d == n - d else 2)
+        rest = np.arange(d, n - d + 1)
+        share = kernel_mass(n, d) / kernel_mass(n, rest).sum() * (1 if d == n - d else 2)
+        if cost + c > avail or (avail - cost) * share < c:
+            break
+        enum |= {d, n - d}
+        cost += c
+        d += 1
+    return Plan(n, tuple(sorted(enum)), tuple(s for s in sizes if s not in enum))
+
+
+def plan_from_state(st) -> Plan:
+    return Plan(int(st["n"]), tuple(int(s) for s in st["enumerated"]), tuple(int(s) for s in st["mid"]))
+
+
+def pair_sizes(seed: int, j0: int, j1: int, plan: Plan) -> np.ndarray:
+    """Sizes s_j of pairs j0..j1-1 (int64)."""
+    j = np.arange(j0, j1, dtype=np.uint64)
+    ctr = np.zeros((len(j), 4), dtype=np.uint32)
+    ctr[:, 1] = (j & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    ctr[:, 2] = (j >> np.uint64(32)).astype(np.uint32)
+    ctr[:, 3] = 1
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    key = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
+    word = reference.philox4x32_10(ctr, key)[:, 0].astype(np.uint64)
+    idx = np.searchsorted(plan.thresholds, word, side="right")
+    return np.asarray(plan.mid, dtype=np.int64)[idx]
+
+
+def pair_masks(seed: int, j0: int, j1: int, plan: Plan, engine=None) -> np.ndarray:
+    """Coalitions of pairs j0..j1-1 in evaluation order (S_j0, its complement, S_j0+1, ...):
+    [2 (j1 - j0), n] bool."""
+    n = plan.n
+    rank = ops.ranks(seed, j0, j1, n, reference.PLAIN, engine=engine)
+    S = rank < pair_sizes(seed, j0, j1, plan)[:, None]
+    out = np.empty((2 * (j1 - j0), n), dtype=bool)
+    out[0::2] = S
+    out[1::2] = ~S
+    return out
+
+
+def enumerated_masks(plan: Plan, r0: int, r1: int) -> np.ndarray:
+    """Rows r0..r1-1 of the enumerated coalitions: each enumerated size in increasing order, its
+    subsets in itertools.combinations order. [r1 - r0, n] bool."""
+    n = plan.n
+    out = np.zeros((r1 - r0, n), dtype=bool)
+    base, w = 0, 0
+    for s in plan.enumerated:
+        c = math.comb(n, s)
+        lo, hi = max(r0, base), min(r1, base + c)
+        if lo < hi:
+            idx = np.array(list(islice(combinations(range(n), s), lo - base, hi - base)), dtype=np.int64)
+            out[w + np.arange(hi - lo)[:, None], idx] = True
+            w += hi - lo
+        base += c
+        if base >= r1:
+            break
+    return out
+
+
+def _weights_w(Z, s, n):
+    """w_i(S) for rows Z [B, n] bool of sizes s: 1/s in S, -1/(n-s) out."""
+    s = s.astype(np.float64)[:, None]
+    return np.where(Z, 1.0 / s, -1.0 / (n - s))
+
+
+class Fit:
+    """Everything the estimate needs from the values seen so far, computed from scratch in
+    fixed blocks (so its bits depend only on the values and their order).
+
+    The surrogate f(S) = v(0) + sum_j beta_j z_j with f(N) = v(N), parametrised by
+    b = beta_0..beta_{n-2}: features z_j - z_last, target v(S) - v(0) - (v(N) - v(0)) z_last, least
+    squares weighted by the Shapley kernel. (Pairwise terms z_j z_k were tried: the estimate does
+    not change, to the last digits — a pair S, N minus S already cancels them.)
+    """
+
+    def __init__(self, plan: Plan, seed: int, engine, v_empty, v_full):
+        self.plan, self.seed, self.engine = plan, seed, engine
+        self.v0 = np.asarray(v_empty, dtype=np.float64).reshape(-1)
+        self.vN = np.asarray(v_full, dtype=np.float64).reshape(-1)
+        self.n = plan.n
+
+    def pair_block(self, mw):
+        """Pairs per block of the estimate (fixed by n and the number of outputs)."""
+        return int(max(1, min(4096, (1 << 21) // (self.n * mw))))
+
+    def _design(self, Z, Y):
+        """(A, t, s): features and targets of rows Z with values Y."""
+        s = Z.sum(1)
+        Zf = Z.astype(np.float64)
+        last = Zf[:, -1:]
+        A = Zf[:, :-1] - last
+        D = self.vN - self.v0
+        t = Y - self.v0[None, :] - last * D[None, :]
+        return A, t, s
+
+    def _surrogate(self, b):
+        """beta [n, mw] from the solution b [n - 1, mw] (the last one by f(N) = v(N))."""
+        beta = np.empty((self.n, b.shape[1]))
+        beta[:-1] = b
+        beta[-1] = (self.vN - self.v0) - b.sum(0)
+        return beta
+
+    def _mid_part(self, beta):
+        """The surrogate's exact share of the sampled sizes, sum_{s sampled} T_i(s; f): for
+        f = z_j, T_j(s) = 1/n and T_i(s) = -1/(n (n - 1)) for i != j, at every size. [n, mw]"""
+        n = self.n
+        return len(self.plan.mid) * (n * beta - beta.sum(0)[None, :]) / (n * (n - 1))
+
+    def estimate(self, E_vals, P_vals, M):
+        """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
+        size is enumerated) from the enumerated values E_vals [nE, mw] and the first M pairs'
+        values P_vals [2M, mw]."""
+        plan, n = self.plan, self.n
+        mw = self.v0.shape[0]
+        D = self.vN - self.v0
+        p = n - 1
+        Tb = np.repeat((D / n)[None, :], n, 0)
+        GE = np.zeros((p, p))
+        hE = np.zeros((p, mw))
+        nE = E_vals.shape[0]
+        for r0 in range(0, nE, ENUM_BLOCK):
+            r1 = min(nE, r0 + ENUM_BLOCK)
+            Z = enumerated_masks(plan, r0, r1)
+            Y = E_vals[r0:r1]
+            s = Z.sum(1)
+            comb = np.array([math.comb(n, int(k)) for k in s], dtype=np.float64)
+            Tb += (_weights_w(Z, s, n) / comb[:, None]).T @ Y
+            if not plan.exact:
+                A, t, _ = self._design(Z, Y)
+                wt = kernel_mass(n, s) / comb
+                GE += A.T @ (A * wt[:, None])
+                hE += A.T @ (t * wt[:, None])
+        if plan.exact or M == 0:
+            return Tb, None
+        q = plan.q
+        qpos = np.zeros(n + 1)
+        qpos[list(plan.mid)] = q
+        F = FOLDS
+        G = np.zeros((F, p, p))
+        h = np.zeros((F, p, mw))
+        rows = np.zeros(F, dtype=np.int64)
+        PB = self.pair_block(mw)
+        blocks = [(j0, min(M, j0 + PB)) for j0 in range(0, M, PB)]
+        for j0, j1 in blocks:
+            Z = pair_masks(self.seed, j0, j1, plan, self.engine)
+            A, t, s = self._design(Z, P_vals[2 * j0:2 * j1])
+            wt = kernel_mass(n, s) / qpos[s]
+            fold = (np.arange(2 * j0, 2 * j1) // 2) % F
+            for f in range(F):
+                sel = fold == f
+                if sel.any():
+                    As = A[sel]
+                    G[f] += As.T @ (As * wt[sel, None])
+                    h[f] += As.T @ (t[sel] * wt[sel, None])
+                    rows[f] += int(sel.sum())
+        Gall, hall, rall = G.sum(0), h.sum(0), rows.sum()
+        surr, base = [], np.empty((F, n, mw))
+        for f in range(F):
+            r = rall - rows[f]
+            Gf, hf = GE.copy(), hE.copy()
+            if r > 0:
+                Gf += (Gall - G[f]) / r
+                hf += (hall - h[f]) / r
+            beta = self._surrogate(np.linalg.lstsq(Gf, hf, rcond=None)[0])
+            surr.append(beta)
+            base[f] = Tb + self._mid_part(beta)
+        mean = m2 = None
+        count = 0
+        for j0, j1 in blocks:
+            Z = pair_masks(self.seed, j0, j1, plan, self.engine)
+            Y = P_vals[2 * j0:2 * j1]
+            s = Z.sum(1)
+            pf = np.arange(j0, j1) % F
+            fold = np.repeat(pf, 2)
+            R = np.empty_like(Y)
+            for f in np.unique(pf):
+                sel = fold == f
+                R[sel] = Y[sel] - self.v0[None, :] - Z[sel].astype(np.float64) @ surr[f]
+            R /= qpos[s][:, None]
+            W = _weights_w(Z, s, n)  # [rows, n]
+            contrib = W[:, :, None] * R[:, None, :]  # [rows, n, mw]
+            psi = base[pf] + 0.5 * (contrib[0::2] + contrib[1::2])  # [pairs, n, mw]
+            bm = psi.mean(0)
+            bm2 = ((psi - bm[None]) ** 2).sum(0)
+            if mean is None:
+                mean, m2 = bm, bm2
+            else:
+                reference.merge_block(mean, m2, count, bm, bm2, j1 - j0)
+            count += j1 - j0
+        return mean, (mean, m2, count)
