@@ -306,7 +306,8 @@ def tables(games, cells):
                 if mine is None or not peers:
                     continue
                 total += 1
-                wins += mine <= min(peers)
+                # exact to rounding on both sides (the whole game enumerated) counts as a tie
+                wins += mine <= min(peers) or max(mine, min(peers)) < 1e-12
         lines.append(f"{name}: at or below the best peer in {wins} of {total} (game, budget) cells")
     return "\n".join(lines)
 

@@ -28,7 +28,8 @@ class ShapleyResult:
     stop_reason: why sampling stopped — "K", "tol", "max_evals" or "max_seconds" ("exact" for
         exact_shapley).
     state: the running (mean, M2, count) that ``estimate_shapley(..., resume=result)`` continues.
-    sampler: the sampling design ("plain", "antithetic", "stratified"; see SAMPLERS).
+    sampler: the sampling design ("plain", "antithetic", "stratified", "regression"; see
+        SAMPLERS, COALITION_SAMPLERS).
     Arrays are NumPy, or torch tensors on the game's device when it has one.
     ``np.asarray(result)`` is ``result.values`` as a NumPy array (exact_shapley returns this type
     too, with stderr 0).
@@ -521,7 +522,7 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
                      device=None, engine=None, progress=None, tol=None, rtol=None, max_evals=None,
                      max_seconds=None, min_samples=None, resume=None,
                      executor=None, sampler=None) -> ShapleyResult:
-    """Estimate Shapley values by sampling permutations of the players.
+    """Estimate Shapley values by sampling permutations or coalitions of the players.
 
     Args:
         value_fn: the game. Either a callable ``value_fn(masks) -> values`` where masks is a
@@ -540,9 +541,20 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         sampler: the sampling design, each unbiased with exact efficiency and a standard error
             over its independent samples: ``"plain"`` (one permutation per sample),
             ``"antithetic"`` (a permutation and its reverse), ``"stratified"`` (blocks of 4: a
-            permutation, its reverse, its rotation by n // 2 and that one's reverse). None: the
-            default, DEFAULT_SAMPLER (the lowest error measured over the benchmark suite in
-            benchmarks/RESULTS.md). See SAMPLERS for the references.
+            permutation, its reverse, its rotation by n // 2 and that one's reverse),
+            ``"regression"`` (paired coalitions S and its complement, the border sizes 1 and n-1
+            — and deeper ones when the budget allows — enumerated exactly, residuals of a
+            cross-fitted additive surrogate; Witter, Liu & Musco 2025; see shapcam.regression).
+            None: DEFAULT_SAMPLER ("regression", the lowest error measured over the benchmark
+            suite in benchmarks/RESULTS.md) where it applies — a game that values any
+            coalition (not TruncatedGame), at most 1000 players, no executor, a budget that
+            holds its 2n border coalitions — and "stratified" otherwise; ``result.sampler``
+            says which ran. For "regression", K buys K * (n - 1) evaluations (the cost of K
+            permutations), a sample is a pair, ``n_permutations`` is 0, the strata enumerated
+            are chosen from the budget (K or max_evals; the borders alone when only tol /
+            max_seconds bound the run), all of them when 2^n - 2 evaluations fit (then the
+            result is exact, stop_reason "exact"), and a resumed run keeps the earlier run's
+            strata.
         batch_size: most coalitions per value_fn call (default: the game's, e.g. 16384 masks, or
             256 MB of masked inputs on the CPU / 1 GB on a GPU for MaskedInputGame).
         device: None (NumPy masks) or a torch device for the masks given to value_fn.

@@ -33,3 +33,18 @@ def rng():
 
 def pytest_report_header(config):
     return f"shapcam engine: {shapcam.engine_info()}"
+
+
+# The modules written for the permutation machinery (anytime stopping, resume, workers, engines,
+# CUDA, hardening, ...) count permutations and evaluations the way the permutation designs spend
+# them; they run with estimate_shapley's default set to the permutation default. The default
+# itself ("regression" where it applies) is tested in test_regression.py and test_samplers.py.
+DEFAULT_AS_IS = {"test_regression", "test_samplers"}
+
+
+@pytest.fixture(autouse=True)
+def _permutation_default(request, monkeypatch):
+    if request.module.__name__.rsplit(".", 1)[-1] not in DEFAULT_AS_IS:
+        from shapcam import estimator
+
+        monkeypatch.setattr(estimator, "DEFAULT_SAMPLER", estimator.PERMUTATION_DEFAULT)

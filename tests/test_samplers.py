@@ -160,8 +160,10 @@ def test_stratified_on_workers_equals_serial():
 
 
 def test_sampler_arguments():
-    assert resolve_sampler(None, True) == (shapcam.estimator.DEFAULT_SAMPLER,
-                                           SAMPLERS[shapcam.estimator.DEFAULT_SAMPLER])
+    # None here is the permutation default; estimate_shapley's own default is tested in
+    # test_regression.py (it resolves None per game)
+    assert resolve_sampler(None, True) == ("stratified", 4)
+    assert resolve_sampler("regression", True) == ("regression", 0)
     assert resolve_sampler(None, False) == ("plain", 1)
     g = table_game(6, 0)
     with pytest.raises(ValueError, match="sampler"):

@@ -37,7 +37,9 @@ class ShapCAM(BaseCAM):
             to 256 MB.
         antithetic: False: plain permutation sampling (``sampler="plain"``).
         sampler: the sampling design of :func:`~shapcam.estimate_shapley` ("plain",
-            "antithetic", "stratified"); None: its default.
+            "antithetic", "stratified", "regression"); None: "stratified" (the permutation
+            designs keep the incremental path's O(d) walk per coalition; "regression" values
+            each coalition from scratch, and has no create_graph path).
         incremental: None (default) evaluates coalitions incrementally where the head allows it —
             position-wise ops, then global average pooling / flatten / non-overlapping max pooling
             with a Linear, then any readout (shapcam/cam/incremental.py) — and with the fused
@@ -73,7 +75,7 @@ class ShapCAM(BaseCAM):
         from ..estimator import resolve_sampler
 
         self.sampler, self._group = resolve_sampler(sampler, antithetic)
-        self.antithetic = self._group > 1
+        self.antithetic = self._group != 1
         self.batch_size, self.engine, self.progress = batch_size, engine, progress
 
     def _default_batch(self, A):
@@ -121,6 +123,9 @@ class ShapCAM(BaseCAM):
 
         h, w = A.shape[-2:]
         g = self._group
+        if g == 0:
+            raise ValueError(f"create_graph: the differentiable path walks permutations; sampler="
+                             f"{self.sampler!r} samples coalitions (use 'stratified' or 'antithetic')")
         K_eff = -(-self.K // g) * g
         perm = ops.permutations(self.seed, 0, K_eff, h * w, g, engine=self.engine)
 

@@ -1,0 +1,229 @@
+"""The regression sampler (shapcam/regression.py): unbiased and calibrated over 300 seeds on
+closed-form games, exactly efficient, exact when the budget covers every coalition, reproducible
+(engines, batch sizes, resume), stopping rules, every game type that values any coalition, and
+the default's resolution."""
+import math
+
+import numpy as np
+import pytest
+
+import shapcam
+from shapcam import regression as rg
+from shapcam.estimator import DEFAULT_SAMPLER, regression_applies
+from shapcam.exact import exact_shapley
+from shapcam.games import as_game
+from games_lib import glove, table_game, unanimity
+
+N = 10
+
+
+def smooth(n=N):
+    w = np.linspace(-0.6, 1.0, n)
+    return lambda m: np.tanh(np.asarray(m, float) @ w) + 0.2 * (np.asarray(m, float) @ w) ** 3
+
+
+GAMES = {
+    "smooth": smooth(),
+    "unanimity": unanimity([0, 3, 5, 8], N),
+    "glove": glove([0, 1, 2, 3], [4, 5, 6, 7, 8, 9]),
+    "table": table_game(N, 21),
+}
+
+
+def _run(g, n=N, **kw):
+    kw.setdefault("K", None)
+    kw.setdefault("max_evals", 200)
+    return shapcam.estimate_shapley(g, n, sampler="regression", progress=False, **kw)
+
+
+def test_plan_and_contract():
+    """Border sizes always enumerated, deeper strata only when the budget gives them more
+    samples than coalitions, everything when 2^n - 2 fits; pair sizes follow q by integer
+    thresholds, as a pure function of (seed, index); a pair is a coalition and its complement."""
+    p = rg.make_plan(30, None)
+    assert p.enumerated == (1, 29) and p.mid == tuple(range(2, 29))
+    assert rg.make_plan(10, 2**10 - 2).exact and not rg.make_plan(10, 2**10 - 3).exact
+    deep = rg.make_plan(12, 2398)
+    assert set(deep.enumerated) >= {1, 2, 10, 11} and 6 in deep.mid
+    assert abs(deep.q.sum() - 1) < 1e-12 and np.allclose(deep.q, deep.q[::-1])
+    s = rg.pair_sizes(5, 0, 200_000, p)
+    freq = np.bincount(s, minlength=30)[list(p.mid)] / len(s)
+    assert np.abs(freq - p.q).max() < 4 * np.sqrt(p.q.max() / len(s))
+    np.testing.assert_array_equal(rg.pair_sizes(5, 1000, 1100, p), s[1000:1100])
+    assert not np.array_equal(rg.pair_sizes(6, 0, 100, p), s[:100])
+    m = rg.pair_masks(5, 10, 20, p, "reference")
+    np.testing.assert_array_equal(m[1::2], ~m[0::2])
+    np.testing.assert_array_equal(m[0::2].sum(1), s[10:20])
+    np.testing.assert_array_equal(rg.pair_masks(5, 10, 20, p, "native"), m)
+    e = rg.enumerated_masks(p, 0, p.n_enumerated)
+    assert len({r.tobytes() for r in e}) == 60 and set(e.sum(1)) == {1, 29}
+    np.testing.assert_array_equal(rg.enumerated_masks(p, 7, 41), e[7:41])
+
+
+@pytest.mark.parametrize("name", sorted(GAMES))
+def test_unbiased_and_calibrated_over_300_seeds(name):
+    """The mean over 300 seeds is within 5 standard errors of the exact values for every player,
+    and interval(0.95) covers the exact value 91-97% of the (seed, player) pairs."""
+    g = GAMES[name]
+    exact = np.asarray(exact_shapley(g, N))
+    est, cover = [], []
+    for seed in range(300):
+        r = _run(g, seed=seed)
+        est.append(r.values)
+        lo, hi = r.interval(0.95)
+        live = r.stderr > 0
+        cover.append(((lo - 1e-12 <= exact) & (exact <= hi + 1e-12))[live])
+    est = np.array(est)
+    se = est.std(0, ddof=1) / np.sqrt(len(est))
+    z = np.abs(est.mean(0) - exact) / np.maximum(se, 1e-15)
+    assert z.max() < 5, (name, z)
+    cov = np.concatenate(cover).mean()
+    assert 0.91 <= cov <= 0.97, (name, cov)
+
+
+@pytest.mark.parametrize("budget", [40, 120, 500, 1100])
+def test_efficiency_and_exactness(budget):
+    g = table_game(N, budget)
+    r = _run(g, max_evals=budget, seed=3)
+    full, empty = g(np.ones((1, N), bool))[0], g(np.zeros((1, N), bool))[0]
+    assert abs(r.values.sum() - (full - empty)) < 1e-12
+    assert r.n_evals <= budget and r.sampler == "regression"
+    if budget >= 2**N:
+        assert r.stop_reason == "exact" and np.all(r.stderr == 0)
+        np.testing.assert_allclose(r.values, np.asarray(exact_shapley(g, N)), atol=1e-12)
+    else:
+        assert r.stop_reason == "max_evals" and np.all(r.stderr > 0)
+
+
+def test_engines_batch_sizes_and_outputs_bit_identical():
+    # a table game: its values do not depend on how coalitions are batched (a matmul's can)
+    g = GAMES["table"]
+    ref = _run(g, seed=11, engine="reference", batch_size=7)
+    for kw in (dict(engine="native"), dict(batch_size=1), dict(batch_size=100_000)):
+        r = _run(g, seed=11, **kw)
+        np.testing.assert_array_equal(r.values, ref.values)
+        np.testing.assert_array_equal(r.stderr, ref.stderr)
+    # m outputs at once: each output's values are those of its own run
+    two = lambda m: np.stack([g(m), 2 * g(m) + 1], 1)  # noqa: E731
+    r2 = _run(two, seed=11)
+    assert r2.values.shape == (N, 2)
+    np.testing.assert_allclose(r2.values[:, 0], ref.values, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(r2.values[:, 1], 2 * ref.values, rtol=0, atol=1e-12)
+
+
+def test_resume_is_one_run():
+    n = 30
+    g = unanimity(list(range(0, 30, 3)), n)
+    one = _run(g, n, K=40, max_evals=None, seed=2)
+    first = _run(g, n, K=20, max_evals=None, seed=2)
+    assert first.state["plan"] == one.state["plan"]
+    more = shapcam.estimate_shapley(g, n, K=40, seed=2, resume=first, progress=False)
+    assert more.sampler == "regression"
+    np.testing.assert_array_equal(more.values, one.values)
+    np.testing.assert_array_equal(more.stderr, one.stderr)
+    assert more.n_evals == one.n_evals and more.n_samples == one.n_samples
+    with pytest.raises(ValueError, match="seed"):
+        shapcam.estimate_shapley(g, n, K=40, seed=3, resume=first, sampler="regression")
+    with pytest.raises(ValueError, match="sampler"):
+        shapcam.estimate_shapley(g, n, K=40, seed=2, resume=first, sampler="stratified")
+
+
+def test_stopping_rules():
+    g = GAMES["smooth"]
+    r = _run(g, max_evals=None, tol=0.02, seed=1)
+    assert r.stop_reason == "tol" and r.stderr.max() <= 0.02 and r.n_samples >= 16
+    # a tighter tol needs more pairs
+    r2 = _run(g, max_evals=None, tol=0.005, seed=1)
+    assert r2.n_samples > r.n_samples and r2.stderr.max() <= 0.005
+    cap = _run(g, max_evals=333, tol=1e-9, seed=1)
+    assert cap.stop_reason == "max_evals" and cap.n_evals <= 333 and cap.n_evals >= 332
+    t = _run(g, max_evals=None, max_seconds=0.05, seed=1)
+    assert t.stop_reason == "max_seconds"
+    with pytest.raises(ValueError, match="budget"):
+        _run(g, max_evals=20)
+
+
+def test_tol_stopping_does_not_bias():
+    """Stopping on the SE: the mean over 200 seeds stays within 5 SE of the exact values."""
+    g = GAMES["glove"]
+    exact = np.asarray(exact_shapley(g, N))
+    est = np.array([_run(g, max_evals=None, tol=0.03, seed=s).values for s in range(200)])
+    z = np.abs(est.mean(0) - exact) / (est.std(0, ddof=1) / np.sqrt(200) + 1e-15)
+    assert z.max() < 5
+
+
+def test_game_types_agree():
+    """MaskGame, MaskedInputGame and CellTableGame value the same coalitions alike, so the
+    sampler gives the same estimate on each."""
+    rng = np.random.default_rng(0)
+    w, x, b = rng.normal(size=N), rng.normal(size=N), rng.normal(size=N)
+    link = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    mask_fn = lambda m: link(np.where(m, x, b) @ w + 0.3)  # noqa: E731
+    masked = shapcam.MaskedInputGame(lambda X: link(X @ w + 0.3), x.copy(), baseline=b)
+    cell = shapcam.CellTableGame.glm(w, x, b, intercept=0.3, link=link)
+    M = rg.pair_masks(1, 0, 50, rg.make_plan(N, None))
+    for game in (masked, cell):
+        np.testing.assert_allclose(np.asarray(game.evaluate_masks(M)).reshape(-1), mask_fn(M),
+                                   rtol=0, atol=1e-12)
+    ref = _run(mask_fn, seed=4)
+    for game in (masked, cell):
+        r = shapcam.estimate_shapley(game, K=None, max_evals=200, seed=4, sampler="regression")
+        np.testing.assert_allclose(r.values, ref.values, rtol=0, atol=1e-10)
+    # players as a map over a 2-D input with channels (the Shap-CAM layout)
+    A = rng.normal(size=(3, 2, 5)).astype(np.float32)
+    players = np.arange(10).reshape(2, 5)
+    g2 = shapcam.MaskedInputGame(lambda X: X.reshape(X.shape[0], -1).sum(1), A, players=players)
+    m = rg.pair_masks(2, 0, 4, rg.make_plan(10, None))
+    want = np.where(m[:, players][:, None], A[None], 0).reshape(len(m), -1).sum(1)
+    np.testing.assert_allclose(g2.evaluate_masks(m), want, rtol=1e-5)
+
+
+def test_default_resolution_and_errors():
+    g = GAMES["smooth"]
+    assert shapcam.estimator.DEFAULT_SAMPLER == "regression"
+    assert shapcam.estimate_shapley(g, N, K=16).sampler == "regression"
+    assert shapcam.estimate_shapley(g, N, K=16, antithetic=False).sampler == "plain"
+    trunc = shapcam.TruncatedGame(g, N, tol=0.0)
+    assert shapcam.estimate_shapley(trunc, K=16).sampler == "stratified"
+    with pytest.raises(ValueError, match="permutation prefixes"):
+        shapcam.estimate_shapley(trunc, K=16, sampler="regression")
+    big = lambda m: np.asarray(m, float).sum(1)  # noqa: E731
+    assert regression_applies(as_game(big, 2000), 4, None, None) is not None
+    assert shapcam.estimate_shapley(big, 2000, K=2).sampler == "stratified"
+    # too small a budget for the borders: the default falls back, an explicit request explains
+    assert shapcam.estimate_shapley(g, N, K=1).sampler == "stratified"
+    with pytest.raises(ValueError, match="border"):
+        shapcam.estimate_shapley(g, N, K=1, sampler="regression")
+    with pytest.raises(ValueError, match="sampler"):
+        shapcam.estimate_shapley(g, N, K=16, sampler="kernel")
+    nan = lambda m: np.where(np.asarray(m).sum(1) == 5, np.nan, 1.0)  # noqa: E731
+    with pytest.raises(ValueError, match="non-finite"):
+        _run(nan)
+
+
+def test_two_players_and_one():
+    g = lambda m: np.asarray(m, float) @ np.array([1.0, 2.0]) + np.prod(m, 1)  # noqa: E731
+    r = _run(g, 2, max_evals=10)
+    np.testing.assert_allclose(r.values, [1.5, 2.5], atol=1e-14)
+    assert r.stop_reason == "exact"
+    one = shapcam.estimate_shapley(lambda m: np.asarray(m, float)[:, 0] * 3, 1, K=4)
+    np.testing.assert_allclose(one.values, [3.0])
+
+
+@pytest.mark.skipif(not __import__("shapcam._engine", fromlist=["x"]).cuda_built()
+                    or not pytest.importorskip("torch").cuda.is_available(), reason="needs CUDA")
+def test_device_games_match_host():
+    import torch
+
+    g = GAMES["smooth"]
+    w = torch.tensor(np.linspace(-0.6, 1.0, N), device="cuda")
+
+    def dev_fn(m):
+        s = m.to(torch.float64) @ w
+        return torch.tanh(s) + 0.2 * s ** 3
+
+    host = _run(g, seed=5)
+    dev = shapcam.estimate_shapley(dev_fn, N, K=None, max_evals=200, seed=5, device="cuda",
+                                   sampler="regression")
+    assert dev.values.is_cuda
+    np.testing.assert_allclose(dev.values.cpu().numpy(), host.values, rtol=0, atol=1e-12)
