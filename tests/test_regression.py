@@ -227,3 +227,27 @@ def test_device_games_match_host():
                                    sampler="regression")
     assert dev.values.is_cuda
     np.testing.assert_allclose(dev.values.cpu().numpy(), host.values, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not __import__("shapcam._engine", fromlist=["x"]).cuda_built()
+                    or not pytest.importorskip("torch").cuda.is_available(), reason="needs CUDA")
+def test_device_masked_input_and_cell_games():
+    """MaskedInputGame and CellTableGame with their data on the GPU value arbitrary coalitions as
+    their host twins do, so the sampler's estimates agree."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    w, x, b = rng.normal(size=N), rng.normal(size=N), rng.normal(size=N)
+    wt = torch.tensor(w, device="cuda")
+    masked_h = shapcam.MaskedInputGame(lambda X: np.tanh(X @ w), x.copy(), baseline=b)
+    masked_d = shapcam.MaskedInputGame(lambda X: torch.tanh(X @ wt), torch.tensor(x, device="cuda"),
+                                       baseline=torch.tensor(b, device="cuda"))
+    cell_h = shapcam.CellTableGame.glm(w, x, b, link=np.tanh)
+    tables = torch.tensor(np.asarray(cell_h.tables), device="cuda")
+    cell_d = shapcam.CellTableGame(tables, None, lambda z: torch.tanh(z)[:, 0],
+                                   z_empty=torch.tensor(np.asarray(cell_h.z_empty), device="cuda"))
+    for host, dev in ((masked_h, masked_d), (cell_h, cell_d)):
+        h = shapcam.estimate_shapley(host, K=None, max_evals=200, seed=6, sampler="regression")
+        d = shapcam.estimate_shapley(dev, K=None, max_evals=200, seed=6, sampler="regression")
+        assert d.values.is_cuda and d.sampler == "regression"
+        np.testing.assert_allclose(d.values.cpu().numpy(), h.values, rtol=0, atol=1e-10)
