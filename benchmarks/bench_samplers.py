@@ -322,6 +322,11 @@ def plot(games, cells, path):
     rows = -(-len(games) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     names = list(dict.fromkeys(c["method"] for c in cells))
+    # ours in fixed strong colours, the peers from another palette (the default cycle repeats
+    # after ten lines)
+    peers = [m for m in names if not m.startswith("shapcam")]
+    colour = {f"shapcam {s}": c for s, c in zip(OURS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"))}
+    colour.update({m: plt.cm.tab20b(i / max(1, len(peers))) for i, m in enumerate(peers)})
     for ax, g in zip(axes.flat, games):
         for name in names:
             pts = sorted((c["mult"], c["mse"]) for c in cells
@@ -330,9 +335,10 @@ def plot(games, cells, path):
                 continue
             ours_ = name.startswith("shapcam")
             ax.loglog(*zip(*pts), marker="o" if ours_ else ".", lw=2 if ours_ else 1,
-                      ls="-" if ours_ else "--", label=name, alpha=1 if ours_ else 0.7)
+                      ls="-" if ours_ else "--", label=name, alpha=1 if ours_ else 0.7,
+                      color=colour.get(name))
         floor = [c["mse"] for c in cells if c["game"] == g.name and c["method"].startswith("shapcam")
-                 and c["mse"]]
+                 and c["mse"] and c["mse"] > 1e-20]
         if floor:  # exact answers of the peers at small n (MSE ~1e-30) would squash the panel
             ax.set_ylim(bottom=min(floor) / 30)
         ax.set_title(g.name)

@@ -4,7 +4,8 @@ two builds side by side, interleaved in separate processes (this VM's run-to-run
     git worktree add /tmp/old <commit> && (cd /tmp/old && python setup.py -q build_ext --inplace)
     python benchmarks/throughput_vs_build.py /tmp/old . [--repeats 6]
 
-Prints evaluations/s (median of 7 timed runs of K=1024, n=30, native engine) per build and sampler.
+Prints evaluations/s (median of 7 timed runs of K=1024, n=30, native engine) per build and sampler
+("regression" spends K * (n - 1) evaluations too).
 """
 import argparse
 import json
@@ -46,7 +47,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=6)
     a = ap.parse_args()
     cfgs = [("old", a.old, "antithetic"), ("old", a.old, "plain"),
-            ("new", a.new, "antithetic"), ("new", a.new, "plain"), ("new", a.new, "stratified")]
+            ("new", a.new, "antithetic"), ("new", a.new, "plain"), ("new", a.new, "stratified"),
+            ("new", a.new, "regression")]
     rows = {}
     for _ in range(a.repeats):
         for build, path, sampler in cfgs:
