@@ -182,10 +182,33 @@ class Fit:
         self.v0 = np.asarray(v_empty, dtype=np.float64).reshape(-1)
         self.vN = np.asarray(v_full, dtype=np.float64).reshape(-1)
         self.n = plan.n
+        self._packed = np.zeros((0, (self.n + 7) // 8), dtype=np.uint8)  # pairs' masks, bit-packed
+        self._rows = 0
+
+    def keep(self, j0, masks):
+        """Keep the masks of pairs from j0 (as evaluated), so the estimate need not rebuild them:
+        n / 8 bytes per coalition."""
+        if 2 * j0 != self._rows:
+            return
+        packed = np.packbits(masks, axis=1)
+        need = self._rows + packed.shape[0]
+        if need > self._packed.shape[0]:
+            grown = np.zeros((max(need, 2 * self._packed.shape[0]), packed.shape[1]), dtype=np.uint8)
+            grown[:self._rows] = self._packed[:self._rows]
+            self._packed = grown
+        self._packed[self._rows:need] = packed
+        self._rows = need
+
+    def pair_masks(self, j0, j1):
+        """pair_masks(seed, j0, j1, plan), from the kept masks where they are."""
+        if 2 * j1 <= self._rows:
+            return np.unpackbits(self._packed[2 * j0:2 * j1], axis=1, count=self.n).astype(bool)
+        return pair_masks(self.seed, j0, j1, self.plan, self.engine)
 
     def pair_block(self, mw):
-        """Pairs per block of the estimate (fixed by n and the number of outputs)."""
-        return int(max(1, min(4096, (1 << 21) // (self.n * mw))))
+        """Pairs per block of the estimate (fixed by n and the number of outputs), a multiple of
+        FOLDS so a whole block splits into folds by a reshape."""
+        return FOLDS * int(max(1, min(4096, (1 << 21) // (self.n * mw)) // FOLDS))
 
     def _design(self, Z, Y):
         """(A, t, s): features and targets of rows Z with values Y."""
@@ -246,9 +269,18 @@ class Fit:
         PB = self.pair_block(mw)
         blocks = [(j0, min(M, j0 + PB)) for j0 in range(0, M, PB)]
         for j0, j1 in blocks:
-            Z = pair_masks(self.seed, j0, j1, plan, self.engine)
+            Z = self.pair_masks(j0, j1)
             A, t, s = self._design(Z, P_vals[2 * j0:2 * j1])
             wt = kernel_mass(n, s) / qpos[s]
+            if (j1 - j0) % F == 0:  # a whole block (j0 is a multiple of F): folds by a reshape
+                Af = A.reshape(-1, F, 2, p).transpose(1, 0, 2, 3).reshape(F, -1, p)
+                tf = t.reshape(-1, F, 2, mw).transpose(1, 0, 2, 3).reshape(F, -1, mw)
+                wf = wt.reshape(-1, F, 2).transpose(1, 0, 2).reshape(F, -1, 1)
+                At = Af.transpose(0, 2, 1)
+                G += At @ (Af * wf)
+                h += At @ (tf * wf)
+                rows += Af.shape[1]
+                continue
             fold = (np.arange(2 * j0, 2 * j1) // 2) % F
             for f in range(F):
                 sel = fold == f
@@ -271,7 +303,7 @@ class Fit:
         mean = m2 = None
         count = 0
         for j0, j1 in blocks:
-            Z = pair_masks(self.seed, j0, j1, plan, self.engine)
+            Z = self.pair_masks(j0, j1)
             Y = P_vals[2 * j0:2 * j1]
             s = Z.sum(1)
             pf = np.arange(j0, j1) % F
