@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--K", type=positive_int, default=64, help="Shap-CAM permutations per image (default 64)")
         p.add_argument("--seed", type=nonnegative_int, default=0)
-        p.add_argument("--sampler", choices=("plain", "antithetic", "stratified"), default=None,
-                       help="Shap-CAM's sampling design (default: estimate_shapley's)")
+        p.add_argument("--sampler", choices=("plain", "antithetic", "stratified", "regression"),
+                       default=None, help="Shap-CAM's sampling design (default: stratified)")
         p.add_argument("--batch-size", type=positive_int, default=None,
                        help="inputs per forward pass (Shap-CAM coalitions, Score-CAM masked images)")
         p.add_argument("--rise-masks", type=positive_int, default=None,

@@ -251,3 +251,17 @@ def test_device_masked_input_and_cell_games():
         d = shapcam.estimate_shapley(dev, K=None, max_evals=200, seed=6, sampler="regression")
         assert d.values.is_cuda and d.sampler == "regression"
         np.testing.assert_allclose(d.values.cpu().numpy(), h.values, rtol=0, atol=1e-10)
+
+
+def test_shapcam_regression_incremental_equals_fused():
+    """ShapCAM(sampler="regression"): the incremental head (CellTableGame.evaluate_masks) and the
+    fused masked-input path value the same coalitions, so the maps agree."""
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = tv.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    inc = shapcam.ShapCAM(model, "layer4", K=8, sampler="regression", incremental=True)(x)
+    fused = shapcam.ShapCAM(model, "layer4", K=8, sampler="regression", incremental=False)(x)
+    assert torch.isfinite(inc).all() and inc.abs().max() > 0
+    torch.testing.assert_close(inc, fused, rtol=1e-4, atol=1e-5)
