@@ -33,6 +33,7 @@ blocks, so it does not depend on batch_size, the engine or the device the game r
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from itertools import combinations, islice
@@ -57,8 +58,10 @@ SIZE_EXPONENT = 0.5
 # residual); 1.5 is worse at n = 12.
 ENUM_RATIO = 1.0
 MIN_PAIRS = 2 * FOLDS
-# Coalitions enumerated in one block (masks built from itertools.combinations).
+# Coalitions enumerated in one block (masks built from itertools.combinations), and at most in
+# all (their masks are kept, bit-packed; every coalition is enumerated only up to this many).
 ENUM_BLOCK = 1 << 14
+ENUM_MAX = 1 << 22
 
 
 def kernel_mass(n, s):
@@ -103,7 +106,7 @@ def make_plan(n: int, avail) -> Plan:
     """The plan for n >= 2 players and `avail` evaluations beyond the two endpoints (None: not
     known in advance, e.g. a run stopped by tol alone: the border strata only)."""
     sizes = list(range(1, n))
-    if n <= 62 and avail is not None and 2**n - 2 <= avail:
+    if n <= 62 and avail is not None and 2**n - 2 <= min(avail, ENUM_MAX):
         return Plan(n, tuple(sizes), ())
     enum = {1, n - 1}
     cost = len(enum) * n
@@ -112,7 +115,8 @@ def make_plan(n: int, avail) -> Plan:
         c = math.comb(n, d) * (1 if d == n - d else 2)
         rest = np.arange(d, n - d + 1)
         share = kernel_mass(n, d) / kernel_mass(n, rest).sum() * (1 if d == n - d else 2)
-        if cost + c + 2 * MIN_PAIRS > avail or (avail - cost) * share < ENUM_RATIO * c:
+        if cost + c + 2 * MIN_PAIRS > avail or cost + c > ENUM_MAX or \
+                (avail - cost) * share < ENUM_RATIO * c:
             break
         enum |= {d, n - d}
         cost += c
@@ -150,23 +154,28 @@ def pair_masks(seed: int, j0: int, j1: int, plan: Plan, engine=None) -> np.ndarr
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _enumerated_packed(plan: Plan) -> np.ndarray:
+    """Every enumerated coalition, bit-packed, built once by streaming itertools.combinations
+    (at most ENUM_MAX rows: n / 8 bytes each)."""
+    n = plan.n
+    parts = []
+    for s in plan.enumerated:
+        it = combinations(range(n), s)
+        while True:
+            idx = np.array(list(islice(it, ENUM_BLOCK)), dtype=np.int64).reshape(-1, s)
+            if idx.shape[0] == 0:
+                break
+            m = np.zeros((idx.shape[0], n), dtype=bool)
+            m[np.arange(idx.shape[0])[:, None], idx] = True
+            parts.append(np.packbits(m, axis=1))
+    return np.concatenate(parts) if parts else np.zeros((0, (n + 7) // 8), dtype=np.uint8)
+
+
 def enumerated_masks(plan: Plan, r0: int, r1: int) -> np.ndarray:
     """Rows r0..r1-1 of the enumerated coalitions: each enumerated size in increasing order, its
     subsets in itertools.combinations order. [r1 - r0, n] bool."""
-    n = plan.n
-    out = np.zeros((r1 - r0, n), dtype=bool)
-    base, w = 0, 0
-    for s in plan.enumerated:
-        c = math.comb(n, s)
-        lo, hi = max(r0, base), min(r1, base + c)
-        if lo < hi:
-            idx = np.array(list(islice(combinations(range(n), s), lo - base, hi - base)), dtype=np.int64)
-            out[w + np.arange(hi - lo)[:, None], idx] = True
-            w += hi - lo
-        base += c
-        if base >= r1:
-            break
-    return out
+    return np.unpackbits(_enumerated_packed(plan)[r0:r1], axis=1, count=plan.n).astype(bool)
 
 
 def _weights_w(Z, s, n):
