@@ -31,7 +31,9 @@ def cheap_game(n=30):
 @pytest.mark.parametrize("K", [16, 1024] if TINY else [16, 64, 256, 1024])
 def bench_estimate(benchmark, record, engine, game, K):
     f = tabular_game() if game == "tabular" else cheap_game()
-    res = benchmark(shapcam.estimate_shapley, f, 30, K, engine=engine)
+    # the engines' path: a permutation design (the regression sampler's host fit is timed in
+    # bench_samplers / throughput_vs_build)
+    res = benchmark(shapcam.estimate_shapley, f, 30, K, engine=engine, sampler="stratified")
     record(f"estimate {game} n=30 K={K}", engine, items=res.n_evals, unit="eval")
 
 
@@ -78,7 +80,10 @@ def bench_accuracy(benchmark, game_name, K):
     exact = shapcam.exact_shapley(game, n).values
     budget = K * (n - 1) + 2
     runs = {
-        "shapcam antithetic": lambda s: shapcam.estimate_shapley(game, n, K, seed=s).values,
+        "shapcam antithetic": lambda s: shapcam.estimate_shapley(game, n, K, seed=s,
+                                                                 sampler="antithetic").values,
+        "shapcam regression": lambda s: shapcam.estimate_shapley(game, n, K, seed=s,
+                                                                 sampler="regression").values,
         "shapcam plain": lambda s: shapcam.estimate_shapley(game, n, K, seed=s, antithetic=False).values,
         "captum ShapleyValueSampling": lambda s: _captum_sv(game, n, K, s),
         "shapiq PermutationSamplingSV": lambda s: _shapiq_sv(game, n, budget, s),

@@ -50,13 +50,15 @@ def _timed(fn):
 
 
 def _scaling_case(label, game, n, K, batch_size):
-    t1, ref = _timed(lambda: shapcam.estimate_shapley(game, n, K=K, seed=0, batch_size=batch_size))
+    # executor= runs the permutation designs; the serial reference names the same one
+    t1, ref = _timed(lambda: shapcam.estimate_shapley(game, n, K=K, seed=0, batch_size=batch_size,
+                                                      sampler="stratified"))
     rows = [{"game": label, "engine": "serial", "workers": 1, "s": t1, "speedup": 1.0,
              "efficiency": 1.0, "identical": True}]
     for w in ([1, 2, 4] if not TINY else [2]):
         with cf.ProcessPoolExecutor(w) as ex:
             ex.submit(int).result()  # processes started before the clock
-            tw, res = _timed(lambda: shapcam.estimate_shapley(game, n, K=K, seed=0,
+            tw, res = _timed(lambda: shapcam.estimate_shapley(game, n, K=K, seed=0, sampler="stratified",
                                                               batch_size=batch_size, executor=ex))
         rows.append({"game": label, "engine": "ProcessPool", "workers": w, "s": tw,
                      "speedup": t1 / tw, "efficiency": t1 / tw / w,
@@ -67,7 +69,7 @@ def _scaling_case(label, game, n, K, batch_size):
         return rows
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
                       silence_logs=50) as cluster, Client(cluster) as client:
-        tw, res = _timed(lambda: shapcam.estimate_shapley(game, n, K=K, seed=0,
+        tw, res = _timed(lambda: shapcam.estimate_shapley(game, n, K=K, seed=0, sampler="stratified",
                                                           batch_size=batch_size, executor=client))
     rows.append({"game": label, "engine": "Dask LocalCluster", "workers": 2, "s": tw,
                  "speedup": t1 / tw, "efficiency": t1 / tw / 2,
@@ -112,7 +114,8 @@ CHILD = textwrap.dedent("""
 
     f(np.zeros((2, n), bool))
     t = time.perf_counter()
-    res, growth = peak_growth(lambda: shapcam.estimate_shapley(f, n, K=K, seed=0, batch_size=bs))
+    res, growth = peak_growth(lambda: shapcam.estimate_shapley(f, n, K=K, seed=0, batch_size=bs,
+                                                               sampler="stratified"))
     dt = time.perf_counter() - t
     print(json.dumps({"s": dt, "evals_per_s": res.n_evals / dt, "n_evals": res.n_evals,
                       "growth_mb": growth}))

@@ -12,8 +12,8 @@ values are known:
   tree-30/100 a gradient-boosted tree model (scikit-learn), features outside S at a baseline
               point, exact values from shap's TreeExplainer (interventional, that one point)
 
-Methods, side by side in one run: ours ("plain", "antithetic", "stratified" through
-``estimate_shapley(..., sampler=)``), shapiq's PermutationSamplingSV, SVARM, StratifiedSamplingSV,
+Methods, side by side in one run: ours ("plain", "antithetic", "stratified", "regression" through
+``estimate_shapley(..., sampler=)``; regression spends exactly the budget, through max_evals), shapiq's PermutationSamplingSV, SVARM, StratifiedSamplingSV,
 KernelSHAP (paired), UnbiasedKernelSHAP (paired), kADDSHAP (paired), captum's
 ShapleyValueSampling and shap's PermutationExplainer. Ours also report the coverage of
 value +- 1.96 stderr.

@@ -116,7 +116,7 @@ def e2e_rows(dev, Ks):
             res_holder = {}
 
             def run():
-                res_holder["r"] = shapcam.estimate_shapley(game, K=K, seed=0)
+                res_holder["r"] = shapcam.estimate_shapley(game, K=K, seed=0, sampler="stratified")
 
             t_e2e = wall_time(run, warmup=1, reps=5)
             r = res_holder["r"]
@@ -135,7 +135,8 @@ def e2e_rows(dev, Ks):
             # The engine alone: the same estimate with a value function that reads one number.
             cheap = shapcam.MaskedInputGame(lambda f: f[:, 0, 0, 0].double(), A,
                                             players=torch.arange(h * w).reshape(h, w))
-            t_engine = wall_time(lambda: shapcam.estimate_shapley(cheap, K=K, seed=0), warmup=1, reps=5)
+            t_engine = wall_time(lambda: shapcam.estimate_shapley(cheap, K=K, seed=0, sampler="stratified"),
+                                 warmup=1, reps=5)
             gap = float((r.values.sum() - (r.v_full - r.v_empty)).abs())
             rows.append(dict(model=name, K=K, evals=E, batch=bs, e2e_ms=t_e2e, head_only_ms=t_head, engine_only_ms=t_engine,
                              ratio=t_e2e / t_head, efficiency_gap=gap))
@@ -153,12 +154,12 @@ def profile_small(dev, out_dir):
     game = shapcam.MaskedInputGame(lambda f: f[:, 0, 0, 0].double(), A,
                                    players=torch.arange(49).reshape(7, 7))
     for _ in range(3):
-        shapcam.estimate_shapley(game, K=8)
+        shapcam.estimate_shapley(game, K=8, sampler="stratified")
     torch.cuda.synchronize()
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(20):
-        shapcam.estimate_shapley(game, K=8)
+        shapcam.estimate_shapley(game, K=8, sampler="stratified")
     torch.cuda.synchronize()
     pr.disable()
     # Per-call cost of the two hot ops on tiny inputs (launch + checks), host clock.
