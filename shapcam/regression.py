@@ -16,8 +16,8 @@ The Shapley value splits by coalition size s (the maximum-sample-reuse form):
   the importance-weighted sum of r(S) w_i(S) / q(s) over S and its complement, where
   r = v - f is the residual of a surrogate f whose own T_i(s) are known in closed form.
 * The surrogate is additive, f(S) = v(0) + sum_{j in S} beta_j with sum(beta) = v(N) - v(0),
-  fitted by least squares weighted by the Shapley kernel on the enumerated coalitions and on the
-  pairs of the other folds (cross-fitting, FOLDS folds by pair index). A pair's estimate uses a
+  fitted by weighted least squares (Fit) on the enumerated coalitions and on the pairs of the
+  other folds (cross-fitting, FOLDS folds by pair index). A pair's estimate uses a
   surrogate fitted without it, so it is unbiased whatever the fit; the pairs' estimates are
   averaged, and their spread gives the standard error.
 
@@ -189,9 +189,12 @@ class Fit:
     fixed blocks (so its bits depend only on the values and their order).
 
     The surrogate f(S) = v(0) + sum_j beta_j z_j with f(N) = v(N), parametrised by
-    b = beta_0..beta_{n-2}: features z_j - z_last, target v(S) - v(0) - (v(N) - v(0)) z_last, least
-    squares weighted by the Shapley kernel. (Pairwise terms z_j z_k were tried: the estimate does
-    not change, to the last digits — a pair S, N minus S already cancels them.)
+    b = beta_0..beta_{n-2}: features z_j - z_last, target v(S) - v(0) - (v(N) - v(0)) z_last, by
+    weighted least squares: the enumerated rows by the Shapley kernel, the sampled rows by what
+    their residual costs the estimate's variance (_pair_weight), each group at a mean weight of 1
+    per row. (Pairwise terms z_j z_k were tried: the estimate does not change, to the last digits
+    — a pair's weights are antisymmetric, w(N minus S) = -w(S), so only v(S) - v(N minus S) is
+    sampled, and pairwise terms reduce to additive ones there.)
     """
 
     def __init__(self, plan: Plan, seed: int, engine, v_empty, v_full):
@@ -237,6 +240,18 @@ class Fit:
         t = Y - self.v0[None, :] - last * D[None, :]
         return A, t, s
 
+    def _pair_weight(self, s, qpos):
+        """Least-squares weight of a sampled coalition of size s (drawn with probability qpos[s]),
+        with a mean of 1 per row. A pair's share of the estimate's variance is
+        E[|w(S)|^2 d(S)^2] / (4 q(s)) summed over sizes, |w(S)|^2 = n / (s (n - s)), d the
+        residual's v(S) - v(N minus S); a row drawn with probability q(s) stands for 1 / q(s) of
+        its size, so 1 / (s (n - s) q(s)^2) weighs each row by what its residual costs."""
+        n = self.n
+        mid = np.asarray(self.plan.mid)
+        qm = qpos[mid]
+        c = 1.0 / (1.0 / (mid * (n - mid) * qm)).sum()  # E_q[weight] = 1
+        return c / (s * (n - s) * qpos[s] ** 2)
+
     def _surrogate(self, b):
         """beta [n, mw] from the solution b [n - 1, mw] (the last one by f(N) = v(N))."""
         beta = np.empty((self.n, b.shape[1]))
@@ -271,7 +286,8 @@ class Fit:
             Tb += (_weights_w(Z, s, n) / comb[:, None]).T @ Y
             if not plan.exact:
                 A, t, _ = self._design(Z, Y)
-                wt = kernel_mass(n, s) / comb
+                # the kernel within the enumerated rows, normalised to a mean of 1 per row
+                wt = kernel_mass(n, s) / comb * (nE / kernel_mass(n, np.asarray(plan.enumerated)).sum())
                 GE += A.T @ (A * wt[:, None])
                 hE += A.T @ (t * wt[:, None])
         if plan.exact or M == 0:
@@ -282,13 +298,12 @@ class Fit:
         F = FOLDS
         G = np.zeros((F, p, p))
         h = np.zeros((F, p, mw))
-        rows = np.zeros(F, dtype=np.int64)
         PB = self.pair_block(mw)
         blocks = [(j0, min(M, j0 + PB)) for j0 in range(0, M, PB)]
         for j0, j1 in blocks:
             Z = self.pair_masks(j0, j1)
             A, t, s = self._design(Z, P_vals[2 * j0:2 * j1])
-            wt = kernel_mass(n, s) / qpos[s]
+            wt = self._pair_weight(s, qpos)
             if (j1 - j0) % F == 0:  # a whole block (j0 is a multiple of F): folds by a reshape
                 Af = A.reshape(-1, F, 2, p).transpose(1, 0, 2, 3).reshape(F, -1, p)
                 tf = t.reshape(-1, F, 2, mw).transpose(1, 0, 2, 3).reshape(F, -1, mw)
@@ -296,7 +311,6 @@ class Fit:
                 At = Af.transpose(0, 2, 1)
                 G += At @ (Af * wf)
                 h += At @ (tf * wf)
-                rows += Af.shape[1]
                 continue
             fold = (np.arange(2 * j0, 2 * j1) // 2) % F
             for f in range(F):
@@ -305,15 +319,13 @@ class Fit:
                     As = A[sel]
                     G[f] += As.T @ (As * wt[sel, None])
                     h[f] += As.T @ (t[sel] * wt[sel, None])
-                    rows[f] += int(sel.sum())
-        Gall, hall, rall = G.sum(0), h.sum(0), rows.sum()
+        Gall, hall = G.sum(0), h.sum(0)
         surr, base = [], np.empty((F, n, mw))
         for f in range(F):
-            r = rall - rows[f]
-            Gf, hf = GE.copy(), hE.copy()
-            if r > 0:
-                Gf += (Gall - G[f]) / r
-                hf += (hall - h[f]) / r
+            # every row counts once (mean weight 1 in each group): the enumerated rows steady the
+            # fit while pairs are few and weigh less as they accumulate
+            Gf = GE + (Gall - G[f])
+            hf = hE + (hall - h[f])
             beta = self._surrogate(np.linalg.lstsq(Gf, hf, rcond=None)[0])
             surr.append(beta)
             base[f] = Tb + self._mid_part(beta)
