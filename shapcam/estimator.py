@@ -608,11 +608,13 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     seed = ops.check_seed(seed)
     auto = sampler is None and antithetic is True
     if auto:
-        why = regression_applies(game, K, max_evals, executor)
         if resume is not None:  # continue with the earlier run's design
             sampler = (getattr(resume, "state", None) or {}).get("sampler", PERMUTATION_DEFAULT)
+        elif DEFAULT_SAMPLER in COALITION_SAMPLERS and \
+                regression_applies(game, K, max_evals, executor) is not None:
+            sampler = PERMUTATION_DEFAULT
         else:
-            sampler = DEFAULT_SAMPLER if why is None else PERMUTATION_DEFAULT
+            sampler = DEFAULT_SAMPLER
     sampler, pps = resolve_sampler(sampler, antithetic)
     if sampler in COALITION_SAMPLERS and not auto:
         why = regression_applies(game, K, max_evals, executor)

@@ -537,27 +537,18 @@ class CellTableGame(Game):
         bits = (masks[:, np.where(valid, members, 0)] & valid[None]).astype(np.int64)
         sub = (bits << np.arange(self.cell_size, dtype=np.int64)).sum(2)  # [B, cells]
         T = self.tables
-        cells = np.arange(self.n_cells)
-        step = max(1, (1 << 24) // max(1, self.n_cells * self.d))
-        parts = []
-        for a in range(0, masks.shape[0], step):
-            idx = sub[a:a + step]
-            if is_torch(T):
-                import torch
-
-                it = torch.from_numpy(idx).to(T.device)
-                ct = torch.from_numpy(cells).to(T.device)
-                parts.append(self.z_empty + (T[ct[None, :], it] - T[:, 0][None]).sum(1))
-            else:
-                xp = np if isinstance(T, np.ndarray) else __import__("cupy")
-                parts.append(self.z_empty + (T[cells[None, :], xp.asarray(idx)] - T[:, 0][None]).sum(1))
         if is_torch(T):
             import torch
 
-            Z = torch.cat(parts) if parts else T.new_zeros((0, self.d))
+            asarray, cat = (lambda a: torch.from_numpy(a).to(T.device)), torch.cat
         else:
             xp = np if isinstance(T, np.ndarray) else __import__("cupy")
-            Z = xp.concatenate(parts) if parts else xp.zeros((0, self.d), dtype=T.dtype)
+            asarray, cat = xp.asarray, xp.concatenate
+        cells = asarray(np.arange(self.n_cells))[None, :]
+        step = max(1, (1 << 24) // max(1, self.n_cells * self.d))  # rows per gather of [rows, cells, d]
+        parts = [self.z_empty + (T[cells, asarray(sub[a:a + step])] - T[:, 0][None]).sum(1)
+                 for a in range(0, max(1, masks.shape[0]), step)]
+        Z = cat(parts)
         return self._read(Z)
 
     def exact_shapley(self):

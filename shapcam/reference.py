@@ -50,17 +50,30 @@ def group_of(antithetic) -> int:
     raise ValueError(f"antithetic: expected a bool or a group size 1, 2 or 4, got {antithetic!r}")
 
 
+def philox_block(seed: int, base, block, lane: int = 0) -> np.ndarray:
+    """permutation.h::draw_block over arrays: philox(ctr = (block, base & 0xffffffff, base >> 32,
+    lane), key = (seed & 0xffffffff, seed >> 32)), base and block broadcast together -> [..., 4]
+    uint32. Lane 0 holds the permutations' Fisher–Yates draws; lane 1 the regression sampler's
+    pair sizes (shapcam/regression.py)."""
+    base = np.asarray(base, dtype=np.uint64)
+    block = np.asarray(block, dtype=np.uint32)
+    shape = np.broadcast_shapes(base.shape, block.shape)
+    ctr = np.zeros(shape + (4,), dtype=np.uint32)
+    ctr[..., 0] = block
+    ctr[..., 1] = (base & _LO).astype(np.uint32)
+    ctr[..., 2] = (base >> _32).astype(np.uint32)
+    ctr[..., 3] = lane
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    key = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
+    return philox4x32_10(ctr, key)
+
+
 def _draws(seed: int, ks: np.ndarray, n: int, antithetic) -> np.ndarray:
     """Fisher–Yates draws of permutations ks: [K, n-1] uint32."""
     blocks = (n - 1 + 3) // 4 if n > 1 else 0
     base = (ks // group_of(antithetic)).astype(np.uint64)
-    ctr = np.zeros((len(ks), blocks, 4), dtype=np.uint32)
-    ctr[..., 0] = np.arange(blocks, dtype=np.uint32)[None, :]
-    ctr[..., 1] = (base & _LO).astype(np.uint32)[:, None]
-    ctr[..., 2] = (base >> _32).astype(np.uint32)[:, None]
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
-    key = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
-    return philox4x32_10(ctr, key).reshape(len(ks), 4 * blocks)[:, : max(n - 1, 0)]
+    words = philox_block(seed, base[:, None], np.arange(blocks, dtype=np.uint32)[None, :])
+    return words.reshape(len(ks), 4 * blocks)[:, : max(n - 1, 0)]
 
 
 def permutations(seed: int, k0: int, k1: int, n: int, antithetic: bool = True) -> np.ndarray:

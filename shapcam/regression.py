@@ -130,14 +130,8 @@ def plan_from_state(st) -> Plan:
 
 def pair_sizes(seed: int, j0: int, j1: int, plan: Plan) -> np.ndarray:
     """Sizes s_j of pairs j0..j1-1 (int64)."""
-    j = np.arange(j0, j1, dtype=np.uint64)
-    ctr = np.zeros((len(j), 4), dtype=np.uint32)
-    ctr[:, 1] = (j & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    ctr[:, 2] = (j >> np.uint64(32)).astype(np.uint32)
-    ctr[:, 3] = 1
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
-    key = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
-    word = reference.philox4x32_10(ctr, key)[:, 0].astype(np.uint64)
+    word = reference.philox_block(seed, np.arange(j0, j1, dtype=np.uint64), 0, lane=1)[:, 0]
+    word = word.astype(np.uint64)
     idx = np.searchsorted(plan.thresholds, word, side="right")
     return np.asarray(plan.mid, dtype=np.int64)[idx]
 
