@@ -95,6 +95,36 @@ def test_efficiency_and_exactness(budget):
         assert r.stop_reason == "max_evals" and np.all(r.stderr > 0)
 
 
+def test_size_features_are_odd_legendre():
+    from numpy.polynomial import legendre
+    n = 30
+    s = np.arange(1, n)
+    x = (2.0 * s - n) / n
+    want = np.stack([legendre.legval(x, [0] * d + [1]) for d in (1, 3, 5, 7)], 1)
+    np.testing.assert_allclose(rg.size_features(n, s), want, atol=1e-13)
+    assert [rg.size_terms(n) for n in (2, 3, 4, 5, 9, 10, 100)] == [0, 1, 1, 2, 4, 4, 4]
+
+
+def test_additive_plus_size_function_is_exact_from_sampled_pairs():
+    """v = additive + an odd polynomial of degree <= 7 in the size + any even function of the
+    size: the surrogate takes all of v(S) - v(N minus S), so every pair's estimate is exact and
+    the standard error 0 (without the size terms the residual x^5 would be sampled)."""
+    n = 20
+    w = np.random.default_rng(4).normal(size=n)
+
+    def v(m):
+        x = (2.0 * m.sum(1) - n) / n
+        return m @ w + x**5 - 2 * x**3 + 0.3 * x**2 + np.cos(3 * x)
+
+    r = shapcam.estimate_shapley(v, n, K=None, max_evals=40 * n, seed=1, sampler="regression",
+                                 progress=False)
+    assert r.stop_reason == "max_evals" and r.n_samples > 100
+    # a size function has equal Shapley values for all players: (v_size(N) - v_size(0)) / n
+    size_part = (1 - 2 + 0.3 + np.cos(3) - (-1 + 2 + 0.3 + np.cos(-3))) / n
+    np.testing.assert_allclose(r.values, w + size_part, atol=1e-9)
+    assert r.stderr.max() < 1e-9
+
+
 def test_engines_batch_sizes_and_outputs_bit_identical():
     # a table game: its values do not depend on how coalitions are batched (a matmul's can)
     g = GAMES["table"]
