@@ -149,13 +149,17 @@ def pair_sizes(seed: int, j0: int, j1: int, plan: Plan) -> np.ndarray:
     return np.asarray(plan.mid, dtype=np.int64)[idx]
 
 
+def pair_sets(seed: int, j0: int, j1: int, plan: Plan, engine=None) -> np.ndarray:
+    """S_j of pairs j0..j1-1 (the first coalition of each pair): [j1 - j0, n] bool."""
+    rank = ops.ranks(seed, j0, j1, plan.n, reference.PLAIN, engine=engine)
+    return rank < pair_sizes(seed, j0, j1, plan)[:, None]
+
+
 def pair_masks(seed: int, j0: int, j1: int, plan: Plan, engine=None) -> np.ndarray:
     """Coalitions of pairs j0..j1-1 in evaluation order (S_j0, its complement, S_j0+1, ...):
     [2 (j1 - j0), n] bool."""
-    n = plan.n
-    rank = ops.ranks(seed, j0, j1, n, reference.PLAIN, engine=engine)
-    S = rank < pair_sizes(seed, j0, j1, plan)[:, None]
-    out = np.empty((2 * (j1 - j0), n), dtype=bool)
+    S = pair_sets(seed, j0, j1, plan, engine)
+    out = np.empty((2 * S.shape[0], plan.n), dtype=bool)
     out[0::2] = S
     out[1::2] = ~S
     return out
@@ -230,15 +234,15 @@ class Fit:
         self.vN = np.asarray(v_full, dtype=np.float64).reshape(-1)
         self.n = plan.n
         self.k = size_terms(self.n)
-        self._packed = np.zeros((0, (self.n + 7) // 8), dtype=np.uint8)  # pairs' masks, bit-packed
+        self._packed = np.zeros((0, (self.n + 7) // 8), dtype=np.uint8)  # pairs' S, bit-packed
         self._rows = 0
 
     def keep(self, j0, masks):
-        """Keep the masks of pairs from j0 (as evaluated), so the estimate need not rebuild them:
-        n / 8 bytes per coalition."""
-        if 2 * j0 != self._rows:
+        """Keep the sets S_j of pairs from j0 (masks as evaluated: S_j, its complement, ...), so
+        the estimate need not rebuild them: n / 8 bytes per pair."""
+        if j0 != self._rows:
             return
-        packed = np.packbits(masks, axis=1)
+        packed = np.packbits(masks[0::2], axis=1)
         need = self._rows + packed.shape[0]
         if need > self._packed.shape[0]:
             grown = np.zeros((max(need, 2 * self._packed.shape[0]), packed.shape[1]), dtype=np.uint8)
@@ -247,26 +251,38 @@ class Fit:
         self._packed[self._rows:need] = packed
         self._rows = need
 
-    def pair_masks(self, j0, j1):
-        """pair_masks(seed, j0, j1, plan), from the kept masks where they are."""
-        if 2 * j1 <= self._rows:
-            return np.unpackbits(self._packed[2 * j0:2 * j1], axis=1, count=self.n).astype(bool)
-        return pair_masks(self.seed, j0, j1, self.plan, self.engine)
+    def pair_sets(self, j0, j1):
+        """pair_sets(seed, j0, j1, plan), from the kept sets where they are."""
+        if j1 <= self._rows:
+            return np.unpackbits(self._packed[j0:j1], axis=1, count=self.n).astype(bool)
+        return pair_sets(self.seed, j0, j1, self.plan, self.engine)
 
     def pair_block(self, mw):
         """Pairs per block of the estimate (fixed by n and the number of outputs), a multiple of
         FOLDS so a whole block splits into folds by a reshape."""
         return FOLDS * int(max(1, min(4096, (1 << 21) // (self.n * mw)) // FOLDS))
 
+    def _features(self, Z):
+        """(A, s, last): the features of coalitions Z [B, n] (z_j - z_last, then the size
+        features), their sizes, and z_last [B, 1]."""
+        s = Z.sum(1)
+        last = Z[:, -1:].astype(np.float64)
+        A = np.concatenate([Z[:, :-1] - last, size_features(self.n, s)], 1)
+        return A, s, last
+
     def _design(self, Z, Y):
         """(A, t, s): features and targets of rows Z with values Y."""
-        s = Z.sum(1)
-        Zf = Z.astype(np.float64)
-        last = Zf[:, -1:]
-        A = np.concatenate([Zf[:, :-1] - last, size_features(self.n, s)], 1)
+        A, s, last = self._features(Z)
         D = self.vN - self.v0
         t = Y - self.v0[None, :] - last * D[None, :]
         return A, t, s
+
+    def _pair_design(self, Z, Y):
+        """(A, dt, s) of pairs with sets Z [B, n] and values Y [2B, mw] (S_j, its complement,
+        ...): A the features of S_j (its complement's are -A), dt = t(S_j) - t(N minus S_j)."""
+        A, s, last = self._features(Z)
+        dt = (Y[0::2] - Y[1::2]) - (2.0 * last - 1.0) * (self.vN - self.v0)[None, :]
+        return A, dt, s
 
     def _pair_weight(self, s, qpos):
         """Least-squares weight of a sampled coalition of size s (drawn with probability qpos[s]),
@@ -307,12 +323,13 @@ class Fit:
         GE = np.zeros((p, p))
         hE = np.zeros((p, mw))
         nE = E_vals.shape[0]
+        combs = np.array([math.comb(n, k) for k in range(n + 1)], dtype=np.float64)
         for r0 in range(0, nE, ENUM_BLOCK):
             r1 = min(nE, r0 + ENUM_BLOCK)
             Z = enumerated_masks(plan, r0, r1)
             Y = E_vals[r0:r1]
             s = Z.sum(1)
-            comb = np.array([math.comb(n, int(k)) for k in s], dtype=np.float64)
+            comb = combs[s]
             Tb += (_weights_w(Z, s, n) / comb[:, None]).T @ Y
             if not plan.exact:
                 A, t, _ = self._design(Z, Y)
@@ -330,25 +347,16 @@ class Fit:
         h = np.zeros((F, p, mw))
         PB = self.pair_block(mw)
         blocks = [(j0, min(M, j0 + PB)) for j0 in range(0, M, PB)]
+        # Blocks start at multiples of F, so fold f of a block is its rows f, f + F, ...
         for j0, j1 in blocks:
-            Z = self.pair_masks(j0, j1)
-            A, t, s = self._design(Z, P_vals[2 * j0:2 * j1])
-            wt = self._pair_weight(s, qpos)
-            if (j1 - j0) % F == 0:  # a whole block (j0 is a multiple of F): folds by a reshape
-                Af = A.reshape(-1, F, 2, p).transpose(1, 0, 2, 3).reshape(F, -1, p)
-                tf = t.reshape(-1, F, 2, mw).transpose(1, 0, 2, 3).reshape(F, -1, mw)
-                wf = wt.reshape(-1, F, 2).transpose(1, 0, 2).reshape(F, -1, 1)
-                At = Af.transpose(0, 2, 1)
-                G += At @ (Af * wf)
-                h += At @ (tf * wf)
-                continue
-            fold = (np.arange(2 * j0, 2 * j1) // 2) % F
+            A, dt, s = self._pair_design(self.pair_sets(j0, j1), P_vals[2 * j0:2 * j1])
+            # a pair's two rows have features A and -A and equal weights: together they add
+            # 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to the right side
+            wt = 2.0 * self._pair_weight(s, qpos)[:, None]
             for f in range(F):
-                sel = fold == f
-                if sel.any():
-                    As = A[sel]
-                    G[f] += As.T @ (As * wt[sel, None])
-                    h[f] += As.T @ (t[sel] * wt[sel, None])
+                Af = A[f::F]
+                G[f] += Af.T @ (Af * wt[f::F])
+                h[f] += Af.T @ (dt[f::F] * (0.5 * wt[f::F]))
         Gall, hall = G.sum(0), h.sum(0)
         surr, base = [], np.empty((F, n, mw))
         for f in range(F):
@@ -362,26 +370,34 @@ class Fit:
         mean = m2 = None
         count = 0
         for j0, j1 in blocks:
-            Z = self.pair_masks(j0, j1)
-            Y = P_vals[2 * j0:2 * j1]
+            # pair j's estimate: psi_j = base_f + w(S_j) d_j / 2, with d_j = (r(S_j) - r(N minus
+            # S_j)) / q(s_j) the residual's difference (w(N minus S) = -w(S)); the block's mean
+            # and sum of squared deviations follow from per-fold sums of w d and w^2 d^2
+            Z = self.pair_sets(j0, j1)
             s = Z.sum(1)
-            pf = np.arange(j0, j1) % F
-            fold = np.repeat(pf, 2)
-            R = np.empty_like(Y)
-            X = size_features(n, s)
-            for f in np.unique(pf):
-                sel = fold == f
+            Y = P_vals[2 * j0:2 * j1]
+            pm = 2.0 * Z - 1.0  # z(S) - z(N minus S)
+            X2 = 2.0 * size_features(n, s)  # x(S) - x(N minus S): the size terms are odd
+            dY = Y[0::2] - Y[1::2]
+            W = _weights_w(Z, s, n)
+            B = j1 - j0
+            D = np.empty_like(dY)
+            for f in range(F):
                 beta, c = surr[f]
-                R[sel] = Y[sel] - self.v0[None, :] - Z[sel].astype(np.float64) @ beta - X[sel] @ c
-            R /= qpos[s][:, None]
-            W = _weights_w(Z, s, n)  # [rows, n]
-            contrib = W[:, :, None] * R[:, None, :]  # [rows, n, mw]
-            psi = base[pf] + 0.5 * (contrib[0::2] + contrib[1::2])  # [pairs, n, mw]
-            bm = psi.mean(0)
-            bm2 = ((psi - bm[None]) ** 2).sum(0)
+                D[f::F] = dY[f::F] - pm[f::F] @ beta - X2[f::F] @ c
+            D /= qpos[s][:, None]
+            U = [W[f::F].T @ D[f::F] for f in range(F)]  # [n, mw] each
+            cnt = [len(range(f, B, F)) for f in range(F)]
+            bm = (sum(cnt[f] * base[f] for f in range(F)) + 0.5 * sum(U)) / B
+            bm2 = 0.25 * ((W * W).T @ (D * D))
+            for f in range(F):
+                if cnt[f]:
+                    dev = base[f] - bm
+                    bm2 += cnt[f] * dev * dev + dev * U[f]
+            np.maximum(bm2, 0.0, out=bm2)
             if mean is None:
                 mean, m2 = bm, bm2
             else:
-                reference.merge_block(mean, m2, count, bm, bm2, j1 - j0)
-            count += j1 - j0
+                reference.merge_block(mean, m2, count, bm, bm2, B)
+            count += B
         return mean, (mean, m2, count)
