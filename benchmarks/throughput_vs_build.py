@@ -6,6 +6,11 @@ two builds side by side, interleaved in separate processes (this VM's run-to-run
 
 Prints evaluations/s (median of 7 timed runs of K=1024, n=30, native engine) per build and sampler
 ("regression" spends K * (n - 1) evaluations too).
+
+    python benchmarks/throughput_vs_build.py --breakdown
+
+times the parts of one regression run on this tree instead (ns per evaluation): the pairs'
+permutations and sizes, the game, the whole run, and a stratified run of the same evaluations.
 """
 import argparse
 import json
@@ -40,12 +45,56 @@ print(json.dumps(r.n_evals / sorted(ts)[3]))
 """
 
 
+def breakdown():
+    import time
+
+    import numpy as np
+
+    import shapcam
+    from shapcam import ops, reference
+    from shapcam import regression as rg
+
+    n, K, seed = 30, 1024, 0
+    w = np.linspace(-1, 1, n)
+    run = shapcam.estimate_shapley(lambda m: m @ w, n, K, engine="native", sampler="regression")
+    P, E = run.n_samples, run.n_evals
+    plan = rg.make_plan(n, E - 2)
+
+    def med(f, r=7):
+        ts = []
+        for _ in range(r):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        return sorted(ts)[r // 2]
+
+    masks = rg.pair_masks(seed, 0, P, plan)
+    parts = [
+        ("one permutation per pair (ops.ranks)", lambda: ops.ranks(seed, 0, P, n, reference.PLAIN, engine="native")),
+        ("the pairs' sizes (host Philox)", lambda: rg.pair_sizes(seed, 0, P, plan)),
+        ("the game on the pairs' masks", lambda: masks @ w),
+        ("a whole regression run", lambda: shapcam.estimate_shapley(lambda m: m @ w, n, K, engine="native",
+                                                                      sampler="regression")),
+        ("a whole stratified run", lambda: shapcam.estimate_shapley(lambda m: m @ w, n, K, engine="native",
+                                                                      sampler="stratified")),
+    ]
+    print(f"n = {n}, K = {K}: {P} pairs, {E} evaluations")
+    for name, f in parts:
+        t = med(f)
+        print(f"{name:40s} {t * 1e3:7.2f} ms {t / E * 1e9:7.1f} ns/evaluation")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("old")
-    ap.add_argument("new")
+    ap.add_argument("old", nargs="?")
+    ap.add_argument("new", nargs="?")
     ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--breakdown", action="store_true")
     a = ap.parse_args()
+    if a.breakdown:
+        return breakdown()
+    if not (a.old and a.new):
+        ap.error("old and new build paths are required (or --breakdown)")
     cfgs = [("old", a.old, "antithetic"), ("old", a.old, "plain"),
             ("new", a.new, "antithetic"), ("new", a.new, "plain"), ("new", a.new, "stratified"),
             ("new", a.new, "regression")]
