@@ -178,8 +178,8 @@ SAMPLERS = {
 # Samplers of coalitions that are not permutation prefixes (shapcam/regression.py): they need a
 # game that values any coalition (Game.evaluate_masks).
 #   "regression": paired coalitions, sizes by ~1/sqrt(s(n-s)), the border strata enumerated,
-#   residuals of a cross-fitted additive surrogate (Witter, Liu & Musco 2025). Unbiased; the
-#   standard error is over the pairs.
+#   residuals of a cross-fitted surrogate, additive plus a function of |S| (Witter, Liu & Musco
+#   2025). Unbiased; the standard error is over the pairs.
 COALITION_SAMPLERS = ("regression",)
 # The default for an unknown game: the lowest median error over the benchmark suite
 # (benchmarks/RESULTS.md) where it applies; the best permutation design otherwise.
@@ -544,7 +544,8 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
             permutation, its reverse, its rotation by n // 2 and that one's reverse),
             ``"regression"`` (paired coalitions S and its complement, the border sizes 1 and n-1
             — and deeper ones when the budget allows — enumerated exactly, residuals of a
-            cross-fitted additive surrogate; Witter, Liu & Musco 2025; see shapcam.regression).
+            cross-fitted surrogate, additive plus a function of the size; Witter, Liu & Musco 2025;
+            see shapcam.regression).
             None: DEFAULT_SAMPLER ("regression", the lowest error measured over the benchmark
             suite in benchmarks/RESULTS.md) where it applies — a game that values any
             coalition (not TruncatedGame), at most 1000 players, no executor, a budget that

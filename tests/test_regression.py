@@ -2,14 +2,13 @@
 closed-form games, exactly efficient, exact when the budget covers every coalition, reproducible
 (engines, batch sizes, resume), stopping rules, every game type that values any coalition, and
 the default's resolution."""
-import math
 
 import numpy as np
 import pytest
 
 import shapcam
 from shapcam import regression as rg
-from shapcam.estimator import DEFAULT_SAMPLER, regression_applies
+from shapcam.estimator import regression_applies
 from shapcam.exact import exact_shapley
 from shapcam.games import as_game
 from games_lib import glove, table_game, unanimity
