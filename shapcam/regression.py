@@ -208,6 +208,27 @@ def size_features(n, s):
     return out
 
 
+# Relative ridge of the fit's normal equations: directions no row has seen (a size feature before
+# pairs of enough sizes, a player never apart from another) get a coefficient near 0 instead of
+# making the system singular; elsewhere the fit moves by ~1e-10 relative. Any surrogate keeps the
+# estimate unbiased, so this only trades a negligible fit error for a solve that always works.
+RIDGE = 1e-10
+
+
+def _solve_psd(G, h):
+    """Solutions of the stacked positive semi-definite systems G [F, p, p] x = h [F, p, mw], with
+    RIDGE x the mean diagonal added to each diagonal (one batched LU solve: 40x faster than
+    F least-squares SVDs at p = 1000)."""
+    p = G.shape[-1]
+    scale = np.einsum("fii->f", G) / max(p, 1)
+    lam = RIDGE * np.where(scale > 0, scale, 1.0)
+    A = G + lam[:, None, None] * np.eye(p)[None]
+    try:
+        return np.linalg.solve(A, h)
+    except np.linalg.LinAlgError:  # not expected with the ridge; kept as the last resort
+        return np.stack([np.linalg.lstsq(G[f], h[f], rcond=None)[0] for f in range(G.shape[0])])
+
+
 def _weights_w(Z, s, n):
     """w_i(S) for rows Z [B, n] bool of sizes s: 1/s in S, -1/(n-s) out."""
     s = s.astype(np.float64)[:, None]
@@ -358,13 +379,12 @@ class Fit:
                 G[f] += Af.T @ (Af * wt[f::F])
                 h[f] += Af.T @ (dt[f::F] * (0.5 * wt[f::F]))
         Gall, hall = G.sum(0), h.sum(0)
+        # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
+        # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.
+        sol = _solve_psd(GE[None] + (Gall[None] - G), hE[None] + (hall[None] - h))
         surr, base = [], np.empty((F, n, mw))
         for f in range(F):
-            # every row counts once (mean weight 1 in each group): the enumerated rows steady the
-            # fit while pairs are few and weigh less as they accumulate
-            Gf = GE + (Gall - G[f])
-            hf = hE + (hall - h[f])
-            beta, c = self._surrogate(np.linalg.lstsq(Gf, hf, rcond=None)[0])
+            beta, c = self._surrogate(sol[f])
             surr.append((beta, c))
             base[f] = Tb + self._mid_part(beta)
         mean = m2 = None
