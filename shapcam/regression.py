@@ -257,6 +257,8 @@ class Fit:
         self.k = size_terms(self.n)
         self._packed = np.zeros((0, (self.n + 7) // 8), dtype=np.uint8)  # pairs' S, bit-packed
         self._rows = 0
+        self._enum = None  # (nE, Tb, GE, hE)
+        self._gram = None  # [pairs in whole blocks so far, G, h]
 
     def keep(self, j0, masks):
         """Keep the sets S_j of pairs from j0 (masks as evaluated: S_j, its complement, ...), so
@@ -332,15 +334,13 @@ class Fit:
         n = self.n
         return len(self.plan.mid) * (n * beta - beta.sum(0)[None, :]) / (n * (n - 1))
 
-    def estimate(self, E_vals, P_vals, M):
-        """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
-        size is enumerated) from the enumerated values E_vals [nE, mw] and the first M pairs'
-        values P_vals [2M, mw]."""
+    def _enumerated_part(self, E_vals):
+        """(Tb, GE, hE): the exact share (v(N) - v(0)) / n plus the enumerated sizes' T_i(s)
+        [n, mw], and the enumerated rows' Gram matrix and right side (kernel weights)."""
         plan, n = self.plan, self.n
         mw = self.v0.shape[0]
-        D = self.vN - self.v0
         p = n - 1 + self.k
-        Tb = np.repeat((D / n)[None, :], n, 0)
+        Tb = np.repeat(((self.vN - self.v0) / n)[None, :], n, 0)
         GE = np.zeros((p, p))
         hE = np.zeros((p, mw))
         nE = E_vals.shape[0]
@@ -358,26 +358,58 @@ class Fit:
                 wt = kernel_mass(n, s) / comb * (nE / kernel_mass(n, np.asarray(plan.enumerated)).sum())
                 GE += A.T @ (A * wt[:, None])
                 hE += A.T @ (t * wt[:, None])
+        return Tb, GE, hE
+
+    def _add_pairs(self, G, h, j0, j1, P_vals, qpos):
+        """Add pairs j0..j1-1 (j0 a multiple of FOLDS) to the folds' Gram matrices G [F, p, p]
+        and right sides h [F, p, mw]: fold f is the block's rows f, f + F, ..."""
+        F = FOLDS
+        A, dt, s = self._pair_design(self.pair_sets(j0, j1), P_vals[2 * j0:2 * j1])
+        # a pair's two rows have features A and -A and equal weights: together they add
+        # 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to the right side
+        wt = 2.0 * self._pair_weight(s, qpos)[:, None]
+        for f in range(F):
+            Af = A[f::F]
+            G[f] += Af.T @ (Af * wt[f::F])
+            h[f] += Af.T @ (dt[f::F] * (0.5 * wt[f::F]))
+
+    def estimate(self, E_vals, P_vals, M):
+        """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
+        size is enumerated) from the enumerated values E_vals [nE, mw] and the first M pairs'
+        values P_vals [2M, mw]."""
+        plan, n = self.plan, self.n
+        mw = self.v0.shape[0]
+        D = self.vN - self.v0
+        p = n - 1 + self.k
+        nE = E_vals.shape[0]
+        if self._enum is None or self._enum[0] != nE:
+            self._enum = (nE,) + self._enumerated_part(E_vals)
+        _, Tb, GE, hE = self._enum
         if plan.exact or M == 0:
-            return Tb, None
+            return Tb.copy(), None
         q = plan.q
         qpos = np.zeros(n + 1)
         qpos[list(plan.mid)] = q
         F = FOLDS
-        G = np.zeros((F, p, p))
-        h = np.zeros((F, p, mw))
         PB = self.pair_block(mw)
         blocks = [(j0, min(M, j0 + PB)) for j0 in range(0, M, PB)]
-        # Blocks start at multiples of F, so fold f of a block is its rows f, f + F, ...
+        # The folds' Gram matrices over whole blocks are kept between calls (an anytime run asks
+        # at growing M): whole blocks are added in the same order as from scratch, so the bits
+        # are the same.
+        if self._gram is None or self._gram[0] > M:
+            self._gram = [0, np.zeros((F, p, p)), np.zeros((F, p, mw))]
+        gram = self._gram
         for j0, j1 in blocks:
-            A, dt, s = self._pair_design(self.pair_sets(j0, j1), P_vals[2 * j0:2 * j1])
-            # a pair's two rows have features A and -A and equal weights: together they add
-            # 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to the right side
-            wt = 2.0 * self._pair_weight(s, qpos)[:, None]
-            for f in range(F):
-                Af = A[f::F]
-                G[f] += Af.T @ (Af * wt[f::F])
-                h[f] += Af.T @ (dt[f::F] * (0.5 * wt[f::F]))
+            if j1 <= gram[0]:
+                continue
+            if j1 - j0 < PB:  # the last, partial block: added to a copy
+                G, h = gram[1].copy(), gram[2].copy()
+                self._add_pairs(G, h, j0, j1, P_vals, qpos)
+                break
+            self._add_pairs(gram[1], gram[2], j0, j1, P_vals, qpos)
+            gram[0] = j1
+        else:
+            G, h = gram[1], gram[2]
         Gall, hall = G.sum(0), h.sum(0)
         # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
         # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.

@@ -294,3 +294,28 @@ def test_shapcam_regression_incremental_equals_fused():
     fused = shapcam.ShapCAM(model, "layer4", K=8, sampler="regression", incremental=False)(x)
     assert torch.isfinite(inc).all() and inc.abs().max() > 0
     torch.testing.assert_close(inc, fused, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_cache_gives_the_bits_of_a_fresh_fit():
+    """Fit keeps the enumerated part and the whole blocks' Gram matrices between calls (an
+    anytime run asks at growing M); at any M, up or down, it equals a fresh Fit's estimate."""
+    n, seed = 9, 4
+    w = np.random.default_rng(1).normal(size=n)
+
+    def v(m):
+        m = np.asarray(m, dtype=np.float64)
+        return np.tanh(m @ w)[:, None] + 0.1 * (m @ w)[:, None] ** 2
+
+    plan = rg.make_plan(n, 400)
+    assert not plan.exact
+    E = v(rg.enumerated_masks(plan, 0, plan.n_enumerated))
+    M_max = 3 * rg.Fit(plan, seed, "reference", [0.0], [0.0]).pair_block(1) + 5
+    P = v(rg.pair_masks(seed, 0, M_max, plan, "reference"))
+    v0, vN = v(np.zeros((1, n), bool))[0], v(np.ones((1, n), bool))[0]
+    kept = rg.Fit(plan, seed, "reference", v0, vN)
+    for M in (17, M_max - 3, M_max, 40, M_max - 1):
+        a = kept.estimate(E, P[:2 * M], M)
+        b = rg.Fit(plan, seed, "reference", v0, vN).estimate(E, P[:2 * M], M)
+        for x, y in zip((a[0],) + a[1][:2], (b[0],) + b[1][:2]):
+            np.testing.assert_array_equal(x, y)
+        assert a[1][2] == b[1][2] == M
