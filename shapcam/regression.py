@@ -217,8 +217,8 @@ RIDGE = 1e-10
 
 def _solve_psd(G, h):
     """Solutions of the stacked positive semi-definite systems G [F, p, p] x = h [F, p, mw], with
-    RIDGE x the mean diagonal added to each diagonal (one batched LU solve: 40x faster than
-    F least-squares SVDs at p = 1000)."""
+    RIDGE x the mean diagonal added to each diagonal: one batched LU solve instead of F
+    least-squares SVDs (a 5n run at n = 1000, 3 outputs: 8.5 s -> 0.9 s)."""
     p = G.shape[-1]
     scale = np.einsum("fii->f", G) / max(p, 1)
     lam = RIDGE * np.where(scale > 0, scale, 1.0)
@@ -236,8 +236,9 @@ def _weights_w(Z, s, n):
 
 
 class Fit:
-    """Everything the estimate needs from the values seen so far, computed from scratch in
-    fixed blocks (so its bits depend only on the values and their order).
+    """Everything the estimate needs from the values seen so far, computed in fixed blocks (so
+    its bits depend only on the values and their order; the enumerated part and the whole
+    blocks' Gram sums are kept between calls, which adds them in the same order).
 
     The surrogate f(S) = v(0) + sum_j beta_j z_j + c . size_features(|S|) with
     sum(beta) = v(N) - v(0), parametrised by b = beta_0..beta_{n-2} and c: features z_j - z_last
@@ -282,7 +283,7 @@ class Fit:
 
     def pair_block(self, mw):
         """Pairs per block of the estimate (fixed by n and the number of outputs), a multiple of
-        FOLDS so a whole block splits into folds by a reshape."""
+        FOLDS so that fold f of every block is its rows f, f + FOLDS, ..."""
         return FOLDS * int(max(1, min(4096, (1 << 21) // (self.n * mw)) // FOLDS))
 
     def _features(self, Z):
@@ -379,7 +380,6 @@ class Fit:
         values P_vals [2M, mw]."""
         plan, n = self.plan, self.n
         mw = self.v0.shape[0]
-        D = self.vN - self.v0
         p = n - 1 + self.k
         nE = E_vals.shape[0]
         if self._enum is None or self._enum[0] != nE:
