@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/ops_cpu.h"
+#include "cpu/packed.h"
 #include "shapcam/index.h"
 #include "shapcam/permutation.h"
 #include "shapcam/permutation.h"
@@ -93,6 +94,15 @@ void check_disjoint(const Span& out, std::initializer_list<Span> others) {
     if (out.lo == out.hi || o.lo == o.hi || o.lo == 0) continue;
     require(out.hi <= o.lo || o.hi <= out.lo,
             std::string(out.name) + " overlaps " + o.name + " in memory; pass separate buffers");
+  }
+}
+
+// Each output disjoint from every input and from the other outputs (a null output is skipped).
+void check_outputs(std::initializer_list<Span> outs, std::initializer_list<Span> ins) {
+  for (auto o = outs.begin(); o != outs.end(); ++o) {
+    if (o->lo == 0) continue;
+    for (const Span& i : ins) check_disjoint(*o, {i});
+    for (auto p = o + 1; p != outs.end(); ++p) check_disjoint(*o, {*p});
   }
 }
 
@@ -384,6 +394,135 @@ PYBIND11_MODULE(_C, m) {
       py::arg("group"), py::arg("values"), py::arg("v_empty"), py::arg("v_full"),
       py::arg("count0"), py::arg("mean"), py::arg("m2"), py::arg("block") = 0,
       py::arg("base_mean") = py::none(), py::arg("base_m2") = py::none());
+
+  m.def(
+      "regression_pairs_cpu",
+      [](uint64_t seed, int64_t j0, int64_t j1, int64_t n, py::array thresholds, py::array mid,
+         py::object masks, py::object packed, py::object sizes) {
+        check_range(j0, j1, "pairs [j0, j1)");
+        check_n(n);
+        require(mid.size() >= 1 && mid.size() == thresholds.size() + 1,
+                "mid: need one more size than thresholds");
+        const int64_t n_thr = thresholds.size();
+        const uint64_t* tp = readable<uint64_t>(thresholds, "thresholds", n_thr);
+        const int64_t* mp = readable<int64_t>(mid, "mid", n_thr + 1);
+        bool sizes_ok = true, ascending = true;
+        for (int64_t i = 0; i <= n_thr; ++i) sizes_ok = sizes_ok && mp[i] >= 1 && mp[i] <= n - 1;
+        for (int64_t i = 1; i < n_thr; ++i) ascending = ascending && tp[i - 1] <= tp[i];
+        require(sizes_ok, "mid: sizes must lie in [1, n - 1]");
+        require(ascending, "thresholds: must ascend");
+        const int64_t B = j1 - j0;
+        bool* op = nullptr;
+        uint8_t* pp = nullptr;
+        int64_t* sp = nullptr;
+        py::array ma, pa, sa;
+        if (!masks.is_none()) { ma = masks.cast<py::array>(); op = writable<bool>(ma, "masks", mul(mul(B, 2, "masks"), n, "masks")); }
+        if (!packed.is_none()) { pa = packed.cast<py::array>(); pp = writable<uint8_t>(pa, "packed", mul(B, (n + 7) / 8, "packed")); }
+        if (!sizes.is_none()) { sa = sizes.cast<py::array>(); sp = writable<int64_t>(sa, "sizes", B); }
+        check_outputs({span("masks", op, op ? 2 * B * n : 0), span("packed", pp, pp ? B * ((n + 7) / 8) : 0),
+                       span("sizes", sp, sp ? B : 0)},
+                      {span("thresholds", tp, n_thr), span("mid", mp, n_thr + 1)});
+        py::gil_scoped_release nogil;
+        cpu::regression_pairs(seed, j0, j1, n, tp, n_thr, mp, op, pp, sp);
+      },
+      "The regression sampler's pairs [j0, j1) (csrc/include/shapcam/pairs.h) into masks [2B, n] "
+      "bool (S_j, its complement, ...), packed [B, ceil(n/8)] uint8 (S_j as numpy.packbits) and "
+      "sizes [B] int64 (each may be None). thresholds [T] uint64 ascending, mid [T + 1] int64.",
+      py::arg("seed"), py::arg("j0"), py::arg("j1"), py::arg("n"), py::arg("thresholds"),
+      py::arg("mid"), py::arg("masks"), py::arg("packed"), py::arg("sizes"));
+
+  m.def(
+      "regression_moments_cpu",
+      [](py::array packed, int64_t B, int64_t n, int64_t F, int64_t mw, py::array dY, py::array beta,
+         py::array sterm, py::array q, py::array U, py::array V) {
+        check_n(n);
+        require(B >= 0 && F >= 1 && mw >= 1, "regression_moments: need B >= 0, F >= 1, mw >= 1");
+        const int64_t cells = mul(n, mw, "cells");
+        const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(B, (n + 7) / 8, "packed"));
+        const double* yp = readable<double>(dY, "dY", mul(B, mw, "dY"));
+        const double* bp = readable<double>(beta, "beta", mul(F, cells, "beta"));
+        const int64_t ssize = mul(mul(F, n + 1, "sterm"), mw, "sterm");
+        const double* tp = readable<double>(sterm, "sterm", ssize);
+        const double* qp = readable<double>(q, "q", n + 1);
+        double* up = writable<double>(U, "U", mul(F, cells, "U"));
+        double* vp = writable<double>(V, "V", F * cells);
+        // every row's size must be sampled (1 <= s <= n - 1, q(s) > 0): checked before any work
+        const int64_t nb = (n + 7) / 8;
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t s = cpu::row_size(pp + b * nb, n);
+          if (!(s >= 1 && s <= n - 1 && qp[s] > 0)) {  // the message is built only on failure
+            throw std::invalid_argument("packed: row " + std::to_string(b) + " has a size that is not sampled");
+          }
+        }
+        check_outputs({span("U", up, F * cells), span("V", vp, F * cells)},
+                      {span("packed", pp, B * nb), span("dY", yp, B * mw), span("beta", bp, F * cells),
+                       span("sterm", tp, ssize), span("q", qp, n + 1)});
+        py::gil_scoped_release nogil;
+        cpu::regression_moments(pp, B, n, F, mw, yp, bp, tp, qp, up, vp);
+      },
+      "The pairs' residual moments of one block of the regression estimate (ops_cpu.h): U, V "
+      "[F, n, mw] from packed [B, ceil(n/8)], dY [B, mw], beta [F, n, mw], sterm [F, n+1, mw], "
+      "q [n+1].",
+      py::arg("packed"), py::arg("B"), py::arg("n"), py::arg("F"), py::arg("mw"), py::arg("dY"),
+      py::arg("beta"), py::arg("sterm"), py::arg("q"), py::arg("U"), py::arg("V"));
+
+  m.def(
+      "regression_gram_cpu",
+      [](py::array packed, int64_t B, int64_t n, int64_t F, int64_t k, int64_t mw, py::array sizefeat,
+         py::array wt, py::array dt, py::object G, py::array h) {
+        check_n(n);
+        require(B >= 0 && F >= 1 && k >= 0 && mw >= 1, "regression_gram: need B >= 0, F >= 1, k >= 0, mw >= 1");
+        const int64_t p = n - 1 + k;
+        const int64_t nb = (n + 7) / 8;
+        const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(B, nb, "packed"));
+        const int64_t fsize = mul(n + 1, k, "sizefeat");
+        const double* fp = readable<double>(sizefeat, "sizefeat", fsize);
+        const double* wp = readable<double>(wt, "wt", n + 1);
+        const double* dp = readable<double>(dt, "dt", mul(B, mw, "dt"));
+        const int64_t gsize = G.is_none() ? 0 : mul(F, mul(p, p, "G"), "G");
+        py::array ga;
+        double* gp = nullptr;
+        if (!G.is_none()) { ga = G.cast<py::array>(); gp = writable<double>(ga, "G", gsize); }
+        double* hp = writable<double>(h, "h", mul(F, mul(p, mw, "h"), "h"));
+        check_outputs({span("G", gp, gsize), span("h", hp, F * p * mw)},
+                      {span("packed", pp, B * nb), span("sizefeat", fp, fsize), span("wt", wp, n + 1),
+                       span("dt", dp, B * mw)});
+        py::gil_scoped_release nogil;
+        cpu::regression_gram(pp, B, n, F, k, mw, fp, wp, dp, gp, hp);
+      },
+      "Add one block of pairs to the regression fit's Gram sums (ops_cpu.h): G [F, p, p] (upper "
+      "triangle) and h [F, p, mw] in place, p = n - 1 + k; packed [B, ceil(n/8)], sizefeat "
+      "[n+1, k], wt [n+1], dt [B, mw].",
+      py::arg("packed"), py::arg("B"), py::arg("n"), py::arg("F"), py::arg("k"), py::arg("mw"),
+      py::arg("sizefeat"), py::arg("wt"), py::arg("dt"), py::arg("G"), py::arg("h"));
+
+  m.def(
+      "regression_counts_cpu",
+      [](py::array packed, int64_t B, int64_t n, int64_t F, py::array N, py::array S1, py::array SL,
+         py::array C, py::array CL) {
+        check_n(n);
+        require(B >= 0 && F >= 1, "regression_counts: need B >= 0 and F >= 1");
+        const int64_t nb = (n + 7) / 8;
+        const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(B, nb, "packed"));
+        const int64_t cs = mul(F, n / 2 + 1, "C");
+        const int64_t ss = mul(cs, n - 1, "S1");
+        const int64_t ns = mul(ss, n - 1, "N");
+        int64_t* np_ = writable<int64_t>(N, "N", ns);
+        int64_t* sp = writable<int64_t>(S1, "S1", ss);
+        int64_t* lp = writable<int64_t>(SL, "SL", ss);
+        int64_t* cp = writable<int64_t>(C, "C", cs);
+        int64_t* clp = writable<int64_t>(CL, "CL", cs);
+        check_outputs({span("N", np_, ns), span("S1", sp, ss), span("SL", lp, ss), span("C", cp, cs),
+                       span("CL", clp, cs)},
+                      {span("packed", pp, B * nb)});
+        py::gil_scoped_release nogil;
+        cpu::regression_counts(pp, B, n, F, np_, sp, lp, cp, clp);
+      },
+      "Add one block of pairs to the fit's integer statistics (ops_cpu.h): N [F, n/2+1, n-1, n-1] "
+      "(upper triangle), S1, SL [F, n/2+1, n-1], C, CL [F, n/2+1] int64 in place; packed "
+      "[B, ceil(n/8)].",
+      py::arg("packed"), py::arg("B"), py::arg("n"), py::arg("F"), py::arg("N"), py::arg("S1"),
+      py::arg("SL"), py::arg("C"), py::arg("CL"));
 
 #ifdef SHAPCAM_WITH_CUDA
   m.def("cuda_device_count", &cuda::device_count, "CUDA devices usable now (0 without a driver).");

@@ -798,9 +798,9 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
         for target in (sched.points(start) if sched is not None else ()):
             while have < target:
                 j1 = min(target, have + per_call)
-                masks = rg.pair_masks(seed, have, j1, plan, eng)
+                masks, packed = rg.pair_masks(seed, have, j1, plan, eng, packed=True)
                 pairs.append(values_of(masks, f"pairs [{have}, {j1}), seed {seed}"))
-                fit.keep(have, masks)
+                fit.keep(have, packed)
                 bar.update(2 * (j1 - have))
                 have = j1
             if anytime and target < cap:

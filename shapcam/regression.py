@@ -12,9 +12,10 @@ The Shapley value splits by coalition size s (the maximum-sample-reuse form):
   has coalitions (the "border trick" of KernelSHAP implementations); all of them when 2^n - 2
   evaluations fit, which is the exact answer. Their T_i(s) are exact.
 * Sampled strata. Pairs (S, N minus S): the size s from q(s) ~ 1 / sqrt(s (n - s)) over the sizes
-  left, S the first s players of a uniform permutation. A pair's estimate of the sampled part is
-  the importance-weighted sum of r(S) w_i(S) / q(s) over S and its complement, where
-  r = v - f is the residual of a surrogate f whose own T_i(s) are known in closed form.
+  left, S a uniform coalition of that size (the tail of a uniform permutation, below). A pair's
+  estimate of the sampled part is the importance-weighted sum of r(S) w_i(S) / q(s) over S and its
+  complement, where r = v - f is the residual of a surrogate f whose own T_i(s) are known in
+  closed form.
 * The surrogate is additive plus a function of the coalition's size,
   f(S) = v(0) + sum_{j in S} beta_j + sum_k c_k P_k((2|S| - n) / n) with sum(beta) = v(N) - v(0)
   and P_k the odd Legendre polynomials of degree <= 2 SIZE_TERMS - 1, fitted by weighted least
@@ -30,12 +31,19 @@ The Shapley value splits by coalition size s (the maximum-sample-reuse form):
 Every pair's estimate sums to v(N) - v(0) (w sums to zero over the players for every S, and the
 surrogate's part sums to zero over the sampled strata), so efficiency is exact.
 
-The contract: pair j's coalition is ``rank_j < s_j`` with rank_j the ranks of permutation j of
-the plain design (csrc/include/shapcam/permutation.h, bit-identical in every engine) and s_j drawn
-from word 0 of ``philox(ctr = (0, j & 0xffffffff, j >> 32, 1), key(seed))`` (the fourth counter
-word 1 keeps these draws apart from the permutations', which use 0) by integer thresholds of q.
+The contract (csrc/include/shapcam/pairs.h): pair j's size s_j is drawn from word 0 of
+``philox(ctr = (0, j & 0xffffffff, j >> 32, 1), key(seed))`` (the fourth counter word 1 keeps
+these draws apart from the permutations', which use 0) by integer thresholds of q; its smaller
+side, of t_j = min(s_j, n - s_j) players, is the players at the last t_j positions of permutation
+j of the plain design (csrc/include/shapcam/permutation.h), which its first t_j Fisher-Yates steps
+fix (ceil(t_j / 4) Philox blocks instead of (n - 1) / 4); S_j is that side when 2 s_j <= n, else
+the rest. Bit-identical in every engine.
+
 The estimate is computed on the host in float64 from the values in evaluation order, in fixed
-blocks, so it does not depend on batch_size, the engine or the device the game runs on.
+blocks, so it does not depend on batch_size, the engine or the device the game runs on. Its
+per-pair work (the fit's statistics, the residual moments) runs in native ops
+(csrc/cpu/regression_cpu.cpp) whose NumPy twins here give the same bits: sums run in a fixed
+order, and the fit's Gram matrices are made of integer counts where n <= COUNTS_MAX_PLAYERS.
 """
 from __future__ import annotations
 
@@ -46,7 +54,7 @@ from itertools import combinations, islice
 
 import numpy as np
 
-from . import ops, reference
+from . import _engine, ops, reference
 
 FOLDS = 8
 # Players beyond which the sampler is not offered: the fit holds FOLDS + 1 Gram matrices of
@@ -75,6 +83,11 @@ SIZE_TERMS = 4
 # all (their masks are kept, bit-packed; every coalition is enumerated only up to this many).
 ENUM_BLOCK = 1 << 14
 ENUM_MAX = 1 << 22
+# Players up to which the fit's Gram matrices are made of integer counts per fold and coalition size
+# (pair_counts: exact in any order, a few adds per pair instead of p^2 / 2 multiply-adds; the
+# counts hold FOLDS (n / 2 + 1) (n - 1)^2 int64, 8.4 MB at 64 players); beyond, the Gram matrices are
+# summed in float64 pair by pair (pair_gram).
+COUNTS_MAX_PLAYERS = 64
 
 
 def kernel_mass(n, s):
@@ -149,20 +162,55 @@ def pair_sizes(seed: int, j0: int, j1: int, plan: Plan) -> np.ndarray:
     return np.asarray(plan.mid, dtype=np.int64)[idx]
 
 
+def _native_for(engine):
+    """The native module when `engine` routes host work to it, else None (the NumPy twin)."""
+    return _engine.native() if ops.route(engine).engine == "native" else None
+
+
+def _mid_array(plan: Plan) -> np.ndarray:
+    return np.asarray(plan.mid, dtype=np.int64)
+
+
 def pair_sets(seed: int, j0: int, j1: int, plan: Plan, engine=None) -> np.ndarray:
-    """S_j of pairs j0..j1-1 (the first coalition of each pair): [j1 - j0, n] bool."""
-    rank = ops.ranks(seed, j0, j1, plan.n, reference.PLAIN, engine=engine)
-    return rank < pair_sizes(seed, j0, j1, plan)[:, None]
+    """S_j of pairs j0..j1-1 (the first coalition of each pair): [j1 - j0, n] bool.
+    (csrc/include/shapcam/pairs.h: the smaller side is the players at the last min(s, n - s)
+    positions of plain permutation j.)"""
+    n = plan.n
+    mod = _native_for(engine)
+    if mod is not None:
+        return np.unpackbits(pair_packed(seed, j0, j1, plan, engine), axis=1, count=n).astype(bool)
+    rank = ops.ranks(seed, j0, j1, n, reference.PLAIN, engine="reference")
+    s = pair_sizes(seed, j0, j1, plan)[:, None]
+    small = 2 * s <= n
+    side = rank >= n - np.where(small, s, n - s)
+    return side == small
 
 
-def pair_masks(seed: int, j0: int, j1: int, plan: Plan, engine=None) -> np.ndarray:
+def pair_packed(seed: int, j0: int, j1: int, plan: Plan, engine=None) -> np.ndarray:
+    """pair_sets bit-packed (numpy.packbits along the players): [j1 - j0, ceil(n / 8)] uint8."""
+    mod = _native_for(engine)
+    if mod is None:
+        return np.packbits(pair_sets(seed, j0, j1, plan, engine), axis=1)
+    out = np.empty((j1 - j0, (plan.n + 7) // 8), dtype=np.uint8)
+    mod.regression_pairs_cpu(ops.check_seed(seed), j0, j1, plan.n, plan.thresholds, _mid_array(plan),
+                             None, out, None)
+    return out
+
+
+def pair_masks(seed: int, j0: int, j1: int, plan: Plan, engine=None, packed: bool = False):
     """Coalitions of pairs j0..j1-1 in evaluation order (S_j0, its complement, S_j0+1, ...):
-    [2 (j1 - j0), n] bool."""
+    [2 (j1 - j0), n] bool; with packed=True, (masks, pair_packed(...)) from the same draw."""
+    mod = _native_for(engine)
+    out = np.empty((2 * (j1 - j0), plan.n), dtype=bool)
+    if mod is not None:
+        pk = np.empty((j1 - j0, (plan.n + 7) // 8), dtype=np.uint8) if packed else None
+        mod.regression_pairs_cpu(ops.check_seed(seed), j0, j1, plan.n, plan.thresholds,
+                                 _mid_array(plan), out, pk, None)
+        return (out, pk) if packed else out
     S = pair_sets(seed, j0, j1, plan, engine)
-    out = np.empty((2 * S.shape[0], plan.n), dtype=bool)
     out[0::2] = S
     out[1::2] = ~S
-    return out
+    return (out, np.packbits(S, axis=1)) if packed else out
 
 
 @functools.lru_cache(maxsize=4)
@@ -189,9 +237,47 @@ def enumerated_masks(plan: Plan, r0: int, r1: int) -> np.ndarray:
     return np.unpackbits(_enumerated_packed(plan)[r0:r1], axis=1, count=plan.n).astype(bool)
 
 
+def _enumerated_chunk(plan: Plan, r0: int, r1: int, nE: int):
+    """What enumerated rows r0..r1-1 (of nE) give the estimate before their values are known:
+    (Wt [n, rows] = (w_i(S) / C(n, |S|))^T, the features A [rows, p] and z_last [rows, 1] of the
+    surrogate's design, the rows' kernel weights wt [rows] (a mean of 1 per row), and A^T (A wt)).
+    Small plans keep theirs (a run's fit asks once per check)."""
+    if (r1 - r0) * plan.n <= 1 << 16:
+        return _enumerated_chunk_cached(plan, r0, r1, nE)
+    return _enumerated_chunk_of(plan, r0, r1, nE)
+
+
+def _enumerated_chunk_of(plan, r0, r1, nE):
+    n = plan.n
+    combs = np.array([math.comb(n, k) for k in range(n + 1)], dtype=np.float64)
+    Z = enumerated_masks(plan, r0, r1)
+    s = Z.sum(1)
+    comb = combs[s]
+    Wt = (_weights_w(Z, s, n) / comb[:, None]).T
+    last = Z[:, -1:].astype(np.float64)
+    A = np.concatenate([Z[:, :-1] - last, size_features(n, s)], 1)
+    # the kernel within the enumerated rows, normalised to a mean of 1 per row
+    wt = kernel_mass(n, s) / comb * (nE / kernel_mass(n, np.asarray(plan.enumerated)).sum())
+    out = (Wt, A, last, wt, A.T @ (A * wt[:, None]))
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+_enumerated_chunk_cached = functools.lru_cache(maxsize=8)(_enumerated_chunk_of)
+
+
 def size_terms(n):
     """How many size features the surrogate of n players has."""
     return max(0, min(SIZE_TERMS, (n + 1) // 2 - 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _size_table(n):
+    """size_features(n, 0..n), kept read-only: [n + 1, size_terms(n)]."""
+    t = size_features(n, np.arange(n + 1))
+    t.setflags(write=False)
+    return t
 
 
 def size_features(n, s):
@@ -235,6 +321,130 @@ def _weights_w(Z, s, n):
     return np.where(Z, 1.0 / s, -1.0 / (n - s))
 
 
+def pair_moments(packed, n, F, dY, beta, sterm, qpos, engine=None):
+    """The pairs' residual moments of one block of the estimate: (U, V) [F, n, mw], with row b of
+    the block in fold b % F, d_b = ((dY_b - sum_i (z_i ? beta_i : -beta_i)) - sterm[s_b]) /
+    q(s_b) the residual's v(S) - v(N minus S) over q, w_i = 1/s in S and -1/(n - s) out:
+    U_f = sum over fold f's rows of w d, V_f = sum of (w w)(d d). packed [B, ceil(n / 8)] (the
+    sets S_b), dY [B, mw], beta [F, n, mw], sterm [F, n + 1, mw] (the size terms' difference by
+    size), qpos [n + 1]. Every sum runs in row order (over the players in order for d), so the
+    native op (csrc/cpu/regression_cpu.cpp) and this NumPy twin give the same bits."""
+    B, mw = dY.shape
+    mod = _native_for(engine)
+    if mod is not None:
+        U = np.empty((F, n, mw))
+        V = np.empty((F, n, mw))
+        mod.regression_moments_cpu(np.ascontiguousarray(packed), B, n, F, mw, np.ascontiguousarray(dY),
+                                   np.ascontiguousarray(beta), np.ascontiguousarray(sterm),
+                                   np.ascontiguousarray(qpos, dtype=np.float64), U, V)
+        return U, V
+    Z = np.unpackbits(packed, axis=1, count=n).astype(bool)
+    s = Z.sum(1)
+    fold = np.arange(B) % F
+    bsel = beta[fold]
+    acc = np.cumsum(np.where(Z[:, :, None], bsel, -bsel), axis=1)[:, -1, :]
+    D = ((dY - acc) - sterm[fold, s]) / qpos[s][:, None]
+    W = _weights_w(Z, s, n)
+    U = np.zeros((F, n, mw))
+    V = np.zeros((F, n, mw))
+    for f in range(min(F, B)):
+        U[f] = np.cumsum(W[f::F, :, None] * D[f::F, None, :], axis=0)[-1]
+        V[f] = np.cumsum((W[f::F] * W[f::F])[:, :, None] * (D[f::F] * D[f::F])[:, None, :], axis=0)[-1]
+    return U, V
+
+
+def pair_gram(packed, n, F, sizefeat, wt, dt, G, h, engine=None):
+    """Add one block of pairs to the folds' Gram sums in place: row b of the block (fold b % F)
+    has features a = (z_0 - z_last, ..., z_{n-2} - z_last, sizefeat[s]) and weight wt[s]; G [F, p,
+    p] (None: skipped) gets (wt a) a^T on and above the diagonal (below it: left as it is; Fit
+    mirrors the upper triangle), h [F, p, mw] gets a (dt_b (wt / 2)). packed [B, ceil(n / 8)], sizefeat [n + 1, k],
+    wt [n + 1], dt [B, mw]. Rows are added one at a time in order, so the native op and this NumPy
+    twin give the same bits."""
+    B, mw = dt.shape
+    k = sizefeat.shape[1]
+    mod = _native_for(engine)
+    if mod is not None:
+        mod.regression_gram_cpu(np.ascontiguousarray(packed), B, n, F, k, mw,
+                                np.ascontiguousarray(sizefeat), np.ascontiguousarray(wt),
+                                np.ascontiguousarray(dt), G, h)
+        return
+    Z = np.unpackbits(packed, axis=1, count=n).astype(bool)
+    s = Z.sum(1)
+    last = Z[:, -1:].astype(np.float64)
+    A = np.concatenate([Z[:, :-1] - last, sizefeat[s]], 1)
+    w = wt[s]
+    WA = w[:, None] * A
+    E = dt * (0.5 * w)[:, None]
+    p = A.shape[1]
+    step = max(1, (1 << 21) // max(p * p, 1))
+    up = np.triu(np.ones((p, p), dtype=bool))
+    for f in range(F):
+        rows = np.arange(f, B, F)
+        for r0 in range(0, len(rows), step):
+            r = rows[r0:r0 + step]
+            if G is not None:
+                outer = WA[r][:, :, None] * A[r][:, None, :]
+                G[f] = np.where(up, np.cumsum(np.concatenate([G[f][None], outer]), axis=0)[-1], G[f])
+            h[f] = np.cumsum(np.concatenate([h[f][None], A[r][:, :, None] * E[r][:, None, :]]), axis=0)[-1]
+
+
+def pair_counts(packed, n, F, stats, engine=None):
+    """Add one block of pairs to the integer statistics the fit's Gram matrices are made of
+    (stats: N, S1, SL, C, CL of Fit._new_stats), in place. Row b of the block (fold f = b % F) is
+    taken on the pair's smaller side (S_b when 2 s_b <= n, else its complement: a pair's rows have
+    features a and -a, so either side gives the same a a^T), of size t <= n / 2; with z its players
+    but the last and l whether it holds the last, at [f, t]: N gets z z^T (on and above the
+    diagonal; below it: left as it is), S1 gets z, SL gets l z, C gets 1, CL gets l. Integers:
+    exact in any order, and a few adds per pair (t^2 / 2) instead of p^2 / 2 multiply-adds."""
+    N, S1, SL, C, CL = (stats[x] for x in ("N", "S1", "SL", "C", "CL"))
+    B = packed.shape[0]
+    mod = _native_for(engine)
+    if mod is not None:
+        mod.regression_counts_cpu(np.ascontiguousarray(packed), B, n, F, N, S1, SL, C, CL)
+        return
+    Z = np.unpackbits(packed, axis=1, count=n).astype(bool)
+    s = Z.sum(1)
+    flip = 2 * s > n
+    t = np.where(flip, n - s, s)
+    Zt = Z ^ flip[:, None]
+    zt = Zt[:, :-1].astype(np.int64)
+    last = Zt[:, -1].astype(np.int64)
+    fold = np.arange(B) % F
+    np.add.at(C, (fold, t), 1)
+    np.add.at(CL, (fold, t), last)
+    np.add.at(S1, (fold, t), zt)
+    np.add.at(SL, (fold, t), zt * last[:, None])
+    key = fold * C.shape[1] + t
+    for g in np.unique(key):
+        zg = zt[key == g]
+        N[g // C.shape[1], g % C.shape[1]] += np.triu(zg.T @ zg)
+
+
+def counts_gram(stats, wt, sizefeat):
+    """The pairs' Gram matrices [..., p, p] from their integer statistics (pair_counts, summed over
+    whatever leading axes stats have): with a = (z_j - l, x_t) on the smaller side of size t,
+    sum over t of wt[t] [[N_t - SL_t 1^T - 1 SL_t^T + CL_t 1 1^T, (S1_t - CL_t) x_t^T], [.., C_t x_t
+    x_t^T]], x_t = sizefeat[t] (wt must be symmetric, wt[s] = wt[n - s], as a pair's weight is: the
+    counts file a pair under its smaller side). The same for every engine: the counts are exact and this sum is
+    one NumPy expression."""
+    N, S1, SL, C, CL = (stats[x] for x in ("N", "S1", "SL", "C", "CL"))
+    T = C.shape[-1]
+    w = wt[:T]
+    x = sizefeat[:T]
+    up = np.einsum("...tjc,t->...jc", N.astype(np.float64), w)
+    zz = up + np.swapaxes(np.triu(up, 1), -1, -2)
+    zl = np.einsum("...tj,t->...j", SL.astype(np.float64), w)
+    zz = zz - zl[..., :, None] - zl[..., None, :] + np.einsum("...t,t->...", CL.astype(np.float64), w)[..., None, None]
+    if x.shape[1] == 0:
+        return zz
+    wx = x * w[:, None]
+    zx = np.einsum("...tj,tc->...jc", (S1 - CL[..., None]).astype(np.float64), wx)
+    xx = np.einsum("...t,ta,tb->...ab", C.astype(np.float64), wx, x)
+    top = np.concatenate([zz, zx], -1)
+    bottom = np.concatenate([np.swapaxes(zx, -1, -2), xx], -1)
+    return np.concatenate([top, bottom], -2)
+
+
 class Fit:
     """Everything the estimate needs from the values seen so far, computed in fixed blocks (so
     its bits depend only on the values and their order; the enumerated part and the whole
@@ -259,14 +469,13 @@ class Fit:
         self._packed = np.zeros((0, (self.n + 7) // 8), dtype=np.uint8)  # pairs' S, bit-packed
         self._rows = 0
         self._enum = None  # (nE, Tb, GE, hE)
-        self._gram = None  # [pairs in whole blocks so far, G, h]
+        self._gram = None  # [pairs in whole blocks so far, their statistics (_new_stats)]
 
-    def keep(self, j0, masks):
-        """Keep the sets S_j of pairs from j0 (masks as evaluated: S_j, its complement, ...), so
-        the estimate need not rebuild them: n / 8 bytes per pair."""
+    def keep(self, j0, packed):
+        """Keep the sets S_j of pairs from j0 (pair_packed's rows), so the estimate need not draw
+        them again: n / 8 bytes per pair."""
         if j0 != self._rows:
             return
-        packed = np.packbits(masks[0::2], axis=1)
         need = self._rows + packed.shape[0]
         if need > self._packed.shape[0]:
             grown = np.zeros((max(need, 2 * self._packed.shape[0]), packed.shape[1]), dtype=np.uint8)
@@ -275,38 +484,20 @@ class Fit:
         self._packed[self._rows:need] = packed
         self._rows = need
 
+    def pair_packed(self, j0, j1):
+        """pair_packed(seed, j0, j1, plan), from the kept sets where they are."""
+        if j1 <= self._rows:
+            return self._packed[j0:j1]
+        return pair_packed(self.seed, j0, j1, self.plan, self.engine)
+
     def pair_sets(self, j0, j1):
         """pair_sets(seed, j0, j1, plan), from the kept sets where they are."""
-        if j1 <= self._rows:
-            return np.unpackbits(self._packed[j0:j1], axis=1, count=self.n).astype(bool)
-        return pair_sets(self.seed, j0, j1, self.plan, self.engine)
+        return np.unpackbits(self.pair_packed(j0, j1), axis=1, count=self.n).astype(bool)
 
     def pair_block(self, mw):
         """Pairs per block of the estimate (fixed by n and the number of outputs), a multiple of
         FOLDS so that fold f of every block is its rows f, f + FOLDS, ..."""
         return FOLDS * int(max(1, min(4096, (1 << 21) // (self.n * mw)) // FOLDS))
-
-    def _features(self, Z):
-        """(A, s, last): the features of coalitions Z [B, n] (z_j - z_last, then the size
-        features), their sizes, and z_last [B, 1]."""
-        s = Z.sum(1)
-        last = Z[:, -1:].astype(np.float64)
-        A = np.concatenate([Z[:, :-1] - last, size_features(self.n, s)], 1)
-        return A, s, last
-
-    def _design(self, Z, Y):
-        """(A, t, s): features and targets of rows Z with values Y."""
-        A, s, last = self._features(Z)
-        D = self.vN - self.v0
-        t = Y - self.v0[None, :] - last * D[None, :]
-        return A, t, s
-
-    def _pair_design(self, Z, Y):
-        """(A, dt, s) of pairs with sets Z [B, n] and values Y [2B, mw] (S_j, its complement,
-        ...): A the features of S_j (its complement's are -A), dt = t(S_j) - t(N minus S_j)."""
-        A, s, last = self._features(Z)
-        dt = (Y[0::2] - Y[1::2]) - (2.0 * last - 1.0) * (self.vN - self.v0)[None, :]
-        return A, dt, s
 
     def _pair_weight(self, s, qpos):
         """Least-squares weight of a sampled coalition of size s (drawn with probability qpos[s]),
@@ -345,34 +536,66 @@ class Fit:
         GE = np.zeros((p, p))
         hE = np.zeros((p, mw))
         nE = E_vals.shape[0]
-        combs = np.array([math.comb(n, k) for k in range(n + 1)], dtype=np.float64)
+        D = self.vN - self.v0
         for r0 in range(0, nE, ENUM_BLOCK):
             r1 = min(nE, r0 + ENUM_BLOCK)
-            Z = enumerated_masks(plan, r0, r1)
+            Wt, A, last, wt, GEc = _enumerated_chunk(plan, r0, r1, nE)
             Y = E_vals[r0:r1]
-            s = Z.sum(1)
-            comb = combs[s]
-            Tb += (_weights_w(Z, s, n) / comb[:, None]).T @ Y
+            Tb += Wt @ Y
             if not plan.exact:
-                A, t, _ = self._design(Z, Y)
-                # the kernel within the enumerated rows, normalised to a mean of 1 per row
-                wt = kernel_mass(n, s) / comb * (nE / kernel_mass(n, np.asarray(plan.enumerated)).sum())
-                GE += A.T @ (A * wt[:, None])
+                t = Y - self.v0[None, :] - last * D[None, :]
+                GE += GEc
                 hE += A.T @ (t * wt[:, None])
         return Tb, GE, hE
 
-    def _add_pairs(self, G, h, j0, j1, P_vals, qpos):
-        """Add pairs j0..j1-1 (j0 a multiple of FOLDS) to the folds' Gram matrices G [F, p, p]
-        and right sides h [F, p, mw]: fold f is the block's rows f, f + F, ..."""
-        F = FOLDS
-        A, dt, s = self._pair_design(self.pair_sets(j0, j1), P_vals[2 * j0:2 * j1])
-        # a pair's two rows have features A and -A and equal weights: together they add
-        # 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to the right side
-        wt = 2.0 * self._pair_weight(s, qpos)[:, None]
-        for f in range(F):
-            Af = A[f::F]
-            G[f] += Af.T @ (Af * wt[f::F])
-            h[f] += Af.T @ (dt[f::F] * (0.5 * wt[f::F]))
+    def _weights_by_size(self, qpos):
+        """[n + 1]: a pair's least-squares weight (both rows) by size; 0 at sizes not sampled."""
+        mid = np.asarray(self.plan.mid)
+        wt = np.zeros(self.n + 1)
+        wt[mid] = 2.0 * self._pair_weight(mid, qpos)
+        return wt
+
+    def _new_stats(self, mw):
+        """Empty sums of the pairs' fit statistics: integer counts (n <= COUNTS_MAX_PLAYERS) or
+        the Gram matrices' upper triangles, and the right sides h [F, p, mw]."""
+        n, F, p = self.n, FOLDS, self.n - 1 + self.k
+        h = np.zeros((F, p, mw))
+        if n <= COUNTS_MAX_PLAYERS:
+            T = n // 2 + 1
+            return {"N": np.zeros((F, T, n - 1, n - 1), dtype=np.int64),
+                    "S1": np.zeros((F, T, n - 1), dtype=np.int64),
+                    "SL": np.zeros((F, T, n - 1), dtype=np.int64),
+                    "C": np.zeros((F, T), dtype=np.int64), "CL": np.zeros((F, T), dtype=np.int64),
+                    "h": h}
+        return {"G": np.zeros((F, p, p)), "h": h}
+
+    def _add_pairs(self, stats, j0, j1, P_vals, qpos):
+        """Add pairs j0..j1-1 (j0 a multiple of FOLDS) to the folds' statistics: fold f is the
+        block's rows f, f + F, ... A pair's two rows have features A and -A and equal weights:
+        together they add 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to h."""
+        n = self.n
+        packed = self.pair_packed(j0, j1)
+        last = ((packed[:, (n - 1) >> 3] >> (7 - ((n - 1) & 7))) & 1).astype(np.float64)[:, None]
+        Y = P_vals[2 * j0:2 * j1]
+        dt = (Y[0::2] - Y[1::2]) - (2.0 * last - 1.0) * (self.vN - self.v0)[None, :]
+        pair_gram(packed, n, FOLDS, _size_table(n), self._weights_by_size(qpos),
+                  dt, stats.get("G"), stats["h"], self.engine)
+        if "N" in stats:
+            pair_counts(packed, n, FOLDS, stats, self.engine)
+
+    def _pairs_gram(self, stats, qpos):
+        """(G [F, p, p], h [F, p, mw]): each fold's fit's Gram matrix and right side over the pairs
+        of the other folds."""
+        h = stats["h"]
+        h = h.sum(0)[None] - h
+        if "N" in stats:
+            wt = self._weights_by_size(qpos)
+            sf = _size_table(self.n)
+            out = {x: stats[x].sum(0)[None] - stats[x] for x in ("N", "S1", "SL", "C", "CL")}
+            return counts_gram(out, wt, sf), h
+        G = stats["G"]
+        G = np.triu(G) + np.swapaxes(np.triu(G, 1), 1, 2)  # pairs fill the upper triangle
+        return G.sum(0)[None] - G, h
 
     def estimate(self, E_vals, P_vals, M):
         """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
@@ -380,7 +603,6 @@ class Fit:
         values P_vals [2M, mw]."""
         plan, n = self.plan, self.n
         mw = self.v0.shape[0]
-        p = n - 1 + self.k
         nE = E_vals.shape[0]
         if self._enum is None or self._enum[0] != nE:
             self._enum = (nE,) + self._enumerated_part(E_vals)
@@ -397,51 +619,43 @@ class Fit:
         # at growing M): whole blocks are added in the same order as from scratch, so the bits
         # are the same.
         if self._gram is None or self._gram[0] > M:
-            self._gram = [0, np.zeros((F, p, p)), np.zeros((F, p, mw))]
+            self._gram = [0, self._new_stats(mw)]
         gram = self._gram
+        stats = gram[1]
         for j0, j1 in blocks:
             if j1 <= gram[0]:
                 continue
             if j1 - j0 < PB:  # the last, partial block: added to a copy
-                G, h = gram[1].copy(), gram[2].copy()
-                self._add_pairs(G, h, j0, j1, P_vals, qpos)
+                stats = {key: a.copy() for key, a in gram[1].items()}
+                self._add_pairs(stats, j0, j1, P_vals, qpos)
                 break
-            self._add_pairs(gram[1], gram[2], j0, j1, P_vals, qpos)
+            self._add_pairs(gram[1], j0, j1, P_vals, qpos)
             gram[0] = j1
-        else:
-            G, h = gram[1], gram[2]
-        Gall, hall = G.sum(0), h.sum(0)
+        Gp, hp = self._pairs_gram(stats, qpos)
         # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
         # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.
-        sol = _solve_psd(GE[None] + (Gall[None] - G), hE[None] + (hall[None] - h))
+        sol = _solve_psd(GE[None] + Gp, hE[None] + hp)
         surr, base = [], np.empty((F, n, mw))
         for f in range(F):
             beta, c = self._surrogate(sol[f])
             surr.append((beta, c))
             base[f] = Tb + self._mid_part(beta)
+        X2 = 2.0 * _size_table(n)  # x(S) - x(N minus S) by size: the size terms are odd
+        sterm = np.stack([X2 @ c for _, c in surr]) if self.k else np.zeros((F, n + 1, mw))
+        beta_f = np.stack([beta for beta, _ in surr])
         mean = m2 = None
         count = 0
         for j0, j1 in blocks:
             # pair j's estimate: psi_j = base_f + w(S_j) d_j / 2, with d_j = (r(S_j) - r(N minus
             # S_j)) / q(s_j) the residual's difference (w(N minus S) = -w(S)); the block's mean
             # and sum of squared deviations follow from per-fold sums of w d and w^2 d^2
-            Z = self.pair_sets(j0, j1)
-            s = Z.sum(1)
             Y = P_vals[2 * j0:2 * j1]
-            pm = 2.0 * Z - 1.0  # z(S) - z(N minus S)
-            X2 = 2.0 * size_features(n, s)  # x(S) - x(N minus S): the size terms are odd
-            dY = Y[0::2] - Y[1::2]
-            W = _weights_w(Z, s, n)
+            U, V = pair_moments(self.pair_packed(j0, j1), n, F, Y[0::2] - Y[1::2], beta_f, sterm,
+                                qpos, self.engine)
             B = j1 - j0
-            D = np.empty_like(dY)
-            for f in range(F):
-                beta, c = surr[f]
-                D[f::F] = dY[f::F] - pm[f::F] @ beta - X2[f::F] @ c
-            D /= qpos[s][:, None]
-            U = [W[f::F].T @ D[f::F] for f in range(F)]  # [n, mw] each
             cnt = [len(range(f, B, F)) for f in range(F)]
             bm = (sum(cnt[f] * base[f] for f in range(F)) + 0.5 * sum(U)) / B
-            bm2 = 0.25 * ((W * W).T @ (D * D))
+            bm2 = 0.25 * sum(V)
             for f in range(F):
                 if cnt[f]:
                     dev = base[f] - bm

@@ -133,6 +133,65 @@ def test_raw_bindings_check_ids_and_aliasing():
     assert out.count("OK ValueError") == 9, out
 
 
+@native
+def test_regression_bindings_refuse_bad_input():
+    """The regression sampler's ops (csrc/cpu/regression_cpu.cpp) with wrong sizes, dtypes,
+    sizes outside the plan, unsorted thresholds, aliased outputs and huge n: Python errors."""
+    out = run_isolated("""
+        import numpy as np
+        from shapcam import _C
+        n = 10
+        thr = np.array([2**30, 2**31, 3 * 2**30], np.uint64)
+        mid = np.array([2, 3, 7, 8], np.int64)
+        masks = np.empty((4, n), bool)
+        _C.regression_pairs_cpu(0, 0, 2, n, thr, mid, masks, None, None)   # fine
+        expect(ValueError, _C.regression_pairs_cpu, 0, 0, 3, n, thr, mid, masks, None, None)     # too small
+        expect(ValueError, _C.regression_pairs_cpu, 0, 0, 2, n, thr, mid[:3], masks, None, None)  # sizes
+        expect(ValueError, _C.regression_pairs_cpu, 0, 0, 2, n, thr, np.array([2, 3, 7, 10], np.int64),
+               masks, None, None)                                                                # size n
+        expect(ValueError, _C.regression_pairs_cpu, 0, 0, 2, n, thr[::-1].copy(), mid, masks, None, None)
+        expect(ValueError, _C.regression_pairs_cpu, 0, 0, 2, n, thr.astype(np.int64), mid, masks, None, None)
+        expect(ValueError, _C.regression_pairs_cpu, 0, 2, 1, n, thr, mid, masks, None, None)     # j1 < j0
+        buf = np.zeros(64, np.uint8)
+        expect(ValueError, _C.regression_pairs_cpu, 0, 0, 2, n, thr, mid, buf[:40].view(bool).reshape(4, n),
+               buf[36:40].reshape(2, 2), None)                                                    # aliased
+        expect((ValueError, MemoryError), _C.regression_pairs_cpu, 0, 0, 1, 2**31 - 1, np.zeros(0, np.uint64),
+               np.array([1], np.int64), None, None, None)                                         # huge n
+        F, mw = 8, 1
+        pk = np.zeros((3, 2), np.uint8)            # empty coalitions: size 0 is never sampled
+        q = np.full(n + 1, 0.1)
+        U, V = np.empty((F, n, mw)), np.empty((F, n, mw))
+        args = (pk, 3, n, F, mw, np.zeros((3, mw)), np.zeros((F, n, mw)), np.zeros((F, n + 1, mw)), q)
+        expect(ValueError, _C.regression_moments_cpu, *args, U, V)
+        pk[:, 0] = 0xff
+        pk[:, 1] = 0x3f                              # bits past player 9 are ignored: size 8
+        _C.regression_moments_cpu(*((pk,) + args[1:]), U, V)
+        q[8] = 0.0
+        expect(ValueError, _C.regression_moments_cpu, *((pk,) + args[1:-1] + (q,)), U, V)  # q(s) = 0
+        expect(ValueError, _C.regression_moments_cpu, *args[:-1], np.full(n, 0.1), U, V)
+        q[8] = 0.1
+        expect(ValueError, _C.regression_moments_cpu, *((pk,) + args[1:]), U, U)                 # U is V
+        k, p = 2, n + 1
+        G, h = np.zeros((F, p, p)), np.zeros((F, p, mw))
+        gargs = (pk, 3, n, F, k, mw, np.zeros((n + 1, k)), np.ones(n + 1), np.zeros((3, mw)))
+        _C.regression_gram_cpu(*gargs, G, h)
+        _C.regression_gram_cpu(*gargs, None, h)
+        expect(ValueError, _C.regression_gram_cpu, *gargs, G[:, :-1], h)
+        expect(ValueError, _C.regression_gram_cpu, *gargs[:-2], h.reshape(-1)[:n + 1], gargs[-1], None, h)
+        expect(ValueError, _C.regression_gram_cpu, *gargs[:3], F, -1, mw, *gargs[6:], G, h)
+        T = n // 2 + 1
+        N = np.zeros((F, T, n - 1, n - 1), np.int64)
+        S1, SL = np.zeros((F, T, n - 1), np.int64), np.zeros((F, T, n - 1), np.int64)
+        C, CL = np.zeros((F, T), np.int64), np.zeros((F, T), np.int64)
+        _C.regression_counts_cpu(pk, 3, n, F, N, S1, SL, C, CL)
+        expect(ValueError, _C.regression_counts_cpu, pk, 3, n, F, N, S1, S1, C, CL)              # aliased
+        expect(ValueError, _C.regression_counts_cpu, pk, 3, n, F, N.astype(np.int32), S1, SL, C, CL)
+        expect(ValueError, _C.regression_counts_cpu, pk, 4, n, F, N, S1, SL, C, CL)              # 4 rows?
+    """)
+    assert out.count("NO ERROR") == 0 and out.count("OK ") == 18, out
+    assert out.count("overlaps") == 4, out  # the aliased calls fail on aliasing, not earlier
+
+
 @pytest.mark.parametrize("engine", ["reference"] + (["native"] if _engine.native() else []))
 def test_out_aliasing_x_is_refused_on_every_engine(engine):
     x = np.arange(18, dtype=np.float64).reshape(2, 9)

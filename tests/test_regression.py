@@ -59,6 +59,82 @@ def test_plan_and_contract():
     np.testing.assert_array_equal(rg.enumerated_masks(p, 7, 41), e[7:41])
 
 
+def test_pair_is_the_tail_of_a_plain_permutation():
+    """pairs.h: the pair's smaller side is the players at the last min(s, n - s) positions of
+    plain permutation j (so only that many Fisher-Yates steps are drawn), S_j that side when
+    2 s <= n; every S_j of a size is equally likely (chi-square over the 12 subsets of size 2 of
+    4 ... here: each player's frequency in S_j matches s / n)."""
+    from shapcam import ops
+    for n in (7, 8, 30, 65):
+        p = rg.make_plan(n, None)
+        j0, j1 = 3, 403
+        perm = ops.permutations(5, j0, j1, n, antithetic=False, engine="reference")
+        s = rg.pair_sizes(5, j0, j1, p)
+        S = rg.pair_masks(5, j0, j1, p, "native")[0::2]
+        for b in range(j1 - j0):
+            t = min(s[b], n - s[b])
+            tail = np.zeros(n, bool)
+            tail[perm[b, n - t:]] = True
+            np.testing.assert_array_equal(S[b], tail if 2 * s[b] <= n else ~tail)
+        np.testing.assert_array_equal(rg.pair_packed(5, j0, j1, p, "native"), np.packbits(S, axis=1))
+        np.testing.assert_array_equal(rg.pair_packed(5, j0, j1, p, "reference"), np.packbits(S, axis=1))
+    p = rg.make_plan(9, None)
+    S = rg.pair_sets(2, 0, 40_000, p, "native")
+    s = S.sum(1)
+    for size in (2, 4, 5, 7):
+        freq = S[s == size].mean(0)
+        assert np.abs(freq - size / 9).max() < 5 * np.sqrt(size / 9 / (s == size).sum()), (size, freq)
+
+
+@pytest.mark.parametrize("n", [5, 12, 30, 64, 70])
+def test_native_ops_match_their_numpy_twins(n):
+    """The estimate's per-pair ops (csrc/cpu/regression_cpu.cpp) give the bits of their NumPy
+    twins: the residual moments, the Gram sums pair by pair (G and h, h alone) and the integer
+    counts, with B not a multiple of the folds, several outputs and running sums to add to."""
+    rng = np.random.default_rng(n)
+    p = rg.make_plan(n, None)
+    F, k = rg.FOLDS, rg.size_terms(n)
+    q = np.zeros(n + 1)
+    q[list(p.mid)] = p.q
+    sf = rg.size_features(n, np.arange(n + 1))
+    for B, mw in ((37, 1), (5, 3), (300, 2), (1, 1)):
+        pk = rg.pair_packed(1, 0, B, p, "native")
+        dY = rng.normal(size=(B, mw))
+        beta, sterm = rng.normal(size=(F, n, mw)), rng.normal(size=(F, n + 1, mw))
+        a = rg.pair_moments(pk, n, F, dY, beta, sterm, q, "native")
+        b = rg.pair_moments(pk, n, F, dY, beta, sterm, q, "reference")
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        pp = n - 1 + k
+        wt = rng.uniform(0.5, 2, n + 1)
+        wt = wt + wt[::-1]  # a pair's weight is a function of s (n - s)
+        G0, h0 = rng.normal(size=(F, pp, pp)), rng.normal(size=(F, pp, mw))
+        up = np.triu_indices(pp)
+        for with_G in (True, False):
+            (Ga, ha), (Gb, hb) = (G0.copy(), h0.copy()), (G0.copy(), h0.copy())
+            rg.pair_gram(pk, n, F, sf, wt, dY, Ga if with_G else None, ha, "native")
+            rg.pair_gram(pk, n, F, sf, wt, dY, Gb if with_G else None, hb, "reference")
+            np.testing.assert_array_equal(Ga[:, up[0], up[1]], Gb[:, up[0], up[1]])
+            np.testing.assert_array_equal(ha, hb)
+            assert not np.array_equal(ha, h0) and np.array_equal(Ga, G0) != with_G
+        if n <= rg.COUNTS_MAX_PLAYERS:
+            fit = rg.Fit(p, 1, "native", [0.0], [1.0])
+            sa, sb = fit._new_stats(1), fit._new_stats(1)
+            for st, eng in ((sa, "native"), (sb, "reference")):
+                rg.pair_counts(pk, n, F, st, eng)
+                rg.pair_counts(pk[:7], n, F, st, eng)
+            for key in ("N", "S1", "SL", "C", "CL"):
+                np.testing.assert_array_equal(np.triu(sa[key]) if key == "N" else sa[key],
+                                              np.triu(sb[key]) if key == "N" else sb[key])
+            assert sa["C"].sum() == B + min(B, 7)
+            # the Gram matrices made of the counts are the ones summed pair by pair
+            G = np.zeros((F, pp, pp))
+            rg.pair_gram(pk, n, F, sf, wt, dY, G, np.zeros((F, pp, mw)), "native")
+            rg.pair_gram(pk[:7], n, F, sf, wt, dY[:7], G, np.zeros((F, pp, mw)), "native")
+            G = np.triu(G) + np.swapaxes(np.triu(G, 1), 1, 2)
+            np.testing.assert_allclose(rg.counts_gram(sa, wt, sf), G, rtol=0, atol=1e-12 * np.abs(G).max())
+
+
 @pytest.mark.parametrize("name", sorted(GAMES))
 def test_unbiased_and_calibrated_over_300_seeds(name):
     """The mean over 300 seeds is within 5 standard errors of the exact values for every player,
@@ -122,6 +198,19 @@ def test_additive_plus_size_function_is_exact_from_sampled_pairs():
     size_part = (1 - 2 + 0.3 + np.cos(3) - (-1 + 2 + 0.3 + np.cos(-3))) / n
     np.testing.assert_allclose(r.values, w + size_part, atol=1e-9)
     assert r.stderr.max() < 1e-9
+
+
+def test_engines_bit_identical_past_the_counts():
+    """n > COUNTS_MAX_PLAYERS: the fit sums its Gram matrices in float64 pair by pair, and the
+    engines still agree to the bit."""
+    n = rg.COUNTS_MAX_PLAYERS + 3
+    w = np.random.default_rng(2).normal(size=n)
+    g = lambda m: np.tanh(np.asarray(m, float) @ w)  # noqa: E731
+    a = _run(g, n, seed=3, max_evals=12 * n, engine="reference")
+    b = _run(g, n, seed=3, max_evals=12 * n, engine="native")
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.stderr, b.stderr)
+    assert np.isfinite(a.values).all() and (a.stderr > 0).all()
 
 
 def test_engines_batch_sizes_and_outputs_bit_identical():

@@ -1,9 +1,6 @@
 // ops_cpu.cpp — CPU ops over the shared headers; see ops_cpu.h for the contracts.
 #include "ops_cpu.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "threads.h"
 
 #include <algorithm>
 #include <vector>
@@ -17,25 +14,10 @@ namespace shapcam {
 namespace cpu {
 
 // Built without OpenMP (a compiler that lacks it), the pragmas below are ignored: one thread.
-int num_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+int num_threads() { return team_size(); }
 
 namespace {
-// Per-thread scratch is allocated before a parallel region, never inside it: an exception (e.g.
-// std::bad_alloc) thrown inside an OpenMP region cannot leave it and ends the process.
-int max_team() { return num_threads(); }
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
+int max_team() { return team_size(); }
 
 // Work (in elements) under which an op runs on one thread. A parallel region costs little on an
 // idle machine, but after a BLAS call (NumPy's or torch's spinning worker threads) waking the

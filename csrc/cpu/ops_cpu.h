@@ -42,6 +42,41 @@ void prefix_walk(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int group,
                  const T* tables, int64_t cells, int64_t size, int64_t d, const int32_t* members,
                  const int32_t* cell_of, const T* z_empty, T* out);
 
+// The regression sampler's pairs [j0, j1) of n players (csrc/include/shapcam/pairs.h): any of
+// masks [2B, n] bool (S_j, then its complement), packed [B, ceil(n / 8)] (S_j's bits as
+// numpy.packbits writes them) and sizes [B] int64 may be null. thresholds [n_thr], mid [n_thr + 1].
+void regression_pairs(uint64_t seed, int64_t j0, int64_t j1, int64_t n, const uint64_t* thresholds,
+                      int64_t n_thr, const int64_t* mid, bool* masks, uint8_t* packed,
+                      int64_t* sizes);
+
+// The pairs' residual moments of one block of the regression estimate (shapcam/regression.py,
+// Fit): pairs packed [B, ceil(n / 8)] (row b in fold b % F), dY [B, mw] = v(S) - v(N minus S),
+// the folds' surrogates beta [F, n, mw] and size terms sterm [F, n + 1, mw], q [n + 1]. With
+// d_b = ((dY_b - sum_i (z_i ? beta_i : -beta_i)) - sterm[s_b]) / q[s_b] and w_i = 1/s or -1/(n-s):
+// U [F, n, mw] = sum over fold f's rows of w d, V [F, n, mw] = sum of (w w)(d d), each summed in
+// row order (players in order within the sum over i), so the NumPy twin gives the same bits.
+void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t mw,
+                        const double* dY, const double* beta, const double* sterm, const double* q,
+                        double* U, double* V);
+
+// The fit's Gram sums of one block of pairs (shapcam/regression.py, Fit._add_pairs), added in
+// place: row b (fold b % F) has features a = (z_0 - z_last, .., z_{n-2} - z_last, sizefeat[s]) and
+// weight wt[s]; G [F, p, p] (p = n - 1 + k) gets (wt a_j) a_c added for c >= j (the lower triangle
+// is left alone: the caller mirrors; G may be null), h [F, p, mw] gets a_j (dt_b (wt / 2)). Rows are
+// added in order.
+void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t k, int64_t mw,
+                     const double* sizefeat, const double* wt, const double* dt, double* G,
+                     double* h);
+
+// The integer statistics of one block of pairs that the fit's Gram matrices are made of
+// (shapcam/regression.py, pair_counts), added in place. Row b (fold f = b % F) is taken on the
+// pair's smaller side (S_b when 2 s_b <= n, else its complement), of size t <= n / 2; with z its
+// players but the last (z_j for j < n - 1) and l whether it holds the last, at [f, t]:
+// N [F, n/2 + 1, n - 1, n - 1] gets z_j z_c for c >= j (the lower triangle is left alone),
+// S1 [F, n/2 + 1, n - 1] gets z, SL the same shape gets l z, C [F, n/2 + 1] gets 1 and CL gets l.
+void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t* N,
+                       int64_t* S1, int64_t* SL, int64_t* C, int64_t* CL);
+
 // Threads the CPU ops use (OpenMP's default: the cores available).
 int num_threads();
 

@@ -1,0 +1,319 @@
+// regression_cpu.cpp — the regression sampler's per-pair work (shapcam/regression.py): drawing the
+// pairs' coalitions (pairs.h) and the pairs' residual moments of the estimate. See ops_cpu.h.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "ops_cpu.h"
+#include "packed.h"
+#include "threads.h"
+#include "shapcam/pairs.h"
+
+namespace shapcam {
+namespace cpu {
+
+namespace {
+// Work (pairs times the elements each touches) under which an op stays on one thread: a block of
+// the estimate (4096 pairs at n = 30) takes ~0.5 ms, and on the 2-core VM a team of 2 made a whole
+// run 2x slower (waking it, and NumPy's BLAS threads spinning beside it), 7% faster at best with
+// OPENBLAS_NUM_THREADS=1. Only much larger blocks fan out.
+constexpr int64_t kFanOut = int64_t(1) << 24;
+// Rows of one fold that the moments and the Gram sums take together (see regression_moments).
+constexpr int64_t kRows = 4;
+
+inline bool packed_bit(const uint8_t* row, int64_t i) { return (row[i >> 3] >> (7 - (i & 7))) & 1; }
+
+
+}  // namespace
+
+void regression_pairs(uint64_t seed, int64_t j0, int64_t j1, int64_t n, const uint64_t* thresholds,
+                      int64_t n_thr, const int64_t* mid, bool* masks, uint8_t* packed,
+                      int64_t* sizes) {
+  const int64_t B = j1 - j0;
+  if (B <= 0) return;
+  const int64_t nb = (n + 7) / 8;
+  const int team = num_threads();
+  std::vector<int32_t> scratch_all(static_cast<size_t>(team) * 3 * n);
+#pragma omp parallel if (B * n > kFanOut) num_threads(team)
+  {
+    const int tid = thread_id();
+    int32_t* perm = scratch_all.data() + static_cast<size_t>(tid) * 3 * n;
+    int32_t* side = perm + n;
+    int32_t* steps = side + n;
+    for (int64_t p = 0; p < n; ++p) perm[p] = static_cast<int32_t>(p);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      const uint64_t j = static_cast<uint64_t>(j0 + b);
+      const int64_t s = pair_size(seed, j, thresholds, n_thr, mid);
+      const bool small = 2 * s <= n;  // S_j is the smaller side itself
+      const int64_t t = small ? s : n - s;
+      pair_small_side(seed, j, n, t, perm, side, steps);
+      if (sizes) sizes[b] = s;
+      if (masks) {
+        bool* rs = masks + 2 * b * n;
+        bool* rc = rs + n;
+        std::fill(rs, rs + n, !small);
+        std::fill(rc, rc + n, small);
+        for (int64_t d = 0; d < t; ++d) {
+          rs[side[d]] = small;
+          rc[side[d]] = !small;
+        }
+      }
+      if (packed) {
+        uint8_t* row = packed + b * nb;
+        std::fill(row, row + nb, small ? uint8_t(0) : uint8_t(0xff));
+        if (!small && (n & 7)) row[nb - 1] = static_cast<uint8_t>(0xff << (8 - (n & 7)));
+        for (int64_t d = 0; d < t; ++d) row[side[d] >> 3] ^= static_cast<uint8_t>(0x80 >> (side[d] & 7));
+      }
+    }
+  }
+}
+
+void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t mw,
+                        const double* dY, const double* beta, const double* sterm, const double* q,
+                        double* U, double* V) {
+  const int64_t nb = (n + 7) / 8;
+  const int64_t cells = n * mw;
+  std::fill(U, U + F * cells, 0.0);
+  std::fill(V, V + F * cells, 0.0);
+  const int team = num_threads();
+  std::vector<double> d_all(static_cast<size_t>(team) * mw);
+  const int64_t zs = 8 * nb;  // bytes of one unpacked row
+  std::vector<uint8_t> z_all(static_cast<size_t>(team) * kRows * zs);
+  // Folds are independent accumulators: one thread per fold, each summing its rows in order.
+#pragma omp parallel for schedule(static) num_threads(team) if (B * cells > kFanOut)
+  for (int64_t f = 0; f < F; ++f) {
+    const int tid = thread_id();
+    double* d = d_all.data() + static_cast<size_t>(tid) * mw;
+    uint8_t* z = z_all.data() + static_cast<size_t>(tid) * kRows * zs;
+    int64_t ss[kRows];
+    const double* bf = beta + f * cells;
+    const double* sf = sterm + f * (n + 1) * mw;
+    double* Uf = U + f * cells;
+    double* Vf = V + f * cells;
+    // Selects are table lookups by z (0 or 1), not branches: z is a coin flip per player, and
+    // mispredicted branches cost more than the arithmetic. Rows go in groups of kRows: their sums
+    // over the players run as independent chains, and each U, V element is loaded once per group
+    // and gets the group's terms added one row at a time, in row order (the twin's bits).
+    const double sign[2] = {-1.0, 1.0};
+    double wt[kRows][2], w2t[kRows][2];
+    int64_t b = f;
+    bool first = true;
+    while (b < B) {
+      const int64_t R = (mw == 1 && !first && b + (kRows - 1) * F < B) ? kRows : 1;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t s = unpack_row(packed + (b + r * F) * nb, n, z + r * zs);
+        ss[r] = s;
+        const double wn = -1.0 / static_cast<double>(n - s), wp = 1.0 / static_cast<double>(s);
+        wt[r][0] = wn;
+        wt[r][1] = wp;
+        w2t[r][0] = wn * wn;
+        w2t[r][1] = wp * wp;
+      }
+      if (R == kRows) {
+        // d = ((v(S) - v(N minus S) - f's difference) - f's size terms) / q(s); f's difference
+        // sum_i (z_i ? beta_i : -beta_i) over the players in order (x -1.0 is exact)
+        double acc[kRows];
+        for (int64_t r = 0; r < kRows; ++r) acc[r] = sign[z[r * zs]] * bf[0];
+        for (int64_t i = 1; i < n; ++i) {
+          const double bi = bf[i];
+          for (int64_t r = 0; r < kRows; ++r) acc[r] = acc[r] + sign[z[r * zs + i]] * bi;
+        }
+        double tp[kRows][2], t2[kRows][2];
+        for (int64_t r = 0; r < kRows; ++r) {
+          const int64_t row = b + r * F;
+          const double dr = ((dY[row] - acc[r]) - sf[ss[r]]) / q[ss[r]];
+          const double dd = dr * dr;
+          tp[r][0] = wt[r][0] * dr;
+          tp[r][1] = wt[r][1] * dr;
+          t2[r][0] = w2t[r][0] * dd;
+          t2[r][1] = w2t[r][1] * dd;
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          double u = Uf[i], v = Vf[i];
+          for (int64_t r = 0; r < kRows; ++r) {
+            const int zi = z[r * zs + i];
+            u = u + tp[r][zi];
+            v = v + t2[r][zi];
+          }
+          Uf[i] = u;
+          Vf[i] = v;
+        }
+        b += kRows * F;
+        continue;
+      }
+      // one row, any mw
+      for (int64_t o = 0; o < mw; ++o) {
+        double acc = sign[z[0]] * bf[o];
+        for (int64_t i = 1; i < n; ++i) acc = acc + sign[z[i]] * bf[i * mw + o];
+        d[o] = ((dY[b * mw + o] - acc) - sf[ss[0] * mw + o]) / q[ss[0]];
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const double wi = wt[0][z[i]], w2i = w2t[0][z[i]];
+        double* u = Uf + i * mw;
+        double* v = Vf + i * mw;
+        for (int64_t o = 0; o < mw; ++o) {
+          const double t = wi * d[o];
+          const double tt = w2i * (d[o] * d[o]);
+          // the fold's first row starts its sums (0.0 + x would turn -0.0 into +0.0)
+          u[o] = first ? t : u[o] + t;
+          v[o] = first ? tt : v[o] + tt;
+        }
+      }
+      first = false;
+      b += F;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace shapcam
+
+namespace shapcam {
+namespace cpu {
+
+void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t k, int64_t mw,
+                     const double* sizefeat, const double* wt, const double* dt, double* G,
+                     double* h) {
+  const int64_t nb = (n + 7) / 8;
+  const int64_t zs = 8 * nb;
+  const int64_t p = n - 1 + k;
+  const int team = num_threads();
+  // per thread: kRows rows of features a, of w a, of e = dt (w / 2), and their unpacked bits
+  std::vector<double> a_all(static_cast<size_t>(team) * kRows * (2 * p + mw));
+  std::vector<uint8_t> z_all(static_cast<size_t>(team) * zs);
+  // Folds are independent accumulators: one thread per fold. Rows go in groups of kRows: each G
+  // and h element is loaded once per group and gets the group's terms one row at a time, in row
+  // order (the twin's bits), so the loop over the columns vectorises.
+#pragma omp parallel for schedule(static) num_threads(team) if (B * p * (G ? p : mw) > kFanOut)
+  for (int64_t f = 0; f < F; ++f) {
+    const int tid = thread_id();
+    double* a = a_all.data() + static_cast<size_t>(tid) * kRows * (2 * p + mw);
+    double* wa = a + kRows * p;
+    double* e = wa + kRows * p;
+    uint8_t* z = z_all.data() + static_cast<size_t>(tid) * zs;
+    double* Gf = G ? G + f * p * p : nullptr;
+    double* hf = h + f * p * mw;
+    if (!Gf) {  // h alone: a_j (dt_b (wt / 2)), row by row
+      for (int64_t b = f; b < B; b += F) {
+        const int64_t s = unpack_row(packed + b * nb, n, z);
+        const double last = static_cast<double>(z[n - 1]);
+        const double hw = 0.5 * wt[s];
+        for (int64_t o = 0; o < mw; ++o) e[o] = dt[b * mw + o] * hw;
+        if (mw == 1) {
+          const double e0 = e[0];
+          for (int64_t i = 0; i + 1 < n; ++i) hf[i] = hf[i] + (static_cast<double>(z[i]) - last) * e0;
+          for (int64_t c = 0; c < k; ++c) hf[n - 1 + c] = hf[n - 1 + c] + sizefeat[s * k + c] * e0;
+          continue;
+        }
+        for (int64_t j = 0; j < p; ++j) {
+          const double aj = j + 1 < n ? static_cast<double>(z[j]) - last : sizefeat[s * k + (j - n + 1)];
+          double* hj = hf + j * mw;
+          for (int64_t o = 0; o < mw; ++o) hj[o] = hj[o] + aj * e[o];
+        }
+      }
+      continue;
+    }
+    for (int64_t b = f; b < B;) {
+      const int64_t R = b + (kRows - 1) * F < B ? kRows : 1;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t row = b + r * F;
+        const int64_t s = unpack_row(packed + row * nb, n, z);
+        double* ar = a + r * p;
+        const double last = static_cast<double>(z[n - 1]);
+        for (int64_t i = 0; i + 1 < n; ++i) ar[i] = static_cast<double>(z[i]) - last;
+        for (int64_t c = 0; c < k; ++c) ar[n - 1 + c] = sizefeat[s * k + c];
+        const double w = wt[s];
+        const double hw = 0.5 * w;
+        for (int64_t j = 0; j < p; ++j) wa[r * p + j] = w * ar[j];
+        for (int64_t o = 0; o < mw; ++o) e[r * mw + o] = dt[row * mw + o] * hw;
+      }
+      // G += (w a) a^T on and above the diagonal (the twin mirrors it the same way), h += a e^T
+      if (R == kRows) {
+        const double* a0 = a;
+        const double* a1 = a + p;
+        const double* a2 = a + 2 * p;
+        const double* a3 = a + 3 * p;
+        for (int64_t j = 0; j < p; ++j) {
+          const double w0 = wa[j], w1 = wa[p + j], w2 = wa[2 * p + j], w3 = wa[3 * p + j];
+          double* gj = Gf + j * p;
+          for (int64_t c = j; c < p; ++c) {
+            double g = gj[c];
+            g = g + w0 * a0[c];
+            g = g + w1 * a1[c];
+            g = g + w2 * a2[c];
+            g = g + w3 * a3[c];
+            gj[c] = g;
+          }
+          double* hj = hf + j * mw;
+          for (int64_t o = 0; o < mw; ++o) {
+            double v = hj[o];
+            for (int64_t r = 0; r < kRows; ++r) v = v + a[r * p + j] * e[r * mw + o];
+            hj[o] = v;
+          }
+        }
+      } else {
+        for (int64_t j = 0; j < p; ++j) {
+          const double wj = wa[j];
+          double* gj = Gf + j * p;
+          for (int64_t c = j; c < p; ++c) gj[c] = gj[c] + wj * a[c];
+          double* hj = hf + j * mw;
+          for (int64_t o = 0; o < mw; ++o) hj[o] = hj[o] + a[j] * e[o];
+        }
+      }
+      b += R * F;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace shapcam
+
+namespace shapcam {
+namespace cpu {
+
+void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t* N,
+                       int64_t* S1, int64_t* SL, int64_t* C, int64_t* CL) {
+  const int64_t nb = (n + 7) / 8;
+  const int64_t zs = 8 * nb;
+  const int64_t pz = n - 1;
+  const int64_t T = n / 2 + 1;  // sizes of the smaller side: 0 .. n / 2
+  const int team = num_threads();
+  std::vector<uint8_t> z_all(static_cast<size_t>(team) * zs);
+  std::vector<int32_t> in_all(static_cast<size_t>(team) * n);
+  // Folds are independent accumulators (integers: any order gives the same counts).
+#pragma omp parallel for schedule(static) num_threads(team) if (B * n > kFanOut)
+  for (int64_t f = 0; f < F; ++f) {
+    const int tid = thread_id();
+    uint8_t* z = z_all.data() + static_cast<size_t>(tid) * zs;
+    int32_t* in = in_all.data() + static_cast<size_t>(tid) * n;
+    for (int64_t b = f; b < B; b += F) {
+      const int64_t s = unpack_row(packed + b * nb, n, z);
+      // the pair's smaller side (S when 2 s <= n), its players but the last in `in`
+      const uint8_t flip = 2 * s <= n ? 0 : 1;
+      const int64_t t = flip ? n - s : s;
+      int64_t m = 0;
+      for (int64_t i = 0; i < pz; ++i) {
+        in[m] = static_cast<int32_t>(i);
+        m += z[i] ^ flip;
+      }
+      const bool last = (z[n - 1] ^ flip) != 0;
+      const int64_t ft = f * T + t;
+      C[ft] += 1;
+      CL[ft] += last;
+      int64_t* s1 = S1 + ft * pz;
+      int64_t* sl = SL + ft * pz;
+      int64_t* Nft = N + ft * pz * pz;
+      for (int64_t x = 0; x < m; ++x) {
+        const int64_t j = in[x];
+        s1[j] += 1;
+        sl[j] += last;
+        int64_t* nj = Nft + j * pz;
+        for (int64_t y = x; y < m; ++y) nj[in[y]] += 1;
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace shapcam
