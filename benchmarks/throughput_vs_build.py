@@ -9,8 +9,9 @@ Prints evaluations/s (median of 7 timed runs of K=1024, n=30, native engine) per
 
     python benchmarks/throughput_vs_build.py --breakdown
 
-times the parts of one regression run on this tree instead (ns per evaluation): the pairs'
-permutations and sizes, the game, the whole run, and a stratified run of the same evaluations.
+times the parts of one regression run on this tree instead (ns per evaluation): drawing the pairs'
+coalitions (and, for comparison, a whole permutation per pair as before), the game, the fit's
+statistics, the residual moments, the whole run, and a stratified run of the same evaluations.
 """
 import argparse
 import json
@@ -68,11 +69,25 @@ def breakdown():
             ts.append(time.perf_counter() - t)
         return sorted(ts)[r // 2]
 
-    masks = rg.pair_masks(seed, 0, P, plan)
+    masks, packed = rg.pair_masks(seed, 0, P, plan, "native", packed=True)
+    Y = masks @ w
+    mw, F = 1, rg.FOLDS
+    fit = rg.Fit(plan, seed, "native", [0.0], [w.sum()])
+    fit.keep(0, packed)
+    q = np.zeros(n + 1)
+    q[list(plan.mid)] = plan.q
+    beta, sterm = np.zeros((F, n, mw)), np.zeros((F, n + 1, mw))
+    dY = (Y[0::2] - Y[1::2])[:, None]
+
+    def stats():
+        fit._add_pairs(fit._new_stats(mw), 0, P, Y[:, None], q)
+
     parts = [
-        ("one permutation per pair (ops.ranks)", lambda: ops.ranks(seed, 0, P, n, reference.PLAIN, engine="native")),
-        ("the pairs' sizes (host Philox)", lambda: rg.pair_sizes(seed, 0, P, plan)),
+        ("the pairs' coalitions (masks + packed)", lambda: rg.pair_masks(seed, 0, P, plan, "native", packed=True)),
+        ("(before: one permutation per pair)", lambda: ops.ranks(seed, 0, P, n, reference.PLAIN, engine="native")),
         ("the game on the pairs' masks", lambda: masks @ w),
+        ("the fit's statistics (counts, h)", stats),
+        ("the residual moments", lambda: rg.pair_moments(packed, n, F, dY, beta, sterm, q, "native")),
         ("a whole regression run", lambda: shapcam.estimate_shapley(lambda m: m @ w, n, K, engine="native",
                                                                       sampler="regression")),
         ("a whole stratified run", lambda: shapcam.estimate_shapley(lambda m: m @ w, n, K, engine="native",
@@ -81,7 +96,7 @@ def breakdown():
     print(f"n = {n}, K = {K}: {P} pairs, {E} evaluations")
     for name, f in parts:
         t = med(f)
-        print(f"{name:40s} {t * 1e3:7.2f} ms {t / E * 1e9:7.1f} ns/evaluation")
+        print(f"{name:42s} {t * 1e3:7.2f} ms {t / E * 1e9:7.1f} ns/evaluation")
 
 
 def main():
