@@ -24,10 +24,13 @@ SHAPCAM_HD int64_t pair_size(uint64_t seed, uint64_t j, const uint64_t* threshol
   uint32_t out[4];
   philox4x32_10(ctr, key, out);
   const uint64_t word = out[0];
-  int64_t lo = 0, hi = n_thr;  // first threshold > word (upper bound)
-  while (lo < hi) {
-    const int64_t m = lo + (hi - lo) / 2;
-    if (thresholds[m] <= word) lo = m + 1; else hi = m;
+  // #{thresholds <= word} by bisection over the candidates [lo, lo + len): a trip count fixed by
+  // n_thr and a select instead of a branch on the (random) word
+  int64_t lo = 0, len = n_thr + 1;
+  while (len > 1) {
+    const int64_t half = len / 2;
+    lo = thresholds[lo + half - 1] <= word ? lo + half : lo;
+    len -= half;
   }
   return mid[lo];
 }
