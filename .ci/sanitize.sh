@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build shapcam._C with AddressSanitizer + UBSan (separate build folder, CUDA off) and run the
 # tests that drive the native engine through it: ops, estimator, reference twin, exact oracle, the
-# binding fuzzing, the hostile-input cases and the incremental walk. Any heap overflow, use-after-free or undefined
+# binding fuzzing, the hostile-input cases, the incremental walk and the regression sampler's ops. Any heap overflow, use-after-free or undefined
 # behaviour aborts the run. Usage: .ci/sanitize.sh PYTHON
 set -euo pipefail
 PY=${1:-python3}
@@ -27,3 +27,7 @@ cd "$WORK"
     "$ROOT/tests/test_exact.py" "$ROOT/tests/test_binding_fuzz.py" \
     "$ROOT/tests/test_hardening.py" "$ROOT/tests/test_incremental.py" \
     -k "not cli and not evaluate and not half and not thread and not incremental_equals_fused"
+# the regression sampler's native ops (draws, fit statistics, moments) against their twins
+"$PY" -m pytest -q -p no:cacheprovider -c "$ROOT/pytest.ini" --rootdir "$ROOT" \
+    "$ROOT/tests/test_regression.py" \
+    -k "contract or tail or twins or past_the or bit_identical or fit_cache or efficiency"

@@ -2,7 +2,8 @@
 // pairs' coalitions (pairs.h) and the pairs' residual moments of the estimate. See ops_cpu.h.
 #include <algorithm>
 #include <cstring>
-#include <vector>
+#include <memory>
+#include <new>
 
 #include "ops_cpu.h"
 #include "packed.h"
@@ -21,6 +22,15 @@ constexpr int64_t kFanOut = int64_t(1) << 24;
 // Rows of one fold that the moments and the Gram sums take together (see regression_moments).
 constexpr int64_t kRows = 4;
 
+// Zeroed per-thread scratch of `count` elements. A size that cannot be had is std::bad_alloc (a
+// MemoryError in Python) from here, not from inside the allocator, which sanitizer builds abort in.
+template <typename T>
+std::unique_ptr<T[]> scratch(size_t count) {
+  std::unique_ptr<T[]> p(new (std::nothrow) T[count]());
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
 inline bool packed_bit(const uint8_t* row, int64_t i) { return (row[i >> 3] >> (7 - (i & 7))) & 1; }
 
 
@@ -33,11 +43,11 @@ void regression_pairs(uint64_t seed, int64_t j0, int64_t j1, int64_t n, const ui
   if (B <= 0) return;
   const int64_t nb = (n + 7) / 8;
   const int team = num_threads();
-  std::vector<int32_t> scratch_all(static_cast<size_t>(team) * 3 * n);
+  const auto scratch_all = scratch<int32_t>(static_cast<size_t>(team) * 3 * n);
 #pragma omp parallel if (B * n > kFanOut) num_threads(team)
   {
     const int tid = thread_id();
-    int32_t* perm = scratch_all.data() + static_cast<size_t>(tid) * 3 * n;
+    int32_t* perm = scratch_all.get() + static_cast<size_t>(tid) * 3 * n;
     int32_t* side = perm + n;
     int32_t* steps = side + n;
     for (int64_t p = 0; p < n; ++p) perm[p] = static_cast<int32_t>(p);
@@ -77,15 +87,15 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
   std::fill(U, U + F * cells, 0.0);
   std::fill(V, V + F * cells, 0.0);
   const int team = num_threads();
-  std::vector<double> d_all(static_cast<size_t>(team) * mw);
+  const auto d_all = scratch<double>(static_cast<size_t>(team) * mw);
   const int64_t zs = 8 * nb;  // bytes of one unpacked row
-  std::vector<uint8_t> z_all(static_cast<size_t>(team) * kRows * zs);
+  const auto z_all = scratch<uint8_t>(static_cast<size_t>(team) * kRows * zs);
   // Folds are independent accumulators: one thread per fold, each summing its rows in order.
 #pragma omp parallel for schedule(static) num_threads(team) if (B * cells > kFanOut)
   for (int64_t f = 0; f < F; ++f) {
     const int tid = thread_id();
-    double* d = d_all.data() + static_cast<size_t>(tid) * mw;
-    uint8_t* z = z_all.data() + static_cast<size_t>(tid) * kRows * zs;
+    double* d = d_all.get() + static_cast<size_t>(tid) * mw;
+    uint8_t* z = z_all.get() + static_cast<size_t>(tid) * kRows * zs;
     int64_t ss[kRows];
     const double* bf = beta + f * cells;
     const double* sf = sterm + f * (n + 1) * mw;
@@ -180,18 +190,18 @@ void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int
   const int64_t p = n - 1 + k;
   const int team = num_threads();
   // per thread: kRows rows of features a, of w a, of e = dt (w / 2), and their unpacked bits
-  std::vector<double> a_all(static_cast<size_t>(team) * kRows * (2 * p + mw));
-  std::vector<uint8_t> z_all(static_cast<size_t>(team) * zs);
+  const auto a_all = scratch<double>(static_cast<size_t>(team) * kRows * (2 * p + mw));
+  const auto z_all = scratch<uint8_t>(static_cast<size_t>(team) * zs);
   // Folds are independent accumulators: one thread per fold. Rows go in groups of kRows: each G
   // and h element is loaded once per group and gets the group's terms one row at a time, in row
   // order (the twin's bits), so the loop over the columns vectorises.
 #pragma omp parallel for schedule(static) num_threads(team) if (B * p * (G ? p : mw) > kFanOut)
   for (int64_t f = 0; f < F; ++f) {
     const int tid = thread_id();
-    double* a = a_all.data() + static_cast<size_t>(tid) * kRows * (2 * p + mw);
+    double* a = a_all.get() + static_cast<size_t>(tid) * kRows * (2 * p + mw);
     double* wa = a + kRows * p;
     double* e = wa + kRows * p;
-    uint8_t* z = z_all.data() + static_cast<size_t>(tid) * zs;
+    uint8_t* z = z_all.get() + static_cast<size_t>(tid) * zs;
     double* Gf = G ? G + f * p * p : nullptr;
     double* hf = h + f * p * mw;
     if (!Gf) {  // h alone: a_j (dt_b (wt / 2)), row by row
@@ -279,14 +289,14 @@ void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, i
   const int64_t pz = n - 1;
   const int64_t T = n / 2 + 1;  // sizes of the smaller side: 0 .. n / 2
   const int team = num_threads();
-  std::vector<uint8_t> z_all(static_cast<size_t>(team) * zs);
-  std::vector<int32_t> in_all(static_cast<size_t>(team) * n);
+  const auto z_all = scratch<uint8_t>(static_cast<size_t>(team) * zs);
+  const auto in_all = scratch<int32_t>(static_cast<size_t>(team) * n);
   // Folds are independent accumulators (integers: any order gives the same counts).
 #pragma omp parallel for schedule(static) num_threads(team) if (B * n > kFanOut)
   for (int64_t f = 0; f < F; ++f) {
     const int tid = thread_id();
-    uint8_t* z = z_all.data() + static_cast<size_t>(tid) * zs;
-    int32_t* in = in_all.data() + static_cast<size_t>(tid) * n;
+    uint8_t* z = z_all.get() + static_cast<size_t>(tid) * zs;
+    int32_t* in = in_all.get() + static_cast<size_t>(tid) * n;
     for (int64_t b = f; b < B; b += F) {
       const int64_t s = unpack_row(packed + b * nb, n, z);
       // the pair's smaller side (S when 2 s <= n), its players but the last in `in`
