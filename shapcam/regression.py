@@ -448,7 +448,10 @@ def counts_gram(stats, wt, sizefeat):
 class Fit:
     """Everything the estimate needs from the values seen so far, computed in fixed blocks (so
     its bits depend only on the values and their order; the enumerated part and the whole
-    blocks' Gram sums are kept between calls, which adds them in the same order).
+    blocks' statistics are kept between calls, which adds them in the same order). The pairs'
+    statistics (_new_stats) are integer counts per fold and smaller-side size up to
+    COUNTS_MAX_PLAYERS (pair_counts, counts_gram), else Gram sums pair by pair (pair_gram), and
+    the right sides; the per-pair work runs in the native ops where the engine is native.
 
     The surrogate f(S) = v(0) + sum_j beta_j z_j + c . size_features(|S|) with
     sum(beta) = v(N) - v(0), parametrised by b = beta_0..beta_{n-2} and c: features z_j - z_last

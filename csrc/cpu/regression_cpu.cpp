@@ -1,5 +1,6 @@
 // regression_cpu.cpp — the regression sampler's per-pair work (shapcam/regression.py): drawing the
-// pairs' coalitions (pairs.h) and the pairs' residual moments of the estimate. See ops_cpu.h.
+// pairs' coalitions (pairs.h), the fit's statistics (integer counts, or Gram sums pair by pair, and
+// the right sides) and the pairs' residual moments of the estimate. See ops_cpu.h for the contracts.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -30,9 +31,6 @@ std::unique_ptr<T[]> scratch(size_t count) {
   if (!p) throw std::bad_alloc();
   return p;
 }
-
-inline bool packed_bit(const uint8_t* row, int64_t i) { return (row[i >> 3] >> (7 - (i & 7))) & 1; }
-
 
 }  // namespace
 
@@ -72,7 +70,7 @@ void regression_pairs(uint64_t seed, int64_t j0, int64_t j1, int64_t n, const ui
       if (packed) {
         uint8_t* row = packed + b * nb;
         std::fill(row, row + nb, small ? uint8_t(0) : uint8_t(0xff));
-        if (!small && (n & 7)) row[nb - 1] = static_cast<uint8_t>(0xff << (8 - (n & 7)));
+        if (!small) row[nb - 1] = last_byte_mask(n);  // bits past the last player stay 0
         for (int64_t d = 0; d < t; ++d) row[side[d] >> 3] ^= static_cast<uint8_t>(0x80 >> (side[d] & 7));
       }
     }
@@ -176,11 +174,6 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
   }
 }
 
-}  // namespace cpu
-}  // namespace shapcam
-
-namespace shapcam {
-namespace cpu {
 
 void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t k, int64_t mw,
                      const double* sizefeat, const double* wt, const double* dt, double* G,
@@ -276,11 +269,6 @@ void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int
   }
 }
 
-}  // namespace cpu
-}  // namespace shapcam
-
-namespace shapcam {
-namespace cpu {
 
 void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t* N,
                        int64_t* S1, int64_t* SL, int64_t* C, int64_t* CL) {
