@@ -431,7 +431,8 @@ def counts_gram(stats, wt, sizefeat):
     T = C.shape[-1]
     w = wt[:T]
     x = sizefeat[:T]
-    up = np.einsum("...tjc,t->...jc", N.astype(np.float64), w)
+    pz = N.shape[-1]
+    up = (w @ N.astype(np.float64).reshape(N.shape[:-2] + (pz * pz,))).reshape(N.shape[:-3] + (pz, pz))
     zz = up + np.swapaxes(np.triu(up, 1), -1, -2)
     zl = np.einsum("...tj,t->...j", SL.astype(np.float64), w)
     zz = zz - zl[..., :, None] - zl[..., None, :] + np.einsum("...t,t->...", CL.astype(np.float64), w)[..., None, None]
