@@ -357,8 +357,8 @@ def pair_gram(packed, n, F, sizefeat, wt, dt, G, h, engine=None):
     """Add one block of pairs to the folds' Gram sums in place: row b of the block (fold b % F)
     has features a = (z_0 - z_last, ..., z_{n-2} - z_last, sizefeat[s]) and weight wt[s]; G [F, p,
     p] (None: skipped) gets (wt a) a^T on and above the diagonal (below it: left as it is; Fit
-    mirrors the upper triangle), h [F, p, mw] gets a (dt_b (wt / 2)). packed [B, ceil(n / 8)], sizefeat [n + 1, k],
-    wt [n + 1], dt [B, mw]. Rows are added one at a time in order, so the native op and this NumPy
+    mirrors the upper triangle), h [F, p, mw] gets a (dt_b (wt / 2)). packed [B, ceil(n / 8)],
+    sizefeat [n + 1, k], wt [n + 1], dt [B, mw]. Rows are added one at a time in order, so the native op and this NumPy
     twin give the same bits."""
     B, mw = dt.shape
     k = sizefeat.shape[1]
@@ -425,8 +425,8 @@ def counts_gram(stats, wt, sizefeat):
     whatever leading axes stats have): with a = (z_j - l, x_t) on the smaller side of size t,
     sum over t of wt[t] [[N_t - SL_t 1^T - 1 SL_t^T + CL_t 1 1^T, (S1_t - CL_t) x_t^T], [.., C_t x_t
     x_t^T]], x_t = sizefeat[t] (wt must be symmetric, wt[s] = wt[n - s], as a pair's weight is: the
-    counts file a pair under its smaller side). The same for every engine: the counts are exact and this sum is
-    one NumPy expression."""
+    counts file a pair under its smaller side). The same for every engine: the counts are exact
+    and this sum is one NumPy expression."""
     N, S1, SL, C, CL = (stats[x] for x in ("N", "S1", "SL", "C", "CL"))
     T = C.shape[-1]
     w = wt[:T]
@@ -435,7 +435,8 @@ def counts_gram(stats, wt, sizefeat):
     up = (w @ N.astype(np.float64).reshape(N.shape[:-2] + (pz * pz,))).reshape(N.shape[:-3] + (pz, pz))
     zz = up + np.swapaxes(np.triu(up, 1), -1, -2)
     zl = np.einsum("...tj,t->...j", SL.astype(np.float64), w)
-    zz = zz - zl[..., :, None] - zl[..., None, :] + np.einsum("...t,t->...", CL.astype(np.float64), w)[..., None, None]
+    cl = np.einsum("...t,t->...", CL.astype(np.float64), w)
+    zz = zz - zl[..., :, None] - zl[..., None, :] + cl[..., None, None]
     if x.shape[1] == 0:
         return zz
     wx = x * w[:, None]
