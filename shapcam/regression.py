@@ -495,10 +495,6 @@ class Fit:
             return self._packed[j0:j1]
         return pair_packed(self.seed, j0, j1, self.plan, self.engine)
 
-    def pair_sets(self, j0, j1):
-        """pair_sets(seed, j0, j1, plan), from the kept sets where they are."""
-        return np.unpackbits(self.pair_packed(j0, j1), axis=1, count=self.n).astype(bool)
-
     def pair_block(self, mw):
         """Pairs per block of the estimate (fixed by n and the number of outputs), a multiple of
         FOLDS so that fold f of every block is its rows f, f + FOLDS, ..."""
