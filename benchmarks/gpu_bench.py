@@ -225,6 +225,38 @@ def incremental_rows(dev):
     return rows
 
 
+def sampler_rows(dev, n=30, budget=30 * 1024):
+    """Issue 15's GPU rows: estimate_shapley on a game whose values live on the GPU (v = tanh of a
+    dot product plus its cube, n = 30), the same number of evaluations for each sampler; and
+    ShapCAM on ResNet-50 (random weights, one image) with the permutation and regression designs."""
+    import torchvision
+
+    w = torch.linspace(-0.6, 1.0, n, device=dev, dtype=torch.float64)
+
+    def value(m):
+        s = torch.as_tensor(m, device=dev).to(torch.float64) @ w
+        return torch.tanh(s) + 0.2 * s ** 3
+
+    rows = []
+    for sampler in ("plain", "antithetic", "stratified", "regression"):
+        run = lambda: shapcam.estimate_shapley(value, n, K=None, max_evals=budget, seed=1,
+                                               device="cuda", sampler=sampler)
+        ms = wall_time(run, warmup=1, reps=5)
+        r = run()
+        rows.append(dict(case=f"dot-tanh n={n}", sampler=sampler, evals=r.n_evals, ms=ms,
+                         Mevals_per_s=r.n_evals / ms / 1e3))
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval().to(dev)
+    x = torch.rand(1, 3, 224, 224, device=dev)
+    for sampler in ("stratified", "regression"):
+        cam = shapcam.ShapCAM(model, "layer4", K=256, sampler=sampler)
+        ms = wall_time(lambda: cam.explain(x, targets=[281]), warmup=1, reps=5)
+        r = cam.explain(x, targets=[281])
+        rows.append(dict(case="ShapCAM resnet50 K=256", sampler=sampler, evals=r.n_evals, ms=ms,
+                         Mevals_per_s=r.n_evals / ms / 1e3))
+    return rows
+
+
 def main():
     dev = torch.device("cuda")
     info = dict(card=torch.cuda.get_device_name(0), torch=torch.__version__,
@@ -237,6 +269,13 @@ def main():
         for r in incremental_rows(dev):
             print(f"| {r['batch']} | {r['K']} | {r['path']} | {r['incremental_ms_per_image']:.2f} | "
                   f"{r['fused_ms_per_image']:.2f} | {r['gradcam_ms_per_image']:.2f} |")
+        return
+    if "--samplers" in sys.argv:  # issue 15's rows alone
+        print("| case | sampler | evaluations | ms | M evals/s |")
+        print("|---|---|---|---|---|")
+        for r in sampler_rows(dev):
+            print(f"| {r['case']} | {r['sampler']} | {r['evals']} | {r['ms']:.2f} | "
+                  f"{r['Mevals_per_s']:.2f} |")
         return
     if "--shapcam-only" in sys.argv:  # just shapcam.ShapCAM end to end (a short re-check)
         for r in shapcam_rows(dev):

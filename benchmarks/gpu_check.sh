@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_check.sh            # full
 #   QUICK=1 bash benchmarks/gpu_check.sh    # fewer K values
 #   HOST_TESTS=0 ...                         # skip the CPU test suite (it runs in CI)
+#   BENCH=samplers ...                       # of the benchmarks, only the samplers' rows
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}; mkdir -p "$OUT"
@@ -19,6 +20,9 @@ $PY -c "import shapcam, json; i = shapcam.engine_info(); print(json.dumps(i)); a
 echo "== tests"
 $PY -m pytest -q -rfE tests/test_cuda.py 2>&1 | tee "$OUT/test_cuda.log" | tail -15
 test_rc=${PIPESTATUS[0]}
+echo "== sampler tests with games on the GPU"
+$PY -m pytest -q -rfE tests/test_regression.py tests/test_api.py tests/test_samplers.py -k "device or cuda or gpu" \
+  -p no:cacheprovider 2>&1 | tee "$OUT/test_samplers_gpu.log" | tail -4
 [ "${HOST_TESTS:-1}" = 0 ] || $PY -m pytest -q tests -m "not cuda" -p no:cacheprovider 2>&1 | tail -2
 echo "== compute-sanitizer memcheck (CUDA tests)"
 if command -v compute-sanitizer >/dev/null; then
@@ -29,8 +33,12 @@ if command -v compute-sanitizer >/dev/null; then
 else
   echo "compute-sanitizer not found"
 fi
-echo "== benchmarks"
-$PY benchmarks/gpu_bench.py ${QUICK:+--quick} 2>&1 | tee "$OUT/gpu_bench.log" | tail -20
-echo "== incremental Shap-CAM (ResNet-50, K=1024)"
-$PY benchmarks/gpu_bench.py --incremental 2>&1 | tee "$OUT/gpu_incremental.log" | tail -6
+if [ "${BENCH:-all}" = all ]; then
+  echo "== benchmarks"
+  $PY benchmarks/gpu_bench.py ${QUICK:+--quick} 2>&1 | tee "$OUT/gpu_bench.log" | tail -20
+  echo "== incremental Shap-CAM (ResNet-50, K=1024)"
+  $PY benchmarks/gpu_bench.py --incremental 2>&1 | tee "$OUT/gpu_incremental.log" | tail -6
+fi
+echo "== samplers with games on the GPU (issue 15)"
+$PY benchmarks/gpu_bench.py --samplers 2>&1 | tee "$OUT/gpu_samplers.log" | tail -8
 echo "cuda tests rc=$test_rc"
