@@ -502,6 +502,8 @@ PYBIND11_MODULE(_C, m) {
          py::array C, py::array CL) {
         check_n(n);
         require(B >= 0 && F >= 1, "regression_counts: need B >= 0 and F >= 1");
+        require(n <= 64, "regression_counts: n must be at most 64 (a pair's players are one 64-bit "
+                         "word; regression.COUNTS_MAX_PLAYERS)");
         const int64_t nb = (n + 7) / 8;
         const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(B, nb, "packed"));
         const int64_t cs = mul(F, n / 2 + 1, "C");

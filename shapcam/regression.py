@@ -395,7 +395,9 @@ def pair_counts(packed, n, F, stats, engine=None):
     features a and -a, so either side gives the same a a^T), of size t <= n / 2; with z its players
     but the last and l whether it holds the last, at [f, t]: N gets z z^T (on and above the
     diagonal; below it: left as it is), S1 gets z, SL gets l z, C gets 1, CL gets l. Integers:
-    exact in any order, and a few adds per pair (t^2 / 2) instead of p^2 / 2 multiply-adds."""
+    exact in any order, so the native op counts bit-sliced (64 pairs of a fold and size to a word
+    per player, a count of two players one popcount) instead of p^2 / 2 multiply-adds per pair.
+    n <= COUNTS_MAX_PLAYERS."""
     N, S1, SL, C, CL = (stats[x] for x in ("N", "S1", "SL", "C", "CL"))
     B = packed.shape[0]
     mod = _native_for(engine)

@@ -187,8 +187,11 @@ def test_regression_bindings_refuse_bad_input():
         expect(ValueError, _C.regression_counts_cpu, pk, 3, n, F, N, S1, S1, C, CL)              # aliased
         expect(ValueError, _C.regression_counts_cpu, pk, 3, n, F, N.astype(np.int32), S1, SL, C, CL)
         expect(ValueError, _C.regression_counts_cpu, pk, 4, n, F, N, S1, SL, C, CL)              # 4 rows?
+        expect(ValueError, _C.regression_counts_cpu, np.zeros((3, 9), np.uint8), 3, 65, F,      # n > 64
+               np.zeros((F, 33, 64, 64), np.int64), np.zeros((F, 33, 64), np.int64),
+               np.zeros((F, 33, 64), np.int64), np.zeros((F, 33), np.int64), np.zeros((F, 33), np.int64))
     """)
-    assert out.count("NO ERROR") == 0 and out.count("OK ") == 18, out
+    assert out.count("NO ERROR") == 0 and out.count("OK ") == 19, out
     assert out.count("overlaps") == 4, out  # the aliased calls fail on aliasing, not earlier
 
 

@@ -74,6 +74,7 @@ void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int
 // players but the last (z_j for j < n - 1) and l whether it holds the last, at [f, t]:
 // N [F, n/2 + 1, n - 1, n - 1] gets z_j z_c for c >= j (the lower triangle is left alone),
 // S1 [F, n/2 + 1, n - 1] gets z, SL the same shape gets l z, C [F, n/2 + 1] gets 1 and CL gets l.
+// n <= 64: the rows of a fold and size are counted bit-sliced, 64 to a word per player.
 void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t* N,
                        int64_t* S1, int64_t* SL, int64_t* C, int64_t* CL);
 

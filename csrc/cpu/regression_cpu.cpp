@@ -270,46 +270,81 @@ void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int
 }
 
 
+namespace {
+// A packed row of n <= 64 players as one word: bytes in little-endian order, so player i is bit
+// i ^ 7 (packed.h keeps player i at bit 7 - (i & 7) of byte i >> 3).
+inline uint64_t row_word(const uint8_t* row, int64_t nb) {
+  uint64_t w = 0;
+  for (int64_t k = 0; k < nb; ++k) w |= static_cast<uint64_t>(row[k]) << (8 * k);
+  return w;
+}
+
+// Bit-sliced counts of one group (fold f, smaller-side size t) of up to 64 pairs: words[i] has
+// bit r set when the group's pair r holds player i on its smaller side; so a pair count of a
+// set of players is a popcount of an AND. POPCNT where the CPU has it (a build for the x86-64
+// baseline would count bits with a dozen shifts and masks per word instead; the clones are left
+// out of sanitizer builds, whose runtime need not resolve them).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("popcnt", "default")))
+#endif
+void flush_counts(uint64_t* words, int64_t filled, int64_t pz, int64_t* N, int64_t* S1, int64_t* SL,
+                  int64_t* C, int64_t* CL) {
+  const uint64_t wl = words[pz];  // the pairs whose smaller side holds the last player
+  *C += filled;
+  *CL += __builtin_popcountll(wl);
+  for (int64_t j = 0; j < pz; ++j) {
+    const uint64_t wj = words[j];
+    if (!wj) continue;
+    S1[j] += __builtin_popcountll(wj);
+    SL[j] += __builtin_popcountll(wj & wl);
+    int64_t* nj = N + j * pz;
+    for (int64_t c = j; c < pz; ++c) nj[c] += __builtin_popcountll(wj & words[c]);
+  }
+  std::fill(words, words + pz + 1, uint64_t(0));
+}
+}  // namespace
+
 void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t* N,
                        int64_t* S1, int64_t* SL, int64_t* C, int64_t* CL) {
   const int64_t nb = (n + 7) / 8;
-  const int64_t zs = 8 * nb;
   const int64_t pz = n - 1;
   const int64_t T = n / 2 + 1;  // sizes of the smaller side: 0 .. n / 2
   const int team = num_threads();
-  const auto z_all = scratch<uint8_t>(static_cast<size_t>(team) * zs);
-  const auto in_all = scratch<int32_t>(static_cast<size_t>(team) * n);
+  // per thread: a group's words for each smaller-side size t, and how many pairs each holds
+  const auto words_all = scratch<uint64_t>(static_cast<size_t>(team) * T * n);
+  const auto fill_all = scratch<int64_t>(static_cast<size_t>(team) * T);
+  uint64_t full = 0;  // the row word of all n players
+  for (int64_t i = 0; i < n; ++i) full |= uint64_t(1) << (i ^ 7);
   // Folds are independent accumulators (integers: any order gives the same counts).
 #pragma omp parallel for schedule(static) num_threads(team) if (B * n > kFanOut)
   for (int64_t f = 0; f < F; ++f) {
     const int tid = thread_id();
-    uint8_t* z = z_all.get() + static_cast<size_t>(tid) * zs;
-    int32_t* in = in_all.get() + static_cast<size_t>(tid) * n;
-    for (int64_t b = f; b < B; b += F) {
-      const int64_t s = unpack_row(packed + b * nb, n, z);
-      // the pair's smaller side (S when 2 s <= n), its players but the last in `in`
-      const uint8_t flip = 2 * s <= n ? 0 : 1;
-      const int64_t t = flip ? n - s : s;
-      int64_t m = 0;
-      for (int64_t i = 0; i < pz; ++i) {
-        in[m] = static_cast<int32_t>(i);
-        m += z[i] ^ flip;
-      }
-      const bool last = (z[n - 1] ^ flip) != 0;
+    uint64_t* words = words_all.get() + static_cast<size_t>(tid) * T * n;
+    int64_t* fill = fill_all.get() + static_cast<size_t>(tid) * T;
+    const auto flush = [&](int64_t t) {
       const int64_t ft = f * T + t;
-      C[ft] += 1;
-      CL[ft] += last;
-      int64_t* s1 = S1 + ft * pz;
-      int64_t* sl = SL + ft * pz;
-      int64_t* Nft = N + ft * pz * pz;
-      for (int64_t x = 0; x < m; ++x) {
-        const int64_t j = in[x];
-        s1[j] += 1;
-        sl[j] += last;
-        int64_t* nj = Nft + j * pz;
-        for (int64_t y = x; y < m; ++y) nj[in[y]] += 1;
+      flush_counts(words + t * n, fill[t], pz, N + ft * pz * pz, S1 + ft * pz, SL + ft * pz, C + ft,
+                   CL + ft);
+      fill[t] = 0;
+    };
+    for (int64_t b = f; b < B; b += F) {
+      const uint64_t row = row_word(packed + b * nb, nb) & full;
+      const int64_t s = __builtin_popcountll(row);
+      // the pair's smaller side (S when 2 s <= n), as a row word
+      const bool flip = 2 * s > n;
+      const int64_t t = flip ? n - s : s;
+      uint64_t side = flip ? full & ~row : row;
+      uint64_t* wt = words + t * n;
+      const uint64_t bit = uint64_t(1) << fill[t];
+      while (side) {
+        const int pos = __builtin_ctzll(side);
+        side &= side - 1;
+        wt[pos ^ 7] |= bit;
       }
+      if (++fill[t] == 64) flush(t);
     }
+    for (int64_t t = 0; t < T; ++t)
+      if (fill[t]) flush(t);
   }
 }
 
