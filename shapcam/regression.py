@@ -514,20 +514,12 @@ class Fit:
         c = 1.0 / (1.0 / (mid * (n - mid) * qm)).sum()  # E_q[weight] = 1
         return c / (s * (n - s) * qpos[s] ** 2)
 
-    def _surrogate(self, b):
-        """(beta [n, mw], c [k, mw]) from the solution b [n - 1 + k, mw] (beta's last one by
-        sum(beta) = v(N) - v(0))."""
-        n = self.n
-        beta = np.empty((n, b.shape[1]))
-        beta[:-1] = b[:n - 1]
-        beta[-1] = (self.vN - self.v0) - b[:n - 1].sum(0)
-        return beta, b[n - 1:]
-
     def _mid_part(self, beta):
         """The surrogate's exact share of the sampled sizes, sum_{s sampled} T_i(s; f): for
-        f = z_j, T_j(s) = 1/n and T_i(s) = -1/(n (n - 1)) for i != j, at every size. [n, mw]"""
+        f = z_j, T_j(s) = 1/n and T_i(s) = -1/(n (n - 1)) for i != j, at every size.
+        beta [..., n, mw] -> [..., n, mw]"""
         n = self.n
-        return len(self.plan.mid) * (n * beta - beta.sum(0)[None, :]) / (n * (n - 1))
+        return len(self.plan.mid) * (n * beta - beta.sum(-2, keepdims=True)) / (n * (n - 1))
 
     def _enumerated_part(self, E_vals):
         """(Tb, GE, hE): the exact share (v(N) - v(0)) / n plus the enumerated sizes' T_i(s)
@@ -586,19 +578,19 @@ class Fit:
         if "N" in stats:
             pair_counts(packed, n, FOLDS, stats, self.engine)
 
-    def _pairs_gram(self, stats, qpos):
-        """(G [F, p, p], h [F, p, mw]): each fold's fit's Gram matrix and right side over the pairs
-        of the other folds."""
-        h = stats["h"]
-        h = h.sum(0)[None] - h
+    def _fold_gram(self, stats, qpos):
+        """(G [F, p, p], h [F, p, mw]): each fold's own Gram matrix and right side (the fit of fold
+        f takes the others': _pairs_gram)."""
         if "N" in stats:
-            wt = self._weights_by_size(qpos)
-            sf = _size_table(self.n)
-            out = {x: stats[x].sum(0)[None] - stats[x] for x in ("N", "S1", "SL", "C", "CL")}
-            return counts_gram(out, wt, sf), h
+            return counts_gram(stats, self._weights_by_size(qpos), _size_table(self.n)), stats["h"]
         G = stats["G"]
-        G = np.triu(G) + np.swapaxes(np.triu(G, 1), 1, 2)  # pairs fill the upper triangle
-        return G.sum(0)[None] - G, h
+        return np.triu(G) + np.swapaxes(np.triu(G, 1), 1, 2), stats["h"]  # pairs fill the upper triangle
+
+    @staticmethod
+    def _pairs_gram(G, h):
+        """(G [F, p, p], h [F, p, mw]): each fold's fit's Gram matrix and right side over the pairs
+        of the other folds, from each fold's own (linear in the pairs)."""
+        return G.sum(0)[None] - G, h.sum(0)[None] - h
 
     def estimate(self, E_vals, P_vals, M):
         """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
@@ -621,31 +613,40 @@ class Fit:
         # The folds' Gram matrices over whole blocks are kept between calls (an anytime run asks
         # at growing M): whole blocks are added in the same order as from scratch, so the bits
         # are the same.
+        # The folds' statistics over whole blocks are kept between calls (an anytime run asks at
+        # growing M), with their Gram matrices: whole blocks are added in the same order as from
+        # scratch, so the bits are the same; the last, partial block gets statistics of its own.
         if self._gram is None or self._gram[0] > M:
-            self._gram = [0, self._new_stats(mw)]
+            self._gram = [0, self._new_stats(mw), None]
         gram = self._gram
-        stats = gram[1]
+        part = None
         for j0, j1 in blocks:
             if j1 <= gram[0]:
                 continue
-            if j1 - j0 < PB:  # the last, partial block: added to a copy
-                stats = {key: a.copy() for key, a in gram[1].items()}
-                self._add_pairs(stats, j0, j1, P_vals, qpos)
+            if j1 - j0 < PB:
+                part = self._new_stats(mw)
+                self._add_pairs(part, j0, j1, P_vals, qpos)
                 break
             self._add_pairs(gram[1], j0, j1, P_vals, qpos)
-            gram[0] = j1
-        Gp, hp = self._pairs_gram(stats, qpos)
+            gram[0], gram[2] = j1, None
+        if gram[2] is None:
+            gram[2] = self._fold_gram(gram[1], qpos)
+        Gf, hf = gram[2]
+        if part is not None:
+            Gq, hq = self._fold_gram(part, qpos)
+            Gf, hf = Gf + Gq, hf + hq
+        Gp, hp = self._pairs_gram(Gf, hf)
         # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
         # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.
         sol = _solve_psd(GE[None] + Gp, hE[None] + hp)
-        surr, base = [], np.empty((F, n, mw))
-        for f in range(F):
-            beta, c = self._surrogate(sol[f])
-            surr.append((beta, c))
-            base[f] = Tb + self._mid_part(beta)
+        # the folds' surrogates: beta [F, n, mw] (the last by sum(beta) = v(N) - v(0)), c [F, k, mw]
+        beta_f = np.empty((F, n, mw))
+        beta_f[:, :-1] = sol[:, :n - 1]
+        beta_f[:, -1] = (self.vN - self.v0)[None, :] - sol[:, :n - 1].sum(1)
+        c_f = sol[:, n - 1:]
+        base = Tb[None] + self._mid_part(beta_f)
         X2 = 2.0 * _size_table(n)  # x(S) - x(N minus S) by size: the size terms are odd
-        sterm = np.stack([X2 @ c for _, c in surr]) if self.k else np.zeros((F, n + 1, mw))
-        beta_f = np.stack([beta for beta, _ in surr])
+        sterm = np.einsum("sk,fko->fso", X2, c_f) if self.k else np.zeros((F, n + 1, mw))
         mean = m2 = None
         count = 0
         for j0, j1 in blocks:
@@ -656,13 +657,10 @@ class Fit:
             U, V = pair_moments(self.pair_packed(j0, j1), n, F, Y[0::2] - Y[1::2], beta_f, sterm,
                                 qpos, self.engine)
             B = j1 - j0
-            cnt = [len(range(f, B, F)) for f in range(F)]
-            bm = (sum(cnt[f] * base[f] for f in range(F)) + 0.5 * sum(U)) / B
-            bm2 = 0.25 * sum(V)
-            for f in range(F):
-                if cnt[f]:
-                    dev = base[f] - bm
-                    bm2 += cnt[f] * dev * dev + dev * U[f]
+            cnt = ((B - np.arange(F) + F - 1) // F).astype(np.float64)[:, None, None]  # rows f, f + F, ...
+            bm = ((cnt * base).sum(0) + 0.5 * U.sum(0)) / B
+            dev = base - bm[None]
+            bm2 = 0.25 * V.sum(0) + (cnt * dev * dev + dev * U).sum(0)
             np.maximum(bm2, 0.0, out=bm2)
             if mean is None:
                 mean, m2 = bm, bm2
