@@ -283,8 +283,9 @@ inline uint64_t row_word(const uint8_t* row, int64_t nb) {
 // bit r set when the group's pair r holds player i on its smaller side; so a pair count of a
 // set of players is a popcount of an AND. POPCNT where the CPU has it (a build for the x86-64
 // baseline would count bits with a dozen shifts and masks per word instead; the clones are left
-// out of sanitizer builds, whose runtime need not resolve them).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+// out of sanitizer builds, whose runtime need not resolve them, and of C libraries without ifunc).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    !defined(__SANITIZE_ADDRESS__)
 __attribute__((target_clones("popcnt", "default")))
 #endif
 void flush_counts(uint64_t* words, int64_t filled, int64_t pz, int64_t* N, int64_t* S1, int64_t* SL,
