@@ -86,6 +86,23 @@ def test_pair_is_the_tail_of_a_plain_permutation():
         assert np.abs(freq - size / 9).max() < 5 * np.sqrt(size / 9 / (s == size).sum()), (size, freq)
 
 
+@pytest.mark.parametrize("n", [9, 12, 64])
+def test_counts_past_a_word_of_pairs(n):
+    """The native counts are bit-sliced, 64 pairs of a fold and size to a word: groups of more
+    than 64 pairs (flushed when the word fills, and the rest at the end) count what the twin
+    counts."""
+    p = rg.make_plan(n, None)
+    pk = rg.pair_packed(3, 0, 6000, p, "native")
+    fit = rg.Fit(p, 3, "native", [0.0], [1.0])
+    sa, sb = fit._new_stats(1), fit._new_stats(1)
+    for st, eng in ((sa, "native"), (sb, "reference")):
+        rg.pair_counts(pk, n, rg.FOLDS, st, eng)
+    assert sa["C"].max() > 64 and sa["C"].sum() == 6000
+    for key in ("N", "S1", "SL", "C", "CL"):
+        np.testing.assert_array_equal(np.triu(sa[key]) if key == "N" else sa[key],
+                                      np.triu(sb[key]) if key == "N" else sb[key])
+
+
 @pytest.mark.parametrize("n", [5, 12, 30, 64, 70])
 def test_native_ops_match_their_numpy_twins(n):
     """The estimate's per-pair ops (csrc/cpu/regression_cpu.cpp) give the bits of their NumPy
