@@ -610,9 +610,6 @@ class Fit:
         F = FOLDS
         PB = self.pair_block(mw)
         blocks = [(j0, min(M, j0 + PB)) for j0 in range(0, M, PB)]
-        # The folds' Gram matrices over whole blocks are kept between calls (an anytime run asks
-        # at growing M): whole blocks are added in the same order as from scratch, so the bits
-        # are the same.
         # The folds' statistics over whole blocks are kept between calls (an anytime run asks at
         # growing M), with their Gram matrices: whole blocks are added in the same order as from
         # scratch, so the bits are the same; the last, partial block gets statistics of its own.
