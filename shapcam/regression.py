@@ -108,21 +108,26 @@ class Plan:
     def exact(self) -> bool:
         return not self.mid
 
-    @property
+    # Derived once per plan (a plan is immutable; the arrays are read-only).
+    @functools.cached_property
     def n_enumerated(self) -> int:
         return sum(math.comb(self.n, s) for s in self.enumerated)
 
-    @property
+    @functools.cached_property
     def q(self) -> np.ndarray:
         mid = np.asarray(self.mid, dtype=np.float64)
         w = (mid * (self.n - mid)) ** -SIZE_EXPONENT
-        return w / w.sum()
+        q = w / w.sum()
+        q.setflags(write=False)
+        return q
 
-    @property
+    @functools.cached_property
     def thresholds(self) -> np.ndarray:
         """uint64 thresholds of a 32-bit word: size index = number of thresholds <= word."""
         c = np.cumsum(self.q)[:-1]
-        return np.minimum(np.floor(c * 2.0**32), 2.0**32).astype(np.uint64)
+        t = np.minimum(np.floor(c * 2.0**32), 2.0**32).astype(np.uint64)
+        t.setflags(write=False)
+        return t
 
     def as_state(self):
         return {"n": self.n, "enumerated": list(self.enumerated), "mid": list(self.mid)}
@@ -477,6 +482,7 @@ class Fit:
         self._rows = 0
         self._enum = None  # (nE, Tb, GE, hE)
         self._gram = None  # [pairs in whole blocks so far, their statistics (_new_stats)]
+        self._wt = None  # (qpos's bytes, _weights_by_size(qpos))
 
     def keep(self, j0, packed):
         """Keep the sets S_j of pairs from j0 (pair_packed's rows), so the estimate need not draw
@@ -544,11 +550,16 @@ class Fit:
         return Tb, GE, hE
 
     def _weights_by_size(self, qpos):
-        """[n + 1]: a pair's least-squares weight (both rows) by size; 0 at sizes not sampled."""
-        mid = np.asarray(self.plan.mid)
-        wt = np.zeros(self.n + 1)
-        wt[mid] = 2.0 * self._pair_weight(mid, qpos)
-        return wt
+        """[n + 1]: a pair's least-squares weight (both rows) by size; 0 at sizes not sampled.
+        (Kept for the last qpos asked: a run asks with the same one every time.)"""
+        key = qpos.tobytes()
+        if self._wt is None or self._wt[0] != key:
+            mid = np.asarray(self.plan.mid)
+            wt = np.zeros(self.n + 1)
+            wt[mid] = 2.0 * self._pair_weight(mid, qpos)
+            wt.setflags(write=False)
+            self._wt = (key, wt)
+        return self._wt[1]
 
     def _new_stats(self, mw):
         """Empty sums of the pairs' fit statistics: integer counts (n <= COUNTS_MAX_PLAYERS) or
