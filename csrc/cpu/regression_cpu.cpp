@@ -330,7 +330,7 @@ void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, i
     };
     for (int64_t b = f; b < B; b += F) {
       const uint64_t row = row_word(packed + b * nb, nb) & full;
-      const int64_t s = __builtin_popcountll(row);
+      const int64_t s = row_size(packed + b * nb, n);
       // the pair's smaller side (S when 2 s <= n), as a row word
       const bool flip = 2 * s > n;
       const int64_t t = flip ? n - s : s;
