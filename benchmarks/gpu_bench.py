@@ -257,6 +257,14 @@ def sampler_rows(dev, n=30, budget=30 * 1024):
     return rows
 
 
+def md_table(rows, cols):
+    """Print rows (dicts) as a Markdown table; cols: (header, key, format) per column."""
+    print("| " + " | ".join(h for h, _, _ in cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f.format(r[k]) for _, k, f in cols) + " |")
+
+
 def main():
     dev = torch.device("cuda")
     info = dict(card=torch.cuda.get_device_name(0), torch=torch.__version__,
@@ -264,18 +272,15 @@ def main():
                 engine=shapcam.engine_info())
     quick = "--quick" in sys.argv
     if "--incremental" in sys.argv:  # issue 12's rows alone
-        print("| batch | K | path | incremental ms/image | fused ms/image | Grad-CAM ms/image |")
-        print("|---|---|---|---|---|---|")
-        for r in incremental_rows(dev):
-            print(f"| {r['batch']} | {r['K']} | {r['path']} | {r['incremental_ms_per_image']:.2f} | "
-                  f"{r['fused_ms_per_image']:.2f} | {r['gradcam_ms_per_image']:.2f} |")
+        md_table(incremental_rows(dev), [("batch", "batch", "{}"), ("K", "K", "{}"), ("path", "path", "{}"),
+                                         ("incremental ms/image", "incremental_ms_per_image", "{:.2f}"),
+                                         ("fused ms/image", "fused_ms_per_image", "{:.2f}"),
+                                         ("Grad-CAM ms/image", "gradcam_ms_per_image", "{:.2f}")])
         return
     if "--samplers" in sys.argv:  # issue 15's rows alone
-        print("| case | sampler | evaluations | ms | M evals/s |")
-        print("|---|---|---|---|---|")
-        for r in sampler_rows(dev):
-            print(f"| {r['case']} | {r['sampler']} | {r['evals']} | {r['ms']:.2f} | "
-                  f"{r['Mevals_per_s']:.2f} |")
+        md_table(sampler_rows(dev), [("case", "case", "{}"), ("sampler", "sampler", "{}"),
+                                     ("evaluations", "evals", "{}"), ("ms", "ms", "{:.2f}"),
+                                     ("M evals/s", "Mevals_per_s", "{:.2f}")])
         return
     if "--shapcam-only" in sys.argv:  # just shapcam.ShapCAM end to end (a short re-check)
         for r in shapcam_rows(dev):
