@@ -5,7 +5,10 @@ two builds side by side, interleaved in separate processes (this VM's run-to-run
     python benchmarks/throughput_vs_build.py /tmp/old . [--repeats 6]
 
 Prints evaluations/s (median of 7 timed runs of K=1024, n=30, native engine) per build and sampler
-("regression" spends K * (n - 1) evaluations too).
+("regression" spends K * (n - 1) evaluations too). The timed runs share one seed, as a loop that
+explains many inputs with the default seed does (the regression sampler then takes its coalitions
+and its fit's counts from shapcam.regression.design_cache after the first); with --fresh-seeds
+each run has a seed of its own (nothing to reuse: the cost of a first run).
 
     python benchmarks/throughput_vs_build.py --breakdown
 
@@ -33,14 +36,15 @@ n = 30
 w = np.linspace(-1, 1, n)
 f = lambda m: m @ w
 kw = json.loads(sys.argv[2])
+fresh = kw.pop("fresh")
 import inspect
 if "sampler" not in inspect.signature(shapcam.estimate_shapley).parameters:
     kw = {"antithetic": kw["sampler"] != "plain"}  # a build from before sampler=
 shapcam.estimate_shapley(f, n, 64, engine="native", **kw)
 ts = []
-for _ in range(7):
+for i in range(7):
     t = time.perf_counter()
-    r = shapcam.estimate_shapley(f, n, 1024, engine="native", **kw)
+    r = shapcam.estimate_shapley(f, n, 1024, engine="native", seed=i + 1 if fresh else 0, **kw)
     ts.append(time.perf_counter() - t)
 print(json.dumps(r.n_evals / sorted(ts)[3]))
 """
@@ -79,6 +83,8 @@ def breakdown():
     beta, sterm = np.zeros((F, n, mw)), np.zeros((F, n + 1, mw))
     dY = (Y[0::2] - Y[1::2])[:, None]
 
+    seeds = iter(range(1, 1 << 30))
+
     def stats():
         fit._add_pairs(fit._new_stats(mw), 0, P, Y[:, None], q)
 
@@ -88,8 +94,10 @@ def breakdown():
         ("the game on the pairs' masks", lambda: masks @ w),
         ("the fit's statistics (counts, h)", stats),
         ("the residual moments", lambda: rg.pair_moments(packed, n, F, dY, beta, sterm, q, "native")),
-        ("a whole regression run", lambda: shapcam.estimate_shapley(lambda m: m @ w, n, K, engine="native",
-                                                                      sampler="regression")),
+        ("a whole regression run (the seed again)", lambda: shapcam.estimate_shapley(
+            lambda m: m @ w, n, K, engine="native", sampler="regression")),
+        ("a whole regression run (a new seed)", lambda: shapcam.estimate_shapley(
+            lambda m: m @ w, n, K, engine="native", sampler="regression", seed=next(seeds))),
         ("a whole stratified run", lambda: shapcam.estimate_shapley(lambda m: m @ w, n, K, engine="native",
                                                                       sampler="stratified")),
     ]
@@ -105,6 +113,7 @@ def main():
     ap.add_argument("new", nargs="?")
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--breakdown", action="store_true")
+    ap.add_argument("--fresh-seeds", action="store_true", help="a new seed for every timed run")
     a = ap.parse_args()
     if a.breakdown:
         return breakdown()
@@ -116,7 +125,7 @@ def main():
     rows = {}
     for _ in range(a.repeats):
         for build, path, sampler in cfgs:
-            kw = {"sampler": sampler, "antithetic": sampler != "plain"}
+            kw = {"sampler": sampler, "antithetic": sampler != "plain", "fresh": a.fresh_seeds}
             out = subprocess.run([sys.executable, "-c", CODE, os.path.abspath(path), json.dumps(kw)],
                                  capture_output=True, text=True, cwd="/")
             if out.returncode:

@@ -798,7 +798,7 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
         for target in (sched.points(start) if sched is not None else ()):
             while have < target:
                 j1 = min(target, have + per_call)
-                masks, packed = rg.pair_masks(seed, have, j1, plan, eng, packed=True)
+                masks, packed = rg.draw_pairs(seed, have, j1, plan, eng)
                 pairs.append(values_of(masks, f"pairs [{have}, {j1}), seed {seed}"))
                 fit.keep(have, packed)
                 bar.update(2 * (j1 - have))

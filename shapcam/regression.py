@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import combinations, islice
 
@@ -216,6 +218,119 @@ def pair_masks(seed: int, j0: int, j1: int, plan: Plan, engine=None, packed: boo
     out[0::2] = S
     out[1::2] = ~S
     return (out, np.packbits(S, axis=1)) if packed else out
+
+
+# Bytes the design cache (DesignCache) may hold; 0 turns it off.
+DESIGN_CACHE_BYTES = 64 << 20
+
+
+class DesignCache:
+    """A bounded LRU of the regression sampler's work that depends on (engine, seed, plan) alone,
+    not on the game's values: the pairs' coalitions (bit-packed rows, n / 8 bytes a pair) and the
+    integer counts behind the fit's Gram matrices, with those matrices (Fit.estimate). A run with
+    the seed, players and budget of an earlier one — explaining many inputs one after another with
+    the default seed — takes them from here instead of drawing and counting again. What is kept is
+    a pure function of its key and read-only, so a run gives the same bits with or without it.
+    ``limit`` bytes at most (DESIGN_CACHE_BYTES; 0: nothing is kept); thread-safe.
+    ``shapcam.regression.design_cache.clear()`` empties it."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self._items = OrderedDict()  # key -> [value, bytes]
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0  # lookups answered / not, since the last clear()
+
+    def clear(self):
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key):
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key, value, nbytes: int):
+        with self._lock:
+            self._put(key, value, int(nbytes))
+
+    def _put(self, key, value, nbytes):
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        if nbytes > self.limit:
+            return
+        self._items[key] = [value, nbytes]
+        self._bytes += nbytes
+        while self._bytes > self.limit:
+            self._bytes -= self._items.popitem(last=False)[1][1]
+
+    def rows(self, key, j0: int, j1: int):
+        """Rows j0..j1-1 of a row store (extend), read-only, or None if it does not hold them."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or item[0][1] < j1:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            view = item[0][0][j0:j1]
+        view.setflags(write=False)
+        return view
+
+    def extend(self, key, j0: int, rows: np.ndarray):
+        """Append rows j0.. to the row store under key when it ends at j0 (or starts there, at 0);
+        its buffer grows by doubling, so a run that draws in many chunks copies O(rows) in all."""
+        with self._lock:
+            item = self._items.get(key)
+            have = item[0][1] if item is not None else 0
+            if have != j0:
+                return
+            need = have + rows.shape[0]
+            buf = item[0][0] if item is not None else None
+            if buf is None or buf.shape[0] < need:
+                grown = np.empty((max(need, 2 * have), rows.shape[1]), dtype=rows.dtype)
+                if have:
+                    grown[:have] = buf[:have]
+                buf = grown
+            buf[have:need] = rows
+            self._put(key, (buf, need), buf.nbytes)
+
+
+design_cache = DesignCache(DESIGN_CACHE_BYTES)
+
+
+def _engine_key(engine) -> str:
+    return ops.route(engine).engine
+
+
+def draw_pairs(seed: int, j0: int, j1: int, plan: Plan, engine=None):
+    """pair_masks(seed, j0, j1, plan, engine, packed=True), the coalitions taken from design_cache
+    where an earlier draw with the same engine, seed and plan left them (masks unpacked from
+    them: the same bits), and left there for the next one."""
+    key = ("pairs", _engine_key(engine), int(seed), plan)
+    pk = design_cache.rows(key, j0, j1) if design_cache.limit > 0 else None
+    if pk is None:
+        masks, pk = pair_masks(seed, j0, j1, plan, engine, packed=True)
+        if design_cache.limit > 0:
+            design_cache.extend(key, j0, pk)
+        return masks, pk
+    z = np.unpackbits(pk, axis=1, count=plan.n).view(bool)
+    masks = np.empty((2 * (j1 - j0), plan.n), dtype=bool)
+    masks[0::2] = z
+    np.logical_not(z, out=masks[1::2])
+    return masks, pk
 
 
 @functools.lru_cache(maxsize=4)
@@ -454,6 +569,9 @@ def counts_gram(stats, wt, sizefeat):
     return np.concatenate([top, bottom], -2)
 
 
+_COUNTS = ("N", "S1", "SL", "C", "CL")
+
+
 class Fit:
     """Everything the estimate needs from the values seen so far, computed in fixed blocks (so
     its bits depend only on the values and their order; the enumerated part and the whole
@@ -561,12 +679,14 @@ class Fit:
             self._wt = (key, wt)
         return self._wt[1]
 
-    def _new_stats(self, mw):
-        """Empty sums of the pairs' fit statistics: integer counts (n <= COUNTS_MAX_PLAYERS) or
-        the Gram matrices' upper triangles, and the right sides h [F, p, mw]."""
+    def _new_stats(self, mw, counts=True):
+        """Empty sums of the pairs' fit statistics: integer counts (n <= COUNTS_MAX_PLAYERS; not
+        with counts=False) or the Gram matrices' upper triangles, and the right sides h [F, p, mw]."""
         n, F, p = self.n, FOLDS, self.n - 1 + self.k
         h = np.zeros((F, p, mw))
         if n <= COUNTS_MAX_PLAYERS:
+            if not counts:
+                return {"h": h}
             T = n // 2 + 1
             return {"N": np.zeros((F, T, n - 1, n - 1), dtype=np.int64),
                     "S1": np.zeros((F, T, n - 1), dtype=np.int64),
@@ -575,18 +695,22 @@ class Fit:
                     "h": h}
         return {"G": np.zeros((F, p, p)), "h": h}
 
-    def _add_pairs(self, stats, j0, j1, P_vals, qpos):
+    def _add_pairs(self, stats, j0, j1, P_vals, qpos, counts=True):
         """Add pairs j0..j1-1 (j0 a multiple of FOLDS) to the folds' statistics: fold f is the
         block's rows f, f + F, ... A pair's two rows have features A and -A and equal weights:
-        together they add 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to h."""
+        together they add 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to h.
+        counts=False: h alone (the counts are known already, from design_cache)."""
         n = self.n
+        if counts and "N" in stats and not stats["N"].flags.writeable:  # shared with design_cache
+            for key in _COUNTS:
+                stats[key] = stats[key].copy()
         packed = self.pair_packed(j0, j1)
         last = ((packed[:, (n - 1) >> 3] >> (7 - ((n - 1) & 7))) & 1).astype(np.float64)[:, None]
         Y = P_vals[2 * j0:2 * j1]
         dt = (Y[0::2] - Y[1::2]) - (2.0 * last - 1.0) * (self.vN - self.v0)[None, :]
         pair_gram(packed, n, FOLDS, _size_table(n), self._weights_by_size(qpos),
                   dt, stats.get("G"), stats["h"], self.engine)
-        if "N" in stats:
+        if counts and "N" in stats:
             pair_counts(packed, n, FOLDS, stats, self.engine)
 
     def _fold_gram(self, stats, qpos):
@@ -596,6 +720,15 @@ class Fit:
             return counts_gram(stats, self._weights_by_size(qpos), _size_table(self.n)), stats["h"]
         G = stats["G"]
         return np.triu(G) + np.swapaxes(np.triu(G, 1), 1, 2), stats["h"]  # pairs fill the upper triangle
+
+    @staticmethod
+    def _share(key, value):
+        """Put value (arrays, or a tuple / dict of them) in design_cache, read-only from now on."""
+        arrays = [value] if isinstance(value, np.ndarray) else \
+            [a for v in value for a in (v.values() if isinstance(v, dict) else [v])]
+        for a in arrays:
+            a.setflags(write=False)
+        design_cache.put(key, value, sum(a.nbytes for a in arrays))
 
     @staticmethod
     def _pairs_gram(G, h):
@@ -627,22 +760,35 @@ class Fit:
         if self._gram is None or self._gram[0] > M:
             self._gram = [0, self._new_stats(mw), None]
         gram = self._gram
-        part = None
-        for j0, j1 in blocks:
-            if j1 <= gram[0]:
-                continue
-            if j1 - j0 < PB:
-                part = self._new_stats(mw)
-                self._add_pairs(part, j0, j1, P_vals, qpos)
-                break
-            self._add_pairs(gram[1], j0, j1, P_vals, qpos)
-            gram[0], gram[2] = j1, None
+        # The counts (n <= COUNTS_MAX_PLAYERS) and their Gram matrices depend on the pairs' sets
+        # alone: design_cache keeps them for the next run of this seed and plan.
+        cached = n <= COUNTS_MAX_PLAYERS and design_cache.limit > 0
+        key = ("counts", _engine_key(self.engine), int(self.seed), plan, PB)
+        W = M // PB * PB  # the whole blocks' end
+        if W > gram[0]:
+            hit = design_cache.get(key + (W,)) if cached else None
+            for j0 in range(gram[0], W, PB):
+                self._add_pairs(gram[1], j0, j0 + PB, P_vals, qpos, counts=hit is None)
+            if hit is not None:
+                gram[1].update(hit[0])
+                gram[2] = (hit[1], gram[1]["h"])
+            else:
+                gram[2] = self._fold_gram(gram[1], qpos)
+                if cached:
+                    self._share(key + (W,), ({c: gram[1][c] for c in _COUNTS}, gram[2][0]))
+            gram[0] = W
         if gram[2] is None:
             gram[2] = self._fold_gram(gram[1], qpos)
         Gf, hf = gram[2]
-        if part is not None:
-            Gq, hq = self._fold_gram(part, qpos)
-            Gf, hf = Gf + Gq, hf + hq
+        if M > W:
+            Gq = design_cache.get(key + (W, M)) if cached else None
+            part = self._new_stats(mw, counts=Gq is None)
+            self._add_pairs(part, W, M, P_vals, qpos, counts=Gq is None)
+            if Gq is None:
+                Gq = self._fold_gram(part, qpos)[0]
+                if cached:
+                    self._share(key + (W, M), Gq)
+            Gf, hf = Gf + Gq, hf + part["h"]
         Gp, hp = self._pairs_gram(Gf, hf)
         # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
         # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.

@@ -425,3 +425,73 @@ def test_fit_cache_gives_the_bits_of_a_fresh_fit():
         for x, y in zip((a[0],) + a[1][:2], (b[0],) + b[1][:2]):
             np.testing.assert_array_equal(x, y)
         assert a[1][2] == b[1][2] == M
+
+
+def test_design_cache_gives_the_bits_of_a_fresh_run(monkeypatch):
+    """A run with an earlier run's engine, seed and plan takes its pairs' coalitions and the fit's
+    counts from rg.design_cache; each result is the bits of a run without the cache: a run past a
+    whole block of the fit, an anytime run (whole blocks counted as they fill), a resumed run, a
+    game that writes into its masks, the other engine (kept apart), a cache too small to hold
+    everything, and n past the counts (only the coalitions kept)."""
+    n = 16
+    w = np.random.default_rng(5).normal(size=n)
+
+    def g(m):
+        z = np.asarray(m, dtype=np.float64) @ w
+        return np.tanh(z) + 0.1 * z ** 2
+
+    def scribble(m):
+        out = g(m)
+        m[:] = ~m  # the next batch's masks must not be these
+        return out
+
+    pb = rg.Fit(rg.make_plan(n, 10_000), 0, "native", [0.0], [0.0]).pair_block(1)
+    cases = [
+        (g, n, dict(K=1024)),  # ~7600 pairs: one whole block of pb and a partial one
+        (g, n, dict(K=None, max_evals=14_000, tol=1e-6)),  # checks at growing M across the block
+        (scribble, n, dict(K=300)),
+        (g, n, dict(K=300, engine="reference")),
+    ]
+    assert 1024 * (n - 1) // 2 > pb
+    wide = rg.COUNTS_MAX_PLAYERS + 2
+    w2 = np.random.default_rng(6).normal(size=wide)
+    cases.append((lambda m: np.tanh(np.asarray(m, float) @ w2), wide, dict(K=8)))
+    for game, nn, kw in cases:
+        kw = dict(dict(seed=7, max_evals=None, progress=False, sampler="regression"), **kw)
+        rg.design_cache.clear()
+        first = shapcam.estimate_shapley(game, nn, **kw)
+        assert rg.design_cache.nbytes > 0
+        again = shapcam.estimate_shapley(game, nn, **kw)
+        assert rg.design_cache.hits > 0
+        with monkeypatch.context() as mp:
+            mp.setattr(rg.design_cache, "limit", 0)
+            fresh = shapcam.estimate_shapley(game, nn, **kw)
+        for r in (again, fresh):
+            np.testing.assert_array_equal(r.values, first.values)
+            np.testing.assert_array_equal(r.stderr, first.stderr)
+            assert r.n_evals == first.n_evals and r.stop_reason == first.stop_reason
+    # the engines keep their own: a native run after a reference one draws its own pairs
+    rg.design_cache.clear()
+    shapcam.estimate_shapley(g, n, 300, seed=7, engine="reference", progress=False)
+    hits = rg.design_cache.hits
+    nat = shapcam.estimate_shapley(g, n, 300, seed=7, engine="native", progress=False)
+    assert rg.design_cache.hits == hits
+    # resume after runs that filled the cache: still one run's bits
+    one = shapcam.estimate_shapley(g, n, 300, seed=7, progress=False)
+    first = shapcam.estimate_shapley(g, n, 150, seed=7, progress=False)
+    assert first.state["plan"] == one.state["plan"]
+    more = shapcam.estimate_shapley(g, n, 300, seed=7, resume=first, progress=False)
+    np.testing.assert_array_equal(more.values, one.values)
+    np.testing.assert_array_equal(more.stderr, one.stderr)
+    np.testing.assert_array_equal(one.values, nat.values)
+    # a small cache: bounded, and the same bits
+    ref = shapcam.estimate_shapley(g, n, 1024, seed=7, progress=False)
+    with monkeypatch.context() as mp:
+        mp.setattr(rg.design_cache, "limit", 20_000)
+        rg.design_cache.clear()
+        for _ in range(2):
+            r = shapcam.estimate_shapley(g, n, 1024, seed=7, progress=False)
+            assert 0 < rg.design_cache.nbytes <= 20_000
+            np.testing.assert_array_equal(r.values, ref.values)
+            np.testing.assert_array_equal(r.stderr, ref.stderr)
+    rg.design_cache.clear()
