@@ -226,7 +226,7 @@ DESIGN_CACHE_BYTES = 64 << 20
 
 class DesignCache:
     """A bounded LRU of the regression sampler's work that depends on (engine, seed, plan) alone,
-    not on the game's values: the pairs' coalitions (bit-packed rows, n / 8 bytes a pair) and the
+    not on the game's values: the pairs' coalitions (2 n + n / 8 bytes a pair) and the
     integer counts behind the fit's Gram matrices, with those matrices (Fit.estimate). A run with
     the seed, players and budget of an earlier one — explaining many inputs one after another with
     the default seed — takes them from here instead of drawing and counting again. What is kept is
@@ -316,21 +316,20 @@ def _engine_key(engine) -> str:
 
 
 def draw_pairs(seed: int, j0: int, j1: int, plan: Plan, engine=None):
-    """pair_masks(seed, j0, j1, plan, engine, packed=True), the coalitions taken from design_cache
-    where an earlier draw with the same engine, seed and plan left them (masks unpacked from
-    them: the same bits), and left there for the next one."""
+    """pair_masks(seed, j0, j1, plan, engine, packed=True), taken from design_cache where an
+    earlier draw with the same engine, seed and plan left them (copies: the caller may write into
+    them), and left there for the next one (a pair's row there: its n / 8 packed bytes, then its
+    two masks' 2 n bytes)."""
+    n, nb = plan.n, (plan.n + 7) // 8
     key = ("pairs", _engine_key(engine), int(seed), plan)
-    pk = design_cache.rows(key, j0, j1) if design_cache.limit > 0 else None
-    if pk is None:
+    rows = design_cache.rows(key, j0, j1) if design_cache.limit > 0 else None
+    if rows is None:
         masks, pk = pair_masks(seed, j0, j1, plan, engine, packed=True)
         if design_cache.limit > 0:
-            design_cache.extend(key, j0, pk)
+            design_cache.extend(key, j0, np.concatenate([pk, masks.reshape(j1 - j0, 2 * n).view(np.uint8)], 1))
         return masks, pk
-    z = np.unpackbits(pk, axis=1, count=plan.n).view(bool)
-    masks = np.empty((2 * (j1 - j0), plan.n), dtype=bool)
-    masks[0::2] = z
-    np.logical_not(z, out=masks[1::2])
-    return masks, pk
+    masks = np.ascontiguousarray(rows[:, nb:]).view(bool).reshape(2 * (j1 - j0), n)
+    return masks, np.ascontiguousarray(rows[:, :nb])
 
 
 @functools.lru_cache(maxsize=4)
