@@ -460,19 +460,22 @@ def test_design_cache_gives_the_bits_of_a_fresh_run(monkeypatch):
         kw = dict(dict(seed=7, max_evals=None, progress=False, sampler="regression"), **kw)
         rg.design_cache.clear()
         first = shapcam.estimate_shapley(game, nn, **kw)
-        assert rg.design_cache.nbytes > 0
+        assert rg.design_cache.nbytes == 0  # a key is kept from its second request on
+        second = shapcam.estimate_shapley(game, nn, **kw)
+        assert rg.design_cache.nbytes > 0 and rg.design_cache.hits == 0
         again = shapcam.estimate_shapley(game, nn, **kw)
         assert rg.design_cache.hits > 0
         with monkeypatch.context() as mp:
             mp.setattr(rg.design_cache, "limit", 0)
             fresh = shapcam.estimate_shapley(game, nn, **kw)
-        for r in (again, fresh):
+        for r in (second, again, fresh):
             np.testing.assert_array_equal(r.values, first.values)
             np.testing.assert_array_equal(r.stderr, first.stderr)
             assert r.n_evals == first.n_evals and r.stop_reason == first.stop_reason
     # the engines keep their own: a native run after a reference one draws its own pairs
     rg.design_cache.clear()
-    shapcam.estimate_shapley(g, n, 300, seed=7, engine="reference", progress=False)
+    for _ in range(2):
+        shapcam.estimate_shapley(g, n, 300, seed=7, engine="reference", progress=False)
     hits = rg.design_cache.hits
     nat = shapcam.estimate_shapley(g, n, 300, seed=7, engine="native", progress=False)
     assert rg.design_cache.hits == hits
@@ -489,9 +492,31 @@ def test_design_cache_gives_the_bits_of_a_fresh_run(monkeypatch):
     with monkeypatch.context() as mp:
         mp.setattr(rg.design_cache, "limit", 300_000)
         rg.design_cache.clear()
-        for _ in range(2):
+        for i in range(3):
             r = shapcam.estimate_shapley(g, n, 1024, seed=7, progress=False)
-            assert 0 < rg.design_cache.nbytes <= 300_000
+            assert (0 if i == 0 else 1) <= rg.design_cache.nbytes <= 300_000
             np.testing.assert_array_equal(r.values, ref.values)
             np.testing.assert_array_equal(r.stderr, ref.stderr)
+    rg.design_cache.clear()
+
+
+def test_design_cache_keeps_only_what_is_asked_for_again():
+    """Runs that never repeat a seed keep nothing; the cache stays within its limit and its
+    remembered keys within SEEN_KEYS."""
+    rg.design_cache.clear()
+    g = smooth(20)
+    for seed in range(6):
+        shapcam.estimate_shapley(g, 20, 64, seed=seed, progress=False)
+    assert rg.design_cache.nbytes == 0 and rg.design_cache.hits == 0
+    c = rg.DesignCache(1000)
+    c.SEEN_KEYS = 3
+    for k in range(10):
+        assert c.get(k) is None
+    assert len(c._seen) == 3 and not c._admit
+    assert c.get(9) is None and c.admits(9)  # asked for again
+    c.put(9, np.zeros(10), 80)
+    c.put(8, np.zeros(10), 80)  # not asked for again: not kept
+    assert c.nbytes == 80 and c.get(8) is None and c.get(9) is not None
+    c.put(9, np.zeros(200), 1600)  # over the limit: not kept, and the old value is gone
+    assert c.nbytes == 0 and c.get(9) is None
     rg.design_cache.clear()
