@@ -135,9 +135,11 @@ class Plan:
         return {"n": self.n, "enumerated": list(self.enumerated), "mid": list(self.mid)}
 
 
+@functools.lru_cache(maxsize=64)
 def make_plan(n: int, avail) -> Plan:
     """The plan for n >= 2 players and `avail` evaluations beyond the two endpoints (None: not
-    known in advance, e.g. a run stopped by tol alone: the border strata only)."""
+    known in advance, e.g. a run stopped by tol alone: the border strata only). Kept for the next
+    run with the same ones (a plan is immutable; its derived arrays are computed once)."""
     sizes = list(range(1, n))
     if n <= 62 and avail is not None and 2**n - 2 <= min(avail, ENUM_MAX):
         return Plan(n, tuple(sizes), ())
@@ -226,8 +228,9 @@ DESIGN_CACHE_BYTES = 64 << 20
 
 class DesignCache:
     """A bounded LRU of the regression sampler's work that depends on (engine, seed, plan) alone,
-    not on the game's values: the pairs' coalitions (2 n + n / 8 bytes a pair) and the
-    integer counts behind the fit's Gram matrices, with those matrices (Fit.estimate). A run with
+    not on the game's values: the pairs' coalitions (their masks and packed rows, 2 n + n / 8 bytes
+    a pair) and the integer counts behind the fit's Gram matrices, with those matrices
+    (Fit.estimate). A run with
     the seed, players and budget of an earlier one — explaining many inputs one after another with
     the default seed — takes them from here instead of drawing and counting again. What is kept is
     a pure function of its key and read-only, so a run gives the same bits with or without it.
@@ -341,19 +344,20 @@ def _engine_key(engine) -> str:
 
 def draw_pairs(seed: int, j0: int, j1: int, plan: Plan, engine=None):
     """pair_masks(seed, j0, j1, plan, engine, packed=True), taken from design_cache where an
-    earlier draw with the same engine, seed and plan left them (copies: the caller may write into
-    them), and left there for the next one (a pair's row there: its n / 8 packed bytes, then its
-    two masks' 2 n bytes)."""
-    n, nb = plan.n, (plan.n + 7) // 8
+    earlier draw with the same engine, seed and plan left them (the masks a copy: the caller may
+    write into them; the packed rows read-only), and left there for the next one."""
+    n = plan.n
     key = ("pairs", _engine_key(engine), int(seed), plan)
-    rows = design_cache.rows(key, j0, j1) if design_cache.limit > 0 else None
-    if rows is None:
-        masks, pk = pair_masks(seed, j0, j1, plan, engine, packed=True)
-        if design_cache.limit > 0:
-            design_cache.extend(key, j0, np.concatenate([pk, masks.reshape(j1 - j0, 2 * n).view(np.uint8)], 1))
-        return masks, pk
-    masks = np.ascontiguousarray(rows[:, nb:]).view(bool).reshape(2 * (j1 - j0), n)
-    return masks, np.ascontiguousarray(rows[:, :nb])
+    if design_cache.limit > 0:
+        pk = design_cache.rows(key, j0, j1)
+        pm = design_cache.rows(key + ("masks",), j0, j1)
+        if pk is not None and pm is not None:
+            return pm.reshape(2 * (j1 - j0), n).copy(), pk
+    masks, pk = pair_masks(seed, j0, j1, plan, engine, packed=True)
+    if design_cache.limit > 0:
+        design_cache.extend(key, j0, pk)
+        design_cache.extend(key + ("masks",), j0, masks.reshape(j1 - j0, 2 * n))
+    return masks, pk
 
 
 @functools.lru_cache(maxsize=4)
