@@ -107,14 +107,15 @@ def test_counts_past_a_word_of_pairs(n):
 def test_native_ops_match_their_numpy_twins(n):
     """The estimate's per-pair ops (csrc/cpu/regression_cpu.cpp) give the bits of their NumPy
     twins: the residual moments, the Gram sums pair by pair (G and h, h alone) and the integer
-    counts, with B not a multiple of the folds, several outputs and running sums to add to."""
+    counts, with B not a multiple of the folds, several outputs, running sums to add to, and
+    folds long enough for the ops' groups of rows."""
     rng = np.random.default_rng(n)
     p = rg.make_plan(n, None)
     F, k = rg.FOLDS, rg.size_terms(n)
     q = np.zeros(n + 1)
     q[list(p.mid)] = p.q
     sf = rg.size_features(n, np.arange(n + 1))
-    for B, mw in ((37, 1), (5, 3), (300, 2), (1, 1)):
+    for B, mw in ((37, 1), (5, 3), (300, 2), (1, 1), (501, 1)):  # 501: whole groups of 8 rows
         pk = rg.pair_packed(1, 0, B, p, "native")
         dY = rng.normal(size=(B, mw))
         beta, sterm = rng.normal(size=(F, n, mw)), rng.normal(size=(F, n + 1, mw))
