@@ -29,12 +29,15 @@ def cheap_game(n=30):
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("game", ["tabular", "cheap"])
 @pytest.mark.parametrize("K", [16, 1024] if TINY else [16, 64, 256, 1024])
-def bench_estimate(benchmark, record, engine, game, K):
+@pytest.mark.parametrize("sampler", ["stratified", "regression"])
+def bench_estimate(benchmark, record, engine, game, K, sampler):
     f = tabular_game() if game == "tabular" else cheap_game()
-    # the engines' path: a permutation design (the regression sampler's host fit is timed in
-    # bench_samplers / throughput_vs_build)
-    res = benchmark(shapcam.estimate_shapley, f, 30, K, engine=engine, sampler="stratified")
-    record(f"estimate {game} n=30 K={K}", engine, items=res.n_evals, unit="eval")
+    # the rounds repeat one seed, as a loop explaining many inputs does: the regression sampler
+    # (the default) takes its pairs and counts from its design cache from the third round on
+    # (throughput_vs_build.py --fresh-seeds times first runs)
+    res = benchmark(shapcam.estimate_shapley, f, 30, K, engine=engine, sampler=sampler)
+    name = f"estimate {game} n=30 K={K}" + ("" if sampler == "stratified" else f" {sampler}")
+    record(name, engine, items=res.n_evals, unit="eval")
 
 
 # --- accuracy at equal budgets -----------------------------------------------------------------

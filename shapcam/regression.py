@@ -317,21 +317,22 @@ class DesignCache:
         return view
 
     def extend(self, key, j0: int, rows: np.ndarray):
-        """Append rows j0.. to the row store under key when it ends at j0 (or starts there, at 0);
-        its buffer grows by doubling, so a run that draws in many chunks copies O(rows) in all."""
+        """Add rows j0.. to the row store under key where they reach past its end without a gap
+        (a store starts at row 0; the rows it holds already are the same ones); its buffer grows
+        by doubling, so a run that draws in many chunks copies O(rows) in all."""
         with self._lock:
             item = self._items.get(key)
             have = item[0][1] if item is not None else 0
-            if have != j0 or key not in self._admit:
+            need = j0 + rows.shape[0]
+            if j0 > have or need <= have or key not in self._admit:
                 return
-            need = have + rows.shape[0]
             buf = item[0][0] if item is not None else None
             if buf is None or buf.shape[0] < need:
                 grown = np.empty((max(need, 2 * have), rows.shape[1]), dtype=rows.dtype)
                 if have:
                     grown[:have] = buf[:have]
                 buf = grown
-            buf[have:need] = rows
+            buf[have:need] = rows[have - j0:]
             self._put(key, (buf, need), buf.nbytes)
 
 
@@ -788,7 +789,7 @@ class Fit:
         # growing M), with their Gram matrices: whole blocks are added in the same order as from
         # scratch, so the bits are the same; the last, partial block gets statistics of its own.
         if self._gram is None or self._gram[0] > M:
-            self._gram = [0, self._new_stats(mw), None]
+            self._gram = [0, None, None]  # statistics made at the first whole block
         gram = self._gram
         # The counts (n <= COUNTS_MAX_PLAYERS) and their Gram matrices depend on the pairs' sets
         # alone: design_cache keeps them for the next run of this seed and plan.
@@ -797,6 +798,8 @@ class Fit:
         W = M // PB * PB  # the whole blocks' end
         if W > gram[0]:
             hit = design_cache.get(key + (W,)) if cached else None
+            if gram[1] is None:
+                gram[1] = self._new_stats(mw, counts=hit is None)
             for j0 in range(gram[0], W, PB):
                 self._add_pairs(gram[1], j0, j0 + PB, P_vals, qpos, counts=hit is None)
             if hit is not None:
@@ -807,8 +810,9 @@ class Fit:
                 if cached:
                     self._share(key + (W,), ({c: gram[1][c] for c in _COUNTS}, gram[2][0]))
             gram[0] = W
-        if gram[2] is None:
-            gram[2] = self._fold_gram(gram[1], qpos)
+        if gram[2] is None:  # no whole block yet: their sums are zeros
+            p = n - 1 + self.k
+            gram[2] = (np.zeros((F, p, p)), np.zeros((F, p, mw)))
         Gf, hf = gram[2]
         if M > W:
             Gq = design_cache.get(key + (W, M)) if cached else None

@@ -520,4 +520,15 @@ def test_design_cache_keeps_only_what_is_asked_for_again():
     assert c.nbytes == 80 and c.get(8) is None and c.get(9) is not None
     c.put(9, np.zeros(200), 1600)  # over the limit: not kept, and the old value is gone
     assert c.nbytes == 0 and c.get(9) is None
+    # a row store grows by what reaches past its end without a gap (a shorter run's rows first)
+    rows = np.arange(40, dtype=np.uint8).reshape(10, 4)
+    c = rg.DesignCache(1000)
+    assert c.rows("r", 0, 2) is None and c.rows("r", 0, 2) is None
+    c.extend("r", 0, rows[:3])
+    c.extend("r", 1, rows[1:6])
+    c.extend("r", 8, rows[8:])  # a gap: not kept
+    np.testing.assert_array_equal(c.rows("r", 0, 6), rows[:6])
+    assert c.rows("r", 0, 7) is None
+    with pytest.raises(ValueError):
+        c.rows("r", 0, 6)[0, 0] = 1  # read-only
     rg.design_cache.clear()
