@@ -535,7 +535,10 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
             rounded up to whole samples of the sampler (a multiple of 2 for antithetic pairs, of
             4 for stratified blocks); ``n_permutations`` reports the number drawn.
         seed: the permutations are a pure function of (seed, permutation index, n): the same seed
-            gives the same estimate whatever batch_size, engine or device.
+            gives the same estimate whatever batch_size, engine or device. The regression
+            sampler keeps what depends only on (seed, n, budget) — its pairs' coalitions and its
+            fit's counts — in shapcam.regression.design_cache for later runs with the same ones
+            (explaining many inputs with one seed), which changes no bit of a result.
         antithetic: False asks for textbook permutation sampling (``sampler="plain"``); True
             (default) leaves the choice to ``sampler``.
         sampler: the sampling design, each unbiased with exact efficiency and a standard error

@@ -328,7 +328,11 @@ class DesignCache:
                 return
             buf = item[0][0] if item is not None else None
             if buf is None or buf.shape[0] < need:
-                grown = np.empty((max(need, 2 * have), rows.shape[1]), dtype=rows.dtype)
+                size = max(need, 2 * have)
+                if size * rows.shape[1] * rows.dtype.itemsize > self.limit:  # would not be kept
+                    self._put(key, None, self.limit + 1)  # drops the store
+                    return
+                grown = np.empty((size, rows.shape[1]), dtype=rows.dtype)
                 if have:
                     grown[:have] = buf[:have]
                 buf = grown

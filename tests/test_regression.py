@@ -532,3 +532,16 @@ def test_design_cache_keeps_only_what_is_asked_for_again():
     with pytest.raises(ValueError):
         c.rows("r", 0, 6)[0, 0] = 1  # read-only
     rg.design_cache.clear()
+
+
+def test_design_cache_row_store_past_its_limit():
+    """A row store that would outgrow the limit is dropped before its buffer is allocated."""
+    c = rg.DesignCache(100)
+    rows = np.arange(160, dtype=np.uint8).reshape(40, 4)
+    c.rows("r", 0, 1), c.rows("r", 0, 1)
+    c.extend("r", 0, rows[:20])  # 80 bytes: kept
+    assert c.nbytes == 80
+    c.extend("r", 20, rows[20:])  # would be 160: dropped
+    assert c.nbytes == 0 and c.rows("r", 0, 1) is None
+    c.extend("r", 20, rows[20:])  # a gap now: nothing
+    assert c.nbytes == 0
