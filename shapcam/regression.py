@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -341,6 +342,8 @@ class DesignCache:
 
 
 design_cache = DesignCache(DESIGN_CACHE_BYTES)
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held the lock
+    os.register_at_fork(after_in_child=lambda: setattr(design_cache, "_lock", threading.Lock()))
 
 
 def _engine_key(engine) -> str:

@@ -545,3 +545,22 @@ def test_design_cache_row_store_past_its_limit():
     assert c.nbytes == 0 and c.rows("r", 0, 1) is None
     c.extend("r", 20, rows[20:])  # a gap now: nothing
     assert c.nbytes == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_design_cache_in_a_child_forked_while_its_lock_was_held():
+    import os
+
+    rg.design_cache._lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a run must not wait on the parent's lock
+            try:
+                r = shapcam.estimate_shapley(smooth(), N, 64, progress=False)
+                os._exit(0 if np.isfinite(r.values).all() else 1)
+            finally:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        rg.design_cache._lock.release()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
