@@ -231,10 +231,10 @@ class DesignCache:
     """A bounded LRU of the regression sampler's work that depends on (engine, seed, plan) alone,
     not on the game's values: the pairs' coalitions (their masks and packed rows, 2 n + n / 8 bytes
     a pair) and the integer counts behind the fit's Gram matrices, with those matrices
-    (Fit.estimate). A run with
-    the seed, players and budget of an earlier one — explaining many inputs one after another with
-    the default seed — takes them from here instead of drawing and counting again. What is kept is
-    a pure function of its key and read-only, so a run gives the same bits with or without it.
+    (Fit.estimate). A run with the seed, players and budget of an earlier one — explaining many
+    inputs one after another with the default seed — takes them from here instead of drawing and
+    counting again. What is kept is a pure function of its key and read-only, so a run gives the
+    same bits with or without it.
     A key is kept from its second request on (the first only remembers it): runs that never
     repeat a seed — each with a seed of its own — keep nothing, and pay nothing for copies and
     fresh memory (+10-30% a run at n = 30 when every run was kept). ``limit`` bytes at most
@@ -293,10 +293,13 @@ class DesignCache:
             if key in self._admit:
                 self._put(key, value, int(nbytes))
 
-    def _put(self, key, value, nbytes):
+    def _drop(self, key):
         old = self._items.pop(key, None)
         if old is not None:
             self._bytes -= old[1]
+
+    def _put(self, key, value, nbytes):
+        self._drop(key)
         if nbytes > self.limit:
             return
         self._items[key] = [value, nbytes]
@@ -331,7 +334,7 @@ class DesignCache:
             if buf is None or buf.shape[0] < need:
                 size = max(need, 2 * have)
                 if size * rows.shape[1] * rows.dtype.itemsize > self.limit:  # would not be kept
-                    self._put(key, None, self.limit + 1)  # drops the store
+                    self._drop(key)
                     return
                 grown = np.empty((size, rows.shape[1]), dtype=rows.dtype)
                 if have:
