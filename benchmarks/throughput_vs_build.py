@@ -8,7 +8,8 @@ Prints evaluations/s (median of 7 timed runs of K=1024, n=30, native engine) per
 ("regression" spends K * (n - 1) evaluations too). The timed runs share one seed, as a loop that
 explains many inputs with the default seed does (the regression sampler then takes its coalitions
 and its fit's counts from shapcam.regression.design_cache after the first); with --fresh-seeds
-each run has a seed of its own (nothing to reuse: the cost of a first run).
+each run has a seed of its own (nothing to reuse: the cost of a first run); with --ks 16,64,256,1024
+the Ks in turn in each process (the regression sampler's fixed cost shows at small K).
 
     python benchmarks/throughput_vs_build.py --breakdown
 
@@ -37,16 +38,21 @@ w = np.linspace(-1, 1, n)
 f = lambda m: m @ w
 kw = json.loads(sys.argv[2])
 fresh = kw.pop("fresh")
+ks = kw.pop("ks")
 import inspect
 if "sampler" not in inspect.signature(shapcam.estimate_shapley).parameters:
     kw = {"antithetic": kw["sampler"] != "plain"}  # a build from before sampler=
 shapcam.estimate_shapley(f, n, 64, engine="native", **kw)
-ts = []
-for i in range(7):
-    t = time.perf_counter()
-    r = shapcam.estimate_shapley(f, n, 1024, engine="native", seed=i + 1 if fresh else 0, **kw)
-    ts.append(time.perf_counter() - t)
-print(json.dumps(r.n_evals / sorted(ts)[3]))
+rates = []
+for K in ks:  # one process, the Ks in turn (as a session of calls would run them)
+    reps = 7 if K >= 1024 else 51
+    ts = []
+    for i in range(reps):
+        t = time.perf_counter()
+        r = shapcam.estimate_shapley(f, n, K, engine="native", seed=i + 1 if fresh else 0, **kw)
+        ts.append(time.perf_counter() - t)
+    rates.append(r.n_evals / sorted(ts)[reps // 2])
+print(json.dumps(rates))
 """
 
 
@@ -114,6 +120,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--breakdown", action="store_true")
     ap.add_argument("--fresh-seeds", action="store_true", help="a new seed for every timed run")
+    ap.add_argument("--ks", default="1024", help="comma-separated K values, timed in turn in one "
+                    "process (e.g. 16,64,256,1024: the fixed costs at small K)")
     a = ap.parse_args()
     if a.breakdown:
         return breakdown()
@@ -122,18 +130,21 @@ def main():
     cfgs = [("old", a.old, "antithetic"), ("old", a.old, "plain"),
             ("new", a.new, "antithetic"), ("new", a.new, "plain"), ("new", a.new, "stratified"),
             ("new", a.new, "regression")]
+    ks = [int(k) for k in a.ks.split(",")]
     rows = {}
     for _ in range(a.repeats):
         for build, path, sampler in cfgs:
-            kw = {"sampler": sampler, "antithetic": sampler != "plain", "fresh": a.fresh_seeds}
+            kw = {"sampler": sampler, "antithetic": sampler != "plain", "fresh": a.fresh_seeds,
+                  "ks": ks}
             out = subprocess.run([sys.executable, "-c", CODE, os.path.abspath(path), json.dumps(kw)],
                                  capture_output=True, text=True, cwd="/")
             if out.returncode:
                 sys.exit(out.stderr)
-            rows.setdefault((build, sampler), []).append(json.loads(out.stdout.split()[-1]))
-    for (build, sampler), v in rows.items():
-        print(f"{build:4s} {sampler:11s} {statistics.median(v) / 1e6:6.2f} M evals/s "
-              f"(runs: {', '.join(f'{x / 1e6:.2f}' for x in v)})")
+            for K, rate in zip(ks, json.loads(out.stdout.split("\n")[-2])):
+                rows.setdefault((K, build, sampler), []).append(rate)
+    for (K, build, sampler), v in sorted(rows.items(), key=lambda kv: kv[0][0]):
+        print(f"{'' if len(ks) == 1 else f'K={K:<5d} '}{build:4s} {sampler:11s} "
+              f"{statistics.median(v) / 1e6:6.2f} M evals/s (runs: {', '.join(f'{x / 1e6:.2f}' for x in v)})")
 
 
 if __name__ == "__main__":
