@@ -7,7 +7,7 @@ two builds side by side, interleaved in separate processes (this VM's run-to-run
 Prints evaluations/s (median of 7 timed runs of K=1024, n=30, native engine) per build and sampler
 ("regression" spends K * (n - 1) evaluations too). The timed runs share one seed, as a loop that
 explains many inputs with the default seed does (the regression sampler then takes its coalitions
-and its fit's counts from shapcam.regression.design_cache after the first); with --fresh-seeds
+and its fit's counts from shapcam.regression.design_cache from the third on); with --fresh-seeds
 each run has a seed of its own (nothing to reuse: the cost of a first run); with --ks 16,64,256,1024
 the Ks in turn in each process (the regression sampler's fixed cost shows at small K).
 
