@@ -84,15 +84,14 @@ def breakdown():
     mw, F = 1, rg.FOLDS
     fit = rg.Fit(plan, seed, "native", [0.0], [w.sum()])
     fit.keep(0, packed)
-    q = np.zeros(n + 1)
-    q[list(plan.mid)] = plan.q
+    q = plan.qpos
     beta, sterm = np.zeros((F, n, mw)), np.zeros((F, n + 1, mw))
     dY = (Y[0::2] - Y[1::2])[:, None]
 
     seeds = iter(range(1, 1 << 30))
 
     def stats():
-        fit._add_pairs(fit._new_stats(mw), 0, P, Y[:, None], q)
+        fit._add_pairs(fit._new_stats(mw), 0, P, Y[:, None])
 
     parts = [
         ("the pairs' coalitions (masks + packed)", lambda: rg.pair_masks(seed, 0, P, plan, "native", packed=True)),

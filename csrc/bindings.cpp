@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
@@ -525,6 +526,40 @@ PYBIND11_MODULE(_C, m) {
       "[B, ceil(n/8)].",
       py::arg("packed"), py::arg("B"), py::arg("n"), py::arg("F"), py::arg("N"), py::arg("S1"),
       py::arg("SL"), py::arg("C"), py::arg("CL"));
+
+  m.def(
+      "regression_cholesky_cpu",
+      [](py::array A, int64_t F, int64_t p, double ridge, py::array U, py::array ok) {
+        require(F >= 0 && p >= 0, "regression_cholesky: need F >= 0 and p >= 0");
+        require(std::isfinite(ridge) && ridge >= 0, "regression_cholesky: ridge must be finite and >= 0");
+        const int64_t size = mul(F, mul(p, p, "A"), "A");
+        const double* ap = readable<double>(A, "A", size);
+        double* up = writable<double>(U, "U", size);
+        uint8_t* okp = writable<uint8_t>(ok, "ok", F);
+        check_outputs({span("U", up, size), span("ok", okp, F)}, {span("A", ap, size)});
+        py::gil_scoped_release nogil;
+        cpu::regression_cholesky(ap, F, p, ridge, up, okp);
+      },
+      "The Cholesky factors A_f + lam_f I = U_f^T U_f of the fit's systems (ops_cpu.h), lam_f = "
+      "ridge * the mean diagonal: A [F, p, p] float64 (upper triangle read), U [F, p, p] out "
+      "(upper triangle written), ok [F] uint8 out.",
+      py::arg("A"), py::arg("F"), py::arg("p"), py::arg("ridge"), py::arg("U"), py::arg("ok"));
+
+  m.def(
+      "regression_cholsolve_cpu",
+      [](py::array U, int64_t F, int64_t p, int64_t mw, py::array h, py::array x) {
+        require(F >= 0 && p >= 0 && mw >= 1, "regression_cholsolve: need F >= 0, p >= 0, mw >= 1");
+        const int64_t usize = mul(F, mul(p, p, "U"), "U");
+        const int64_t hsize = mul(F, mul(p, mw, "h"), "h");
+        const double* up = readable<double>(U, "U", usize);
+        const double* hp = readable<double>(h, "h", hsize);
+        double* xp = writable<double>(x, "x", hsize);
+        check_outputs({span("x", xp, hsize)}, {span("U", up, usize), span("h", hp, hsize)});
+        py::gil_scoped_release nogil;
+        cpu::regression_cholsolve(up, F, p, mw, hp, xp);
+      },
+      "x = A_f^-1 h [F, p, mw] from the factors U of regression_cholesky_cpu (ops_cpu.h).",
+      py::arg("U"), py::arg("F"), py::arg("p"), py::arg("mw"), py::arg("h"), py::arg("x"));
 
 #ifdef SHAPCAM_WITH_CUDA
   m.def("cuda_device_count", &cuda::device_count, "CUDA devices usable now (0 without a driver).");

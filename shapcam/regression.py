@@ -132,6 +132,32 @@ class Plan:
         t.setflags(write=False)
         return t
 
+    @functools.cached_property
+    def qpos(self) -> np.ndarray:
+        """[n + 1]: q by size, 0 at the sizes not sampled."""
+        out = np.zeros(self.n + 1)
+        out[list(self.mid)] = self.q
+        out.setflags(write=False)
+        return out
+
+    @functools.cached_property
+    def pair_weights(self) -> np.ndarray:
+        """[n + 1]: a pair's least-squares weight in the fit (both rows) by size; 0 at the sizes
+        not sampled. A row of size s drawn with probability q(s), with a mean of 1 per row: a
+        pair's share of the estimate's variance is E[|w(S)|^2 d(S)^2] / (4 q(s)) summed over sizes,
+        |w(S)|^2 = n / (s (n - s)), d the residual's v(S) - v(N minus S); a row drawn with
+        probability q(s) stands for 1 / q(s) of its size, so 1 / (s (n - s) q(s)^2) weighs each row
+        by what its residual costs."""
+        n, qpos = self.n, self.qpos
+        mid = np.asarray(self.mid)
+        out = np.zeros(n + 1)
+        if mid.size:
+            qm = qpos[mid]
+            c = 1.0 / (1.0 / (mid * (n - mid) * qm)).sum()  # E_q[weight] = 1
+            out[mid] = 2.0 * (c / (mid * (n - mid) * qpos[mid] ** 2))
+        out.setflags(write=False)
+        return out
+
     def as_state(self):
         return {"n": self.n, "enumerated": list(self.enumerated), "mid": list(self.mid)}
 
@@ -463,14 +489,94 @@ def _solve_psd(G, h):
     """Solutions of the stacked positive semi-definite systems G [F, p, p] x = h [F, p, mw], with
     RIDGE x the mean diagonal added to each diagonal: one batched LU solve instead of F
     least-squares SVDs (a 5n run at n = 1000, 3 outputs: 8.5 s -> 0.9 s)."""
+    try:
+        return np.linalg.solve(_ridged(G), h)
+    except np.linalg.LinAlgError:  # not expected with the ridge; kept as the last resort
+        return np.stack([np.linalg.lstsq(G[f], h[f], rcond=None)[0] for f in range(G.shape[0])])
+
+
+def _ridged(G):
+    """G [F, p, p] with RIDGE x its mean diagonal added to each diagonal (1 where that is 0)."""
     p = G.shape[-1]
     scale = np.einsum("fii->f", G) / max(p, 1)
     lam = RIDGE * np.where(scale > 0, scale, 1.0)
-    A = G + lam[:, None, None] * np.eye(p)[None]
-    try:
-        return np.linalg.solve(A, h)
-    except np.linalg.LinAlgError:  # not expected with the ridge; kept as the last resort
-        return np.stack([np.linalg.lstsq(G[f], h[f], rcond=None)[0] for f in range(G.shape[0])])
+    return G + lam[:, None, None] * np.eye(p)[None]
+
+
+def cholesky(A, engine=None):
+    """(U [F, p, p], ok [F] bool): A_f + lam_f I = U_f^T U_f for the symmetric A [F, p, p] (its
+    upper triangle read), lam_f = RIDGE x the mean diagonal (1 where that is not positive), ok
+    False where a pivot was not positive. Sums run over k in order from the first term, so the
+    native op (csrc/cpu/regression_cpu.cpp) and this NumPy twin give the same bits."""
+    A = np.ascontiguousarray(A, dtype=np.float64)
+    F, p = A.shape[0], A.shape[-1]
+    mod = _native_for(engine)
+    U = np.zeros((F, p, p))
+    if mod is not None:
+        ok = np.empty(F, dtype=np.uint8)
+        mod.regression_cholesky_cpu(A, F, p, RIDGE, U, ok)
+        return U, ok.astype(bool)
+    ok = np.ones(F, dtype=bool)
+    if p == 0:
+        return U, ok
+    scale = np.cumsum(np.diagonal(A, axis1=1, axis2=2), axis=1)[:, -1] / float(p)
+    lam = RIDGE * np.where(scale > 0, scale, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for j in range(p):
+            if j:
+                s = A[:, j, j:] - np.cumsum(U[:, :j, j:] * U[:, :j, j:j + 1], axis=1)[:, -1]
+            else:
+                s = A[:, 0, :].copy()
+            s[:, 0] += lam
+            ok &= s[:, 0] > 0
+            r = np.sqrt(np.where(ok, s[:, 0], 1.0))
+            U[:, j, j] = r
+            U[:, j, j + 1:] = s[:, 1:] / r[:, None]
+    return U, ok
+
+
+def cholesky_solve(U, h, engine=None):
+    """x [F, p, mw] = (U_f^T U_f)^-1 h_f from cholesky's U, by columns of U in the order the
+    native op takes (the same bits): U^T y = h from the first column, U x = y from the last."""
+    U = np.ascontiguousarray(U, dtype=np.float64)
+    h = np.ascontiguousarray(h, dtype=np.float64)
+    F, p, mw = h.shape
+    mod = _native_for(engine)
+    if mod is not None:
+        x = np.empty((F, p, mw))
+        mod.regression_cholsolve_cpu(U, F, p, mw, h, x)
+        return x
+    y = h.copy()
+    for k in range(p):
+        y[:, k] /= U[:, k, k][:, None]
+        y[:, k + 1:] -= U[:, k, k + 1:, None] * y[:, k, None, :]
+    for k in range(p - 1, -1, -1):
+        y[:, k] /= U[:, k, k][:, None]
+        y[:, :k] -= U[:, :k, k, None] * y[:, k, None, :]
+    return y
+
+
+def _factor_psd(G, engine=None):
+    """The fit's systems G [F, p, p] (positive semi-definite) made ready to solve, with the RIDGE
+    of _solve_psd: (U, bad, G_bad) — cholesky's factors and, for the folds whose factor failed
+    (not expected with the ridge), their G for a least-squares solve. It depends on the design
+    alone, so design_cache keeps it for the next run of a seed (solve_factored: a few us a run at
+    n = 30, against ~45 for an LU solve)."""
+    U, ok = cholesky(G, engine)
+    if ok.all():
+        return U, None, None
+    bad = np.flatnonzero(~ok)
+    return U, bad, G[bad].copy()
+
+
+def solve_factored(fac, h, engine=None):
+    """The solutions x [F, p, mw] of the systems _factor_psd made ready, for right sides h."""
+    U, bad, Gb = fac if len(fac) == 3 else (fac[0], None, None)
+    x = cholesky_solve(U, h, engine)
+    if bad is not None:
+        for i, f in enumerate(bad):
+            x[f] = np.linalg.lstsq(Gb[i], h[f], rcond=None)[0]
+    return x
 
 
 def _weights_w(Z, s, n):
@@ -622,7 +728,7 @@ class Fit:
     sum(beta) = v(N) - v(0), parametrised by b = beta_0..beta_{n-2} and c: features z_j - z_last
     and the size features, target v(S) - v(0) - (v(N) - v(0)) z_last, by
     weighted least squares: the enumerated rows by the Shapley kernel, the sampled rows by what
-    their residual costs the estimate's variance (_pair_weight), each group at a mean weight of 1
+    their residual costs the estimate's variance (Plan.pair_weights), each group at a mean weight of 1
     per row. (Pairwise terms z_j z_k were tried: the estimate does not change, to the last digits
     — a pair's weights are antisymmetric, w(N minus S) = -w(S), so only v(S) - v(N minus S) is
     sampled, and pairwise terms reduce to additive ones there.)
@@ -638,7 +744,6 @@ class Fit:
         self._rows = 0
         self._enum = None  # (nE, Tb, GE, hE)
         self._gram = None  # [pairs in whole blocks so far, their statistics (_new_stats)]
-        self._wt = None  # (qpos's bytes, _weights_by_size(qpos))
 
     def keep(self, j0, packed):
         """Keep the sets S_j of pairs from j0 (pair_packed's rows), so the estimate need not draw
@@ -663,18 +768,6 @@ class Fit:
         """Pairs per block of the estimate (fixed by n and the number of outputs), a multiple of
         FOLDS so that fold f of every block is its rows f, f + FOLDS, ..."""
         return FOLDS * int(max(1, min(4096, (1 << 21) // (self.n * mw)) // FOLDS))
-
-    def _pair_weight(self, s, qpos):
-        """Least-squares weight of a sampled coalition of size s (drawn with probability qpos[s]),
-        with a mean of 1 per row. A pair's share of the estimate's variance is
-        E[|w(S)|^2 d(S)^2] / (4 q(s)) summed over sizes, |w(S)|^2 = n / (s (n - s)), d the
-        residual's v(S) - v(N minus S); a row drawn with probability q(s) stands for 1 / q(s) of
-        its size, so 1 / (s (n - s) q(s)^2) weighs each row by what its residual costs."""
-        n = self.n
-        mid = np.asarray(self.plan.mid)
-        qm = qpos[mid]
-        c = 1.0 / (1.0 / (mid * (n - mid) * qm)).sum()  # E_q[weight] = 1
-        return c / (s * (n - s) * qpos[s] ** 2)
 
     def _mid_part(self, beta):
         """The surrogate's exact share of the sampled sizes, sum_{s sampled} T_i(s; f): for
@@ -705,18 +798,6 @@ class Fit:
                 hE += A.T @ (t * wt[:, None])
         return Tb, GE, hE
 
-    def _weights_by_size(self, qpos):
-        """[n + 1]: a pair's least-squares weight (both rows) by size; 0 at sizes not sampled.
-        (Kept for the last qpos asked: a run asks with the same one every time.)"""
-        key = qpos.tobytes()
-        if self._wt is None or self._wt[0] != key:
-            mid = np.asarray(self.plan.mid)
-            wt = np.zeros(self.n + 1)
-            wt[mid] = 2.0 * self._pair_weight(mid, qpos)
-            wt.setflags(write=False)
-            self._wt = (key, wt)
-        return self._wt[1]
-
     def _new_stats(self, mw, counts=True):
         """Empty sums of the pairs' fit statistics: integer counts (n <= COUNTS_MAX_PLAYERS; not
         with counts=False) or the Gram matrices' upper triangles, and the right sides h [F, p, mw]."""
@@ -733,7 +814,7 @@ class Fit:
                     "h": h}
         return {"G": np.zeros((F, p, p)), "h": h}
 
-    def _add_pairs(self, stats, j0, j1, P_vals, qpos, counts=True):
+    def _add_pairs(self, stats, j0, j1, P_vals, counts=True):
         """Add pairs j0..j1-1 (j0 a multiple of FOLDS) to the folds' statistics: fold f is the
         block's rows f, f + F, ... A pair's two rows have features A and -A and equal weights:
         together they add 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to h.
@@ -746,16 +827,16 @@ class Fit:
         last = ((packed[:, (n - 1) >> 3] >> (7 - ((n - 1) & 7))) & 1).astype(np.float64)[:, None]
         Y = P_vals[2 * j0:2 * j1]
         dt = (Y[0::2] - Y[1::2]) - (2.0 * last - 1.0) * (self.vN - self.v0)[None, :]
-        pair_gram(packed, n, FOLDS, _size_table(n), self._weights_by_size(qpos),
+        pair_gram(packed, n, FOLDS, _size_table(n), self.plan.pair_weights,
                   dt, stats.get("G"), stats["h"], self.engine)
         if counts and "N" in stats:
             pair_counts(packed, n, FOLDS, stats, self.engine)
 
-    def _fold_gram(self, stats, qpos):
+    def _fold_gram(self, stats):
         """(G [F, p, p], h [F, p, mw]): each fold's own Gram matrix and right side (the fit of fold
         f takes the others': _pairs_gram)."""
         if "N" in stats:
-            return counts_gram(stats, self._weights_by_size(qpos), _size_table(self.n)), stats["h"]
+            return counts_gram(stats, self.plan.pair_weights, _size_table(self.n)), stats["h"]
         G = stats["G"]
         return np.triu(G) + np.swapaxes(np.triu(G, 1), 1, 2), stats["h"]  # pairs fill the upper triangle
 
@@ -774,8 +855,8 @@ class Fit:
     @staticmethod
     def _pairs_gram(G, h):
         """(G [F, p, p], h [F, p, mw]): each fold's fit's Gram matrix and right side over the pairs
-        of the other folds, from each fold's own (linear in the pairs)."""
-        return G.sum(0)[None] - G, h.sum(0)[None] - h
+        of the other folds, from each fold's own (linear in the pairs); None where given None."""
+        return (None if G is None else G.sum(0)[None] - G), (None if h is None else h.sum(0)[None] - h)
 
     def estimate(self, E_vals, P_vals, M):
         """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
@@ -789,9 +870,7 @@ class Fit:
         _, Tb, GE, hE = self._enum
         if plan.exact or M == 0:
             return Tb.copy(), None
-        q = plan.q
-        qpos = np.zeros(n + 1)
-        qpos[list(plan.mid)] = q
+        qpos = plan.qpos
         F = FOLDS
         PB = self.pair_block(mw)
         blocks = [(j0, min(M, j0 + PB)) for j0 in range(0, M, PB)]
@@ -811,12 +890,12 @@ class Fit:
             if gram[1] is None:
                 gram[1] = self._new_stats(mw, counts=hit is None)
             for j0 in range(gram[0], W, PB):
-                self._add_pairs(gram[1], j0, j0 + PB, P_vals, qpos, counts=hit is None)
+                self._add_pairs(gram[1], j0, j0 + PB, P_vals, counts=hit is None)
             if hit is not None:
                 gram[1].update(hit[0])
                 gram[2] = (hit[1], gram[1]["h"])
             else:
-                gram[2] = self._fold_gram(gram[1], qpos)
+                gram[2] = self._fold_gram(gram[1])
                 if cached:
                     self._share(key + (W,), ({c: gram[1][c] for c in _COUNTS}, gram[2][0]))
             gram[0] = W
@@ -824,19 +903,35 @@ class Fit:
             p = n - 1 + self.k
             gram[2] = (np.zeros((F, p, p)), np.zeros((F, p, mw)))
         Gf, hf = gram[2]
+        # Up to COUNTS_MAX_PLAYERS the folds' systems are solved by their Cholesky factors, which
+        # depend on the design alone: design_cache keeps them, and a run that finds them needs
+        # neither the pairs' Gram matrices nor a factorisation, only the right sides.
+        factored = n <= COUNTS_MAX_PLAYERS
+        fkey = ("factor",) + key[1:] + (M,)
+        fac = design_cache.get(fkey) if cached else None
         if M > W:
-            Gq = design_cache.get(key + (W, M)) if cached else None
-            part = self._new_stats(mw, counts=Gq is None)
-            self._add_pairs(part, W, M, P_vals, qpos, counts=Gq is None)
-            if Gq is None:
-                Gq = self._fold_gram(part, qpos)[0]
+            Gq = None if fac is not None else design_cache.get(key + (W, M)) if cached else None
+            need = fac is None and Gq is None
+            part = self._new_stats(mw, counts=need)
+            self._add_pairs(part, W, M, P_vals, counts=need)
+            if need:
+                Gq = self._fold_gram(part)[0]
                 if cached:
                     self._share(key + (W, M), Gq)
-            Gf, hf = Gf + Gq, hf + part["h"]
-        Gp, hp = self._pairs_gram(Gf, hf)
+            if Gq is not None:
+                Gf = Gf + Gq
+            hf = hf + part["h"]
         # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
         # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.
-        sol = _solve_psd(GE[None] + Gp, hE[None] + hp)
+        hs = hE[None] + self._pairs_gram(None, hf)[1]
+        if factored:
+            if fac is None:
+                fac = _factor_psd(GE[None] + self._pairs_gram(Gf, None)[0], self.engine)
+                if cached:  # (U,) when every fold factored, else (U, bad, G_bad)
+                    self._share(fkey, fac if fac[1] is not None else fac[:1])
+            sol = solve_factored(fac, hs, self.engine)
+        else:
+            sol = _solve_psd(GE[None] + self._pairs_gram(Gf, None)[0], hs)
         # the folds' surrogates: beta [F, n, mw] (the last by sum(beta) = v(N) - v(0)), c [F, k, mw]
         beta_f = np.empty((F, n, mw))
         beta_f[:, :-1] = sol[:, :n - 1]

@@ -190,9 +190,21 @@ def test_regression_bindings_refuse_bad_input():
         expect(ValueError, _C.regression_counts_cpu, np.zeros((3, 9), np.uint8), 3, 65, F,      # n > 64
                np.zeros((F, 33, 64, 64), np.int64), np.zeros((F, 33, 64), np.int64),
                np.zeros((F, 33, 64), np.int64), np.zeros((F, 33), np.int64), np.zeros((F, 33), np.int64))
+        A = np.tile(np.eye(4), (F, 1, 1))
+        U, okf, hh, xx = np.zeros_like(A), np.zeros(F, np.uint8), np.ones((F, 4, 2)), np.zeros((F, 4, 2))
+        _C.regression_cholesky_cpu(A, F, 4, 1e-10, U, okf)
+        _C.regression_cholsolve_cpu(U, F, 4, 2, hh, xx)
+        expect(ValueError, _C.regression_cholesky_cpu, A, F, 5, 1e-10, U, okf)                  # p
+        expect(ValueError, _C.regression_cholesky_cpu, A, F, 4, float("nan"), U, okf)           # ridge
+        expect(ValueError, _C.regression_cholesky_cpu, A, F, 4, 1e-10, A, okf)                  # U is A
+        expect(ValueError, _C.regression_cholesky_cpu, A, F, 4, 1e-10, U, okf.astype(bool))
+        expect(ValueError, _C.regression_cholsolve_cpu, U, F, 4, 3, hh, xx)                     # mw
+        expect(ValueError, _C.regression_cholsolve_cpu, U, F, 4, 2, hh, hh)                     # x is h
+        expect(ValueError, _C.regression_cholsolve_cpu, U, F, 4, 2, hh, xx[:, ::2])             # strided
+        expect((ValueError, OverflowError, MemoryError), _C.regression_cholesky_cpu, A, 2**62, 2**31, 0.0, U, okf)
     """)
-    assert out.count("NO ERROR") == 0 and out.count("OK ") == 19, out
-    assert out.count("overlaps") == 4, out  # the aliased calls fail on aliasing, not earlier
+    assert out.count("NO ERROR") == 0 and out.count("OK ") == 27, out
+    assert out.count("overlaps") == 6, out  # the aliased calls fail on aliasing, not earlier
 
 
 @pytest.mark.parametrize("engine", ["reference"] + (["native"] if _engine.native() else []))

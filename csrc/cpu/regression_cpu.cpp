@@ -2,6 +2,7 @@
 // pairs' coalitions (pairs.h), the fit's statistics (integer counts, or Gram sums pair by pair, and
 // the right sides) and the pairs' residual moments of the estimate. See ops_cpu.h for the contracts.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -378,6 +379,97 @@ void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, i
     }
     for (int64_t t = 0; t < T; ++t)
       if (fill[t]) flush(t);
+  }
+}
+
+void regression_cholesky(const double* A, int64_t F, int64_t p, double ridge, double* U,
+                         uint8_t* ok) {
+  auto t = scratch<double>(size_t(std::max<int64_t>(p, 1)));
+  for (int64_t f = 0; f < F; ++f) {
+    const double* a = A + f * p * p;
+    double* u = U + f * p * p;
+    double tr = 0.0;
+    for (int64_t j = 0; j < p; ++j) tr = j ? tr + a[j * p + j] : a[0];
+    const double scale = p ? tr / double(p) : 0.0;
+    const double lam = ridge * (scale > 0 ? scale : 1.0);
+    ok[f] = 1;
+    for (int64_t j = 0; j < p; ++j) {
+      double* s = t.get();
+      const double* aj = a + j * p;
+      // s_i for i >= j over the rows k < j of U (row k contiguous in i), four rows a pass; each
+      // s_i still adds its terms one at a time in k order
+      if (j > 0) {
+        const double c0 = u[j];
+        for (int64_t i = j; i < p; ++i) s[i] = u[i] * c0;
+        int64_t k = 1;
+        for (; k + 3 < j; k += 4) {
+          const double *u0 = u + k * p, *u1 = u0 + p, *u2 = u1 + p, *u3 = u2 + p;
+          const double d0 = u0[j], d1 = u1[j], d2 = u2[j], d3 = u3[j];
+          for (int64_t i = j; i < p; ++i) {
+            double v = s[i];
+            v += u0[i] * d0;
+            v += u1[i] * d1;
+            v += u2[i] * d2;
+            v += u3[i] * d3;
+            s[i] = v;
+          }
+        }
+        for (; k < j; ++k) {
+          const double* uk = u + k * p;
+          const double c = uk[j];
+          for (int64_t i = j; i < p; ++i) s[i] += uk[i] * c;
+        }
+        for (int64_t i = j; i < p; ++i) s[i] = aj[i] - s[i];
+      } else {
+        for (int64_t i = 0; i < p; ++i) s[i] = aj[i];
+      }
+      s[j] += lam;
+      if (!(s[j] > 0)) {  // not positive definite (or NaN): the caller falls back for this fold
+        ok[f] = 0;
+        break;
+      }
+      const double r = std::sqrt(s[j]);
+      double* uj = u + j * p;
+      uj[j] = r;
+      for (int64_t i = j + 1; i < p; ++i) uj[i] = s[i] / r;
+    }
+  }
+}
+
+void regression_cholsolve(const double* U, int64_t F, int64_t p, int64_t mw, const double* h,
+                          double* x) {
+  for (int64_t f = 0; f < F; ++f) {
+    const double* u = U + f * p * p;
+    double* y = x + f * p * mw;
+    std::memcpy(y, h + f * p * mw, sizeof(double) * size_t(p * mw));
+    if (mw == 1) {  // the common case, without the loop over outputs (the same operations)
+      for (int64_t k = 0; k < p; ++k) {
+        const double* uk = u + k * p;
+        const double yk = (y[k] /= uk[k]);
+        for (int64_t j = k + 1; j < p; ++j) y[j] -= uk[j] * yk;
+      }
+      for (int64_t k = p - 1; k >= 0; --k) {
+        const double yk = (y[k] /= u[k * p + k]);
+        for (int64_t j = 0; j < k; ++j) y[j] -= u[j * p + k] * yk;
+      }
+      continue;
+    }
+    for (int64_t k = 0; k < p; ++k) {  // U^T y = h: row k of U, contiguous
+      const double d = u[k * p + k];
+      for (int64_t o = 0; o < mw; ++o) y[k * mw + o] /= d;
+      for (int64_t j = k + 1; j < p; ++j) {
+        const double c = u[k * p + j];
+        for (int64_t o = 0; o < mw; ++o) y[j * mw + o] -= c * y[k * mw + o];
+      }
+    }
+    for (int64_t k = p - 1; k >= 0; --k) {  // U x = y: column k of U, from the last
+      const double d = u[k * p + k];
+      for (int64_t o = 0; o < mw; ++o) y[k * mw + o] /= d;
+      for (int64_t j = 0; j < k; ++j) {
+        const double c = u[j * p + k];
+        for (int64_t o = 0; o < mw; ++o) y[j * mw + o] -= c * y[k * mw + o];
+      }
+    }
   }
 }
 
