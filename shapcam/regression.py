@@ -456,12 +456,22 @@ def size_terms(n):
     return max(0, min(SIZE_TERMS, (n + 1) // 2 - 1))
 
 
-@functools.lru_cache(maxsize=16)
-def _size_table(n):
-    """size_features(n, 0..n), kept read-only: [n + 1, size_terms(n)]."""
+@functools.lru_cache(maxsize=32)
+def _size_table(n, scale=1.0):
+    """scale * size_features(n, 0..n), kept read-only: [n + 1, size_terms(n)]."""
     t = size_features(n, np.arange(n + 1))
+    if scale != 1.0:
+        t = scale * t
     t.setflags(write=False)
     return t
+
+
+@functools.lru_cache(maxsize=64)
+def _fold_rows(B):
+    """[FOLDS, 1, 1] float64: how many of a block's B rows each fold has (rows f, f + FOLDS, ...)."""
+    c = ((B - np.arange(FOLDS) + FOLDS - 1) // FOLDS).astype(np.float64)[:, None, None]
+    c.setflags(write=False)
+    return c
 
 
 def size_features(n, s):
@@ -744,6 +754,7 @@ class Fit:
         self._rows = 0
         self._enum = None  # (nE, Tb, GE, hE)
         self._gram = None  # [pairs in whole blocks so far, their statistics (_new_stats)]
+        self._key = (_engine_key(engine), int(seed), plan)  # design_cache's keys of this design
 
     def keep(self, j0, packed):
         """Keep the sets S_j of pairs from j0 (pair_packed's rows), so the estimate need not draw
@@ -883,7 +894,7 @@ class Fit:
         # The counts (n <= COUNTS_MAX_PLAYERS) and their Gram matrices depend on the pairs' sets
         # alone: design_cache keeps them for the next run of this seed and plan.
         cached = n <= COUNTS_MAX_PLAYERS and design_cache.limit > 0
-        key = ("counts", _engine_key(self.engine), int(self.seed), plan, PB)
+        key = ("counts",) + self._key + (PB,)
         W = M // PB * PB  # the whole blocks' end
         if W > gram[0]:
             hit = design_cache.get(key + (W,)) if cached else None
@@ -899,10 +910,7 @@ class Fit:
                 if cached:
                     self._share(key + (W,), ({c: gram[1][c] for c in _COUNTS}, gram[2][0]))
             gram[0] = W
-        if gram[2] is None:  # no whole block yet: their sums are zeros
-            p = n - 1 + self.k
-            gram[2] = (np.zeros((F, p, p)), np.zeros((F, p, mw)))
-        Gf, hf = gram[2]
+        Gf, hf = gram[2] if gram[2] is not None else (None, None)  # None: no whole block yet
         # Up to COUNTS_MAX_PLAYERS the folds' systems are solved by their Cholesky factors, which
         # depend on the design alone: design_cache keeps them, and a run that finds them needs
         # neither the pairs' Gram matrices nor a factorisation, only the right sides.
@@ -919,8 +927,8 @@ class Fit:
                 if cached:
                     self._share(key + (W, M), Gq)
             if Gq is not None:
-                Gf = Gf + Gq
-            hf = hf + part["h"]
+                Gf = Gq if Gf is None else Gf + Gq
+            hf = part["h"] if hf is None else hf + part["h"]
         # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
         # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.
         hs = hE[None] + self._pairs_gram(None, hf)[1]
@@ -938,7 +946,7 @@ class Fit:
         beta_f[:, -1] = (self.vN - self.v0)[None, :] - sol[:, :n - 1].sum(1)
         c_f = sol[:, n - 1:]
         base = Tb[None] + self._mid_part(beta_f)
-        X2 = 2.0 * _size_table(n)  # x(S) - x(N minus S) by size: the size terms are odd
+        X2 = _size_table(n, 2.0)  # x(S) - x(N minus S) by size: the size terms are odd
         sterm = np.einsum("sk,fko->fso", X2, c_f) if self.k else np.zeros((F, n + 1, mw))
         mean = m2 = None
         count = 0
@@ -950,7 +958,7 @@ class Fit:
             U, V = pair_moments(self.pair_packed(j0, j1), n, F, Y[0::2] - Y[1::2], beta_f, sterm,
                                 qpos, self.engine)
             B = j1 - j0
-            cnt = ((B - np.arange(F) + F - 1) // F).astype(np.float64)[:, None, None]  # rows f, f + F, ...
+            cnt = _fold_rows(B)  # rows f, f + F, ... of the block
             bm = ((cnt * base).sum(0) + 0.5 * U.sum(0)) / B
             dev = base - bm[None]
             bm2 = 0.25 * V.sum(0) + (cnt * dev * dev + dev * U).sum(0)
