@@ -528,6 +528,50 @@ PYBIND11_MODULE(_C, m) {
       py::arg("SL"), py::arg("C"), py::arg("CL"));
 
   m.def(
+      "regression_tail_cpu",
+      [](py::array packed, int64_t M, int64_t n, int64_t F, int64_t k, int64_t mw, int64_t PB,
+         py::array P, py::array sol, py::array D, py::array Tb, int64_t L, py::array X2, py::array q,
+         py::array mean, py::array m2) {
+        check_n(n);
+        require(n >= 2 && M >= 0 && F >= 1 && k >= 0 && mw >= 1 && PB >= 1 && L >= 0,
+                "regression_tail: need n >= 2, M >= 0, F >= 1, k >= 0, mw >= 1, PB >= 1, L >= 0");
+        const int64_t nb = (n + 7) / 8;
+        const int64_t p = n - 1 + k;
+        const int64_t cells = mul(n, mw, "cells");
+        mul(mul(F, n + 1, "sterm"), mw, "sterm");
+        const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(M, nb, "packed"));
+        const int64_t psize = mul(mul(M, 2, "P"), mw, "P");
+        const double* Pp = readable<double>(P, "P", psize);
+        const int64_t ssize = mul(mul(F, p, "sol"), mw, "sol");
+        const double* sp = readable<double>(sol, "sol", ssize);
+        const double* dp = readable<double>(D, "D", mw);
+        const double* tp = readable<double>(Tb, "Tb", cells);
+        const int64_t xsize = mul(n + 1, k, "X2");
+        const double* xp = readable<double>(X2, "X2", xsize);
+        const double* qp = readable<double>(q, "q", n + 1);
+        double* mp = writable<double>(mean, "mean", cells);
+        double* m2p = writable<double>(m2, "m2", cells);
+        for (int64_t b = 0; b < M; ++b) {  // every row's size is sampled, as regression_moments needs
+          const int64_t s = cpu::row_size(pp + b * nb, n);
+          if (!(s >= 1 && s <= n - 1 && qp[s] > 0)) {
+            throw std::invalid_argument("packed: row " + std::to_string(b) + " has a size that is not sampled");
+          }
+        }
+        check_outputs({span("mean", mp, cells), span("m2", m2p, cells)},
+                      {span("packed", pp, M * nb), span("P", Pp, psize), span("sol", sp, ssize),
+                       span("D", dp, mw), span("Tb", tp, cells), span("X2", xp, xsize),
+                       span("q", qp, n + 1)});
+        py::gil_scoped_release nogil;
+        cpu::regression_tail(pp, M, n, F, k, mw, PB, Pp, sp, dp, tp, L, xp, qp, mp, m2p);
+      },
+      "The regression estimate's tail (ops_cpu.h): mean, m2 [n, mw] over the M pairs' estimates "
+      "from the folds' solutions sol [F, n-1+k, mw], packed [M, ceil(n/8)], P [2M, mw], D [mw], "
+      "Tb [n, mw], X2 [n+1, k], q [n+1], in blocks of PB pairs.",
+      py::arg("packed"), py::arg("M"), py::arg("n"), py::arg("F"), py::arg("k"), py::arg("mw"),
+      py::arg("PB"), py::arg("P"), py::arg("sol"), py::arg("D"), py::arg("Tb"), py::arg("L"),
+      py::arg("X2"), py::arg("q"), py::arg("mean"), py::arg("m2"));
+
+  m.def(
       "regression_cholesky_cpu",
       [](py::array A, int64_t F, int64_t p, double ridge, py::array U, py::array ok) {
         require(F >= 0 && p >= 0, "regression_cholesky: need F >= 0 and p >= 0");

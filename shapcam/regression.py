@@ -627,6 +627,54 @@ def pair_moments(packed, n, F, dY, beta, sterm, qpos, engine=None):
     return U, V
 
 
+def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engine=None):
+    """(mean, m2) [n, mw] over the M pairs' estimates, from the folds' solutions sol [F, n - 1 + k,
+    mw]: each fold's additive part beta (sol's first n - 1 rows; the last player's D - their sum,
+    D = v(N) - v(0)), its exact share of the L sampled sizes added to Tb [n, mw] (the base), its
+    size terms' difference by size X2 [n + 1, k] @ c; then per block of PB pairs (packed [M, n / 8],
+    values P_vals [2M, mw]) the residual moments (pair_moments) and the block's mean and M2 of the
+    pairs' estimates psi_j = base_f + w(S_j) d_j / 2, merged block by block (reference.merge_block).
+    Every sum runs in order from its first term, so the native op (csrc/cpu/regression_cpu.cpp)
+    and this NumPy twin give the same bits."""
+    mw = sol.shape[2]
+    mod = _native_for(engine)
+    if mod is not None:
+        mean, m2 = np.empty((n, mw)), np.empty((n, mw))
+        mod.regression_tail_cpu(np.ascontiguousarray(packed), M, n, F, k, mw, PB,
+                                np.ascontiguousarray(P_vals[:2 * M], dtype=np.float64),
+                                np.ascontiguousarray(sol), np.ascontiguousarray(D, dtype=np.float64),
+                                np.ascontiguousarray(Tb), int(L),
+                                np.ascontiguousarray(X2, dtype=np.float64),
+                                np.ascontiguousarray(qpos, dtype=np.float64), mean, m2)
+        return mean, m2
+    beta = np.empty((F, n, mw))
+    beta[:, :-1] = sol[:, :n - 1]
+    beta[:, -1] = D[None, :] - np.cumsum(sol[:, :n - 1], axis=1)[:, -1]
+    base = Tb[None] + (L * (n * beta - np.cumsum(beta, axis=1)[:, -1:])) / (n * (n - 1))
+    if k:
+        sterm = np.cumsum(X2[None, :, :, None] * sol[:, None, n - 1:, :], axis=2)[:, :, -1]
+    else:
+        sterm = np.zeros((F, n + 1, mw))
+    mean = m2 = None
+    count = 0
+    for j0 in range(0, M, PB):
+        j1 = min(M, j0 + PB)
+        B = j1 - j0
+        Y = P_vals[2 * j0:2 * j1]
+        U, V = pair_moments(packed[j0:j1], n, F, Y[0::2] - Y[1::2], beta, sterm, qpos, engine)
+        cnt = _fold_rows(B)
+        bm = (np.cumsum(cnt * base, axis=0)[-1] + 0.5 * np.cumsum(U, axis=0)[-1]) / B
+        dev = base - bm[None]
+        bm2 = 0.25 * np.cumsum(V, axis=0)[-1] + np.cumsum(cnt * dev * dev + dev * U, axis=0)[-1]
+        bm2 = np.maximum(bm2, 0.0)
+        if mean is None:
+            mean, m2 = bm, bm2
+        else:
+            reference.merge_block(mean, m2, count, bm, bm2, B)
+        count += B
+    return mean, m2
+
+
 def pair_gram(packed, n, F, sizefeat, wt, dt, G, h, engine=None):
     """Add one block of pairs to the folds' Gram sums in place: row b of the block (fold b % F)
     has features a = (z_0 - z_last, ..., z_{n-2} - z_last, sizefeat[s]) and weight wt[s]; G [F, p,
@@ -780,13 +828,6 @@ class Fit:
         FOLDS so that fold f of every block is its rows f, f + FOLDS, ..."""
         return FOLDS * int(max(1, min(4096, (1 << 21) // (self.n * mw)) // FOLDS))
 
-    def _mid_part(self, beta):
-        """The surrogate's exact share of the sampled sizes, sum_{s sampled} T_i(s; f): for
-        f = z_j, T_j(s) = 1/n and T_i(s) = -1/(n (n - 1)) for i != j, at every size.
-        beta [..., n, mw] -> [..., n, mw]"""
-        n = self.n
-        return len(self.plan.mid) * (n * beta - beta.sum(-2, keepdims=True)) / (n * (n - 1))
-
     def _enumerated_part(self, E_vals):
         """(Tb, GE, hE): the exact share (v(N) - v(0)) / n plus the enumerated sizes' T_i(s)
         [n, mw], and the enumerated rows' Gram matrix and right side (kernel weights)."""
@@ -884,7 +925,6 @@ class Fit:
         qpos = plan.qpos
         F = FOLDS
         PB = self.pair_block(mw)
-        blocks = [(j0, min(M, j0 + PB)) for j0 in range(0, M, PB)]
         # The folds' statistics over whole blocks are kept between calls (an anytime run asks at
         # growing M), with their Gram matrices: whole blocks are added in the same order as from
         # scratch, so the bits are the same; the last, partial block gets statistics of its own.
@@ -940,32 +980,11 @@ class Fit:
             sol = solve_factored(fac, hs, self.engine)
         else:
             sol = _solve_psd(GE[None] + self._pairs_gram(Gf, None)[0], hs)
-        # the folds' surrogates: beta [F, n, mw] (the last by sum(beta) = v(N) - v(0)), c [F, k, mw]
-        beta_f = np.empty((F, n, mw))
-        beta_f[:, :-1] = sol[:, :n - 1]
-        beta_f[:, -1] = (self.vN - self.v0)[None, :] - sol[:, :n - 1].sum(1)
-        c_f = sol[:, n - 1:]
-        base = Tb[None] + self._mid_part(beta_f)
-        X2 = _size_table(n, 2.0)  # x(S) - x(N minus S) by size: the size terms are odd
-        sterm = np.einsum("sk,fko->fso", X2, c_f) if self.k else np.zeros((F, n + 1, mw))
-        mean = m2 = None
-        count = 0
-        for j0, j1 in blocks:
-            # pair j's estimate: psi_j = base_f + w(S_j) d_j / 2, with d_j = (r(S_j) - r(N minus
-            # S_j)) / q(s_j) the residual's difference (w(N minus S) = -w(S)); the block's mean
-            # and sum of squared deviations follow from per-fold sums of w d and w^2 d^2
-            Y = P_vals[2 * j0:2 * j1]
-            U, V = pair_moments(self.pair_packed(j0, j1), n, F, Y[0::2] - Y[1::2], beta_f, sterm,
-                                qpos, self.engine)
-            B = j1 - j0
-            cnt = _fold_rows(B)  # rows f, f + F, ... of the block
-            bm = ((cnt * base).sum(0) + 0.5 * U.sum(0)) / B
-            dev = base - bm[None]
-            bm2 = 0.25 * V.sum(0) + (cnt * dev * dev + dev * U).sum(0)
-            np.maximum(bm2, 0.0, out=bm2)
-            if mean is None:
-                mean, m2 = bm, bm2
-            else:
-                reference.merge_block(mean, m2, count, bm, bm2, B)
-            count += B
-        return mean, (mean, m2, count)
+        # the folds' surrogates (beta [F, n, mw], the last by sum(beta) = v(N) - v(0); c [F, k, mw])
+        # and pair j's estimate psi_j = base_f + w(S_j) d_j / 2, with d_j = (r(S_j) - r(N minus
+        # S_j)) / q(s_j) the residual's difference (w(N minus S) = -w(S)): the blocks' mean and M2
+        # from per-fold sums of w d and w^2 d^2 (estimate_tail)
+        mean, m2 = estimate_tail(self.pair_packed(0, M), P_vals, M, n, F, self.k, PB, sol,
+                                 self.vN - self.v0, Tb, len(plan.mid), _size_table(n, 2.0), qpos,
+                                 self.engine)
+        return mean, (mean, m2, M)

@@ -202,9 +202,20 @@ def test_regression_bindings_refuse_bad_input():
         expect(ValueError, _C.regression_cholsolve_cpu, U, F, 4, 2, hh, hh)                     # x is h
         expect(ValueError, _C.regression_cholsolve_cpu, U, F, 4, 2, hh, xx[:, ::2])             # strided
         expect((ValueError, OverflowError, MemoryError), _C.regression_cholesky_cpu, A, 2**62, 2**31, 0.0, U, okf)
+        qq = np.full(n + 1, 0.1)
+        targs = (pk, 3, n, F, 0, mw, 8, np.zeros((6, mw)), np.zeros((F, n - 1, mw)), np.zeros(mw),
+                 np.zeros((n, mw)), 4, np.zeros((n + 1, 0)), qq)
+        mean, m2 = np.zeros((n, mw)), np.zeros((n, mw))
+        _C.regression_tail_cpu(*targs, mean, m2)
+        expect(ValueError, _C.regression_tail_cpu, *targs[:7], np.zeros((5, mw)), *targs[8:], mean, m2)  # P
+        expect(ValueError, _C.regression_tail_cpu, *targs[:6], 0, *targs[7:], mean, m2)               # PB = 0
+        expect(ValueError, _C.regression_tail_cpu, *targs, mean, mean)                                # aliased
+        expect(ValueError, _C.regression_tail_cpu, *targs[:-1], np.zeros(n + 1), mean, m2)            # q(s) = 0
+        expect((ValueError, OverflowError, MemoryError), _C.regression_tail_cpu, pk, 2**62, n, F, 0, mw, 8,
+               *targs[7:], mean, m2)
     """)
-    assert out.count("NO ERROR") == 0 and out.count("OK ") == 27, out
-    assert out.count("overlaps") == 6, out  # the aliased calls fail on aliasing, not earlier
+    assert out.count("NO ERROR") == 0 and out.count("OK ") == 32, out
+    assert out.count("overlaps") == 7, out  # the aliased calls fail on aliasing, not earlier
 
 
 @pytest.mark.parametrize("engine", ["reference"] + (["native"] if _engine.native() else []))

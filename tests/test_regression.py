@@ -153,6 +153,42 @@ def test_native_ops_match_their_numpy_twins(n):
             np.testing.assert_allclose(rg.counts_gram(sa, wt, sf), G, rtol=0, atol=1e-12 * np.abs(G).max())
 
 
+@pytest.mark.parametrize("n", [2, 5, 12, 30])
+def test_estimate_tail_matches_its_numpy_twin(n):
+    """The estimate's tail (regression_tail_cpu: the folds' surrogates, the moments and the
+    blocks' merged mean and M2) gives the bits of its NumPy twin, for one and several outputs,
+    several blocks (a small PB) and a fold count past the pairs; and the twin is the pairs'
+    estimates' mean and M2 computed pair by pair."""
+    if _engine.native() is None:
+        pytest.skip("no native engine")
+    rng = np.random.default_rng(n)
+    plan = rg.make_plan(n, None) if n > 2 else rg.Plan(2, (), (1,))
+    F, k = rg.FOLDS, rg.size_terms(n)
+    p = n - 1 + k
+    X2 = rg._size_table(n, 2.0)
+    for M, mw, PB in ((37, 1, 16), (5, 3, 8), (300, 2, 104), (3, 1, 8)):
+        pk = rg.pair_packed(3, 0, M, plan, "native")
+        P = rng.normal(size=(2 * M, mw))
+        sol, D, Tb = rng.normal(size=(F, p, mw)), rng.normal(size=mw), rng.normal(size=(n, mw))
+        args = (pk, P, M, n, F, k, PB, sol, D, Tb, len(plan.mid), X2, plan.qpos)
+        a = rg.estimate_tail(*args, engine="native")
+        b = rg.estimate_tail(*args, engine="reference")
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        # pair by pair: psi_j = base_f + w(S_j) d_j / 2, fold f = (j mod PB) mod F
+        beta = np.concatenate([sol[:, :n - 1], (D - sol[:, :n - 1].sum(1))[:, None]], 1)
+        base = Tb[None] + len(plan.mid) * (n * beta - beta.sum(1, keepdims=True)) / (n * (n - 1))
+        Z = np.unpackbits(pk, axis=1, count=n).astype(bool)
+        s = Z.sum(1)
+        f = (np.arange(M) % PB) % F
+        sterm = np.einsum("sk,fko->fso", X2, sol[:, n - 1:])
+        fit = np.where(Z[:, :, None], beta[f], -beta[f]).sum(1) + sterm[f, s]
+        d = ((P[0::2] - P[1::2]) - fit) / plan.qpos[s][:, None]
+        psi = base[f] + 0.5 * rg._weights_w(Z, s, n)[:, :, None] * d[:, None, :]
+        np.testing.assert_allclose(a[0], psi.mean(0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a[1], ((psi - psi.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("p", [1, 2, 7, 33, 67])
 def test_cholesky_ops_match_their_numpy_twins_and_solve(p):
     """The fit's factor and solve (csrc/cpu/regression_cpu.cpp) give the bits of their NumPy

@@ -78,6 +78,18 @@ void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int
 void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t* N,
                        int64_t* S1, int64_t* SL, int64_t* C, int64_t* CL);
 
+// The regression estimate's tail (shapcam/regression.py, estimate_tail) from the folds' solutions
+// sol [F, p, mw] (p = n - 1 + k): beta_f (sol's first n - 1 rows, the last D - their sum), the
+// folds' base Tb + L (n beta_i - sum beta) / (n (n - 1)), sterm [F, n + 1, mw] = X2 [n + 1, k] times
+// sol's last k rows; then for each block of PB of the M pairs (packed [M, ceil(n / 8)], values
+// P [2M, mw], dY = P[2b] - P[2b + 1]) regression_moments and the block's mean and M2 of the pairs'
+// estimates, merged in block order (accumulate.h merge_block) into mean, m2 [n, mw]. Every sum runs
+// in order from its first term (players, size terms, folds), so the NumPy twin gives the same bits.
+void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int64_t k, int64_t mw,
+                     int64_t PB, const double* P, const double* sol, const double* D,
+                     const double* Tb, int64_t L, const double* X2, const double* q, double* mean,
+                     double* m2);
+
 // The fit's folds' systems (shapcam/regression.py, cholesky): the Cholesky factor of each
 // A_f + lam_f I, A [F, p, p] symmetric (its upper triangle, row by row, is what is read), lam_f =
 // ridge * (tr A_f / p, or 1 where that is not positive), the trace summed in order: A_f + lam_f I =

@@ -10,6 +10,7 @@
 #include "ops_cpu.h"
 #include "packed.h"
 #include "threads.h"
+#include "shapcam/accumulate.h"
 #include "shapcam/pairs.h"
 
 namespace shapcam {
@@ -470,6 +471,88 @@ void regression_cholsolve(const double* U, int64_t F, int64_t p, int64_t mw, con
         for (int64_t o = 0; o < mw; ++o) y[j * mw + o] -= c * y[k * mw + o];
       }
     }
+  }
+}
+
+void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int64_t k, int64_t mw,
+                     int64_t PB, const double* P, const double* sol, const double* D,
+                     const double* Tb, int64_t L, const double* X2, const double* q, double* mean,
+                     double* m2) {
+  const int64_t nb = (n + 7) / 8;
+  const int64_t p = n - 1 + k;
+  const int64_t cells = n * mw;
+  const auto beta = scratch<double>(static_cast<size_t>(F * cells));
+  const auto base = scratch<double>(static_cast<size_t>(F * cells));
+  const auto sterm = scratch<double>(static_cast<size_t>(F * (n + 1) * mw));
+  const auto U = scratch<double>(static_cast<size_t>(F * cells));
+  const auto V = scratch<double>(static_cast<size_t>(F * cells));
+  const auto dY = scratch<double>(static_cast<size_t>(std::min(PB, M) * mw));
+  const auto bm = scratch<double>(static_cast<size_t>(cells));
+  const auto bm2 = scratch<double>(static_cast<size_t>(cells));
+  const double nn = static_cast<double>(n), scale = static_cast<double>(n * (n - 1));
+  const double Ld = static_cast<double>(L);
+  for (int64_t f = 0; f < F; ++f) {
+    const double* sf = sol + f * p * mw;
+    double* bf = beta.get() + f * cells;
+    double* basef = base.get() + f * cells;
+    for (int64_t o = 0; o < mw; ++o) {
+      // the additive part: beta_i = sol_i for i < n - 1, the last by sum(beta) = v(N) - v(0)
+      double s = sf[o];
+      bf[o] = sf[o];
+      for (int64_t i = 1; i < n - 1; ++i) {
+        bf[i * mw + o] = sf[i * mw + o];
+        s += sf[i * mw + o];
+      }
+      bf[(n - 1) * mw + o] = D[o] - s;
+      // its exact share of the sampled sizes: L (n beta_i - sum beta) / (n (n - 1))
+      double all = bf[o];
+      for (int64_t i = 1; i < n; ++i) all += bf[i * mw + o];
+      for (int64_t i = 0; i < n; ++i)
+        basef[i * mw + o] = Tb[i * mw + o] + (Ld * (nn * bf[i * mw + o] - all)) / scale;
+      // the size terms' difference x(S) - x(N minus S) by size (X2), times the fold's c
+      double* tf = sterm.get() + f * (n + 1) * mw;
+      for (int64_t sz = 0; sz <= n; ++sz) {
+        double t = 0.0;
+        if (k > 0) {
+          t = X2[sz * k] * sf[(n - 1) * mw + o];
+          for (int64_t c = 1; c < k; ++c) t += X2[sz * k + c] * sf[(n - 1 + c) * mw + o];
+        }
+        tf[sz * mw + o] = t;
+      }
+    }
+  }
+  int64_t count = 0;
+  for (int64_t j0 = 0; j0 < M; j0 += PB) {
+    const int64_t B = std::min(M, j0 + PB) - j0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t o = 0; o < mw; ++o)
+        dY[b * mw + o] = P[(2 * (j0 + b)) * mw + o] - P[(2 * (j0 + b) + 1) * mw + o];
+    regression_moments(packed + j0 * nb, B, n, F, mw, dY.get(), beta.get(), sterm.get(), q, U.get(),
+                       V.get());
+    // the block's mean and M2 of the pairs' estimates psi_b = base_f + w d_b / 2, from the folds'
+    // sums (fold f has rows f, f + F, ...), each sum over the folds in fold order
+    for (int64_t c = 0; c < cells; ++c) {
+      double sb = 0.0, su = 0.0;
+      for (int64_t f = 0; f < F; ++f) {
+        const double cnt = static_cast<double>((B - f + F - 1) / F);
+        const double x = cnt * base[f * cells + c], u = U[f * cells + c];
+        sb = f ? sb + x : x;
+        su = f ? su + u : u;
+      }
+      const double mu = (sb + 0.5 * su) / static_cast<double>(B);
+      double sv = 0.0, sd = 0.0;
+      for (int64_t f = 0; f < F; ++f) {
+        const double cnt = static_cast<double>((B - f + F - 1) / F);
+        const double dev = base[f * cells + c] - mu;
+        const double x = cnt * dev * dev + dev * U[f * cells + c];
+        sv = f ? sv + V[f * cells + c] : V[f * cells + c];
+        sd = f ? sd + x : x;
+      }
+      bm[c] = mu;
+      bm2[c] = std::max(0.25 * sv + sd, 0.0);
+    }
+    for (int64_t c = 0; c < cells; ++c) merge_block(&mean[c], &m2[c], count, bm[c], bm2[c], B);
+    count += B;
   }
 }
 
