@@ -107,6 +107,18 @@ void check_outputs(std::initializer_list<Span> outs, std::initializer_list<Span>
   }
 }
 
+// Every row of packed [B, ceil(n / 8)] has a size the regression plan samples (1 <= s <= n - 1,
+// q(s) > 0), as the moments divide by q(s): checked before any work.
+void check_sampled_sizes(const uint8_t* packed, int64_t B, int64_t n, const double* q) {
+  const int64_t nb = (n + 7) / 8;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t s = cpu::row_size(packed + b * nb, n);
+    if (!(s >= 1 && s <= n - 1 && q[s] > 0)) {  // the message is built only on failure
+      throw std::invalid_argument("packed: row " + std::to_string(b) + " has a size that is not sampled");
+    }
+  }
+}
+
 template <typename T>
 T* writable(py::array& a, const char* name, int64_t expected_size) {
   require(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
@@ -447,14 +459,8 @@ PYBIND11_MODULE(_C, m) {
         const double* qp = readable<double>(q, "q", n + 1);
         double* up = writable<double>(U, "U", mul(F, cells, "U"));
         double* vp = writable<double>(V, "V", F * cells);
-        // every row's size must be sampled (1 <= s <= n - 1, q(s) > 0): checked before any work
+        check_sampled_sizes(pp, B, n, qp);
         const int64_t nb = (n + 7) / 8;
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t s = cpu::row_size(pp + b * nb, n);
-          if (!(s >= 1 && s <= n - 1 && qp[s] > 0)) {  // the message is built only on failure
-            throw std::invalid_argument("packed: row " + std::to_string(b) + " has a size that is not sampled");
-          }
-        }
         check_outputs({span("U", up, F * cells), span("V", vp, F * cells)},
                       {span("packed", pp, B * nb), span("dY", yp, B * mw), span("beta", bp, F * cells),
                        span("sterm", tp, ssize), span("q", qp, n + 1)});
@@ -551,12 +557,7 @@ PYBIND11_MODULE(_C, m) {
         const double* qp = readable<double>(q, "q", n + 1);
         double* mp = writable<double>(mean, "mean", cells);
         double* m2p = writable<double>(m2, "m2", cells);
-        for (int64_t b = 0; b < M; ++b) {  // every row's size is sampled, as regression_moments needs
-          const int64_t s = cpu::row_size(pp + b * nb, n);
-          if (!(s >= 1 && s <= n - 1 && qp[s] > 0)) {
-            throw std::invalid_argument("packed: row " + std::to_string(b) + " has a size that is not sampled");
-          }
-        }
+        check_sampled_sizes(pp, M, n, qp);
         check_outputs({span("mean", mp, cells), span("m2", m2p, cells)},
                       {span("packed", pp, M * nb), span("P", Pp, psize), span("sol", sp, ssize),
                        span("D", dp, mw), span("Tb", tp, cells), span("X2", xp, xsize),
