@@ -11,6 +11,12 @@ and its fit's counts from shapcam.regression.design_cache from the third on); wi
 each run has a seed of its own (nothing to reuse: the cost of a first run); with --ks 16,64,256,1024
 the Ks in turn in each process (the regression sampler's fixed cost shows at small K).
 
+    python benchmarks/throughput_vs_build.py /tmp/old . --pytest [--repeats 2]
+
+runs each tree's own benchmarks/bench_estimator.py cheap-game rows under pytest-benchmark instead
+(the issue's benchmark as it was filed: the old tree's rows time its default, the new tree's
+regression rows the new default), the trees alternately, each importing its own shapcam.
+
     python benchmarks/throughput_vs_build.py --breakdown
 
 times the parts of one regression run on this tree instead (ns per evaluation): drawing the pairs'
@@ -54,6 +60,43 @@ for K in ks:  # one process, the Ks in turn (as a session of calls would run the
     rates.append(r.n_evals / sorted(ts)[reps // 2])
 print(json.dumps(rates))
 """
+
+
+PYTEST = r"""
+import os, sys
+root = sys.argv[1]
+sys.path.insert(0, root)
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
+                 and "__editable__" not in getattr(type(f), "__module__", "")]
+import shapcam
+assert shapcam.__file__.startswith(root), shapcam.__file__
+os.chdir(root)
+import pytest
+sys.exit(pytest.main(["benchmarks/bench_estimator.py", "-k", "bench_estimate and cheap and native",
+                      "-q", "-s", "-p", "no:cacheprovider", "--benchmark-columns=median"]))
+"""
+
+
+def pytest_rows(old, new, repeats):
+    """The cheap-game rows of each tree's bench_estimator.py (ms a run, medians), alternately."""
+    import re
+
+    rows = {}
+    for _ in range(repeats):
+        for build, path in (("old", old), ("new", new)):
+            out = subprocess.run([sys.executable, "-c", PYTEST, os.path.abspath(path)],
+                                 capture_output=True, text=True, cwd="/")
+            if out.returncode:
+                sys.exit(out.stdout[-2000:] + out.stderr[-2000:])
+            for line in out.stdout.splitlines():
+                m = re.match(r"\| estimate cheap n=30 K=(\d+)( \w+)? \| native \| ([\d.]+) \|", line)
+                if m:
+                    # a row without a sampler's name: the old tree's default, the new tree's stratified
+                    what = (m.group(2) or "").strip() or ("default" if build == "old" else "stratified")
+                    rows.setdefault((int(m.group(1)), build, what), []).append(float(m.group(3)))
+    for (K, build, what), v in sorted(rows.items()):
+        print(f"K={K:<5d} {build:4s} {what:11s} {statistics.median(v):7.3f} ms a run "
+              f"(runs: {', '.join(f'{x:.3f}' for x in v)})")
 
 
 def breakdown():
@@ -118,6 +161,7 @@ def main():
     ap.add_argument("new", nargs="?")
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--breakdown", action="store_true")
+    ap.add_argument("--pytest", action="store_true", help="each tree's bench_estimator.py cheap rows")
     ap.add_argument("--fresh-seeds", action="store_true", help="a new seed for every timed run")
     ap.add_argument("--ks", default="1024", help="comma-separated K values, timed in turn in one "
                     "process (e.g. 16,64,256,1024: the fixed costs at small K)")
@@ -126,6 +170,8 @@ def main():
         return breakdown()
     if not (a.old and a.new):
         ap.error("old and new build paths are required (or --breakdown)")
+    if a.pytest:
+        return pytest_rows(a.old, a.new, a.repeats)
     cfgs = [("old", a.old, "antithetic"), ("old", a.old, "plain"),
             ("new", a.new, "antithetic"), ("new", a.new, "plain"), ("new", a.new, "stratified"),
             ("new", a.new, "regression")]
