@@ -505,12 +505,19 @@ def _solve_psd(G, h):
         return np.stack([np.linalg.lstsq(G[f], h[f], rcond=None)[0] for f in range(G.shape[0])])
 
 
-def _ridged(G):
-    """G [F, p, p] with RIDGE x its mean diagonal added to each diagonal (1 where that is 0)."""
+def _ridge(G):
+    """[F]: each system's ridge, RIDGE x its mean diagonal (x 1 where that is not positive), the
+    trace summed in order (as the native Cholesky does)."""
     p = G.shape[-1]
-    scale = np.einsum("fii->f", G) / max(p, 1)
-    lam = RIDGE * np.where(scale > 0, scale, 1.0)
-    return G + lam[:, None, None] * np.eye(p)[None]
+    if p == 0:
+        return np.full(G.shape[0], RIDGE)
+    scale = np.cumsum(np.diagonal(G, axis1=1, axis2=2), axis=1)[:, -1] / float(p)
+    return RIDGE * np.where(scale > 0, scale, 1.0)
+
+
+def _ridged(G):
+    """G [F, p, p] with _ridge(G) added to each diagonal."""
+    return G + _ridge(G)[:, None, None] * np.eye(G.shape[-1])[None]
 
 
 def cholesky(A, engine=None):
@@ -529,8 +536,7 @@ def cholesky(A, engine=None):
     ok = np.ones(F, dtype=bool)
     if p == 0:
         return U, ok
-    scale = np.cumsum(np.diagonal(A, axis1=1, axis2=2), axis=1)[:, -1] / float(p)
-    lam = RIDGE * np.where(scale > 0, scale, 1.0)
+    lam = _ridge(A)
     with np.errstate(invalid="ignore", divide="ignore"):
         for j in range(p):
             if j:
