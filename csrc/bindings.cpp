@@ -573,6 +573,57 @@ PYBIND11_MODULE(_C, m) {
       py::arg("X2"), py::arg("q"), py::arg("mean"), py::arg("m2"));
 
   m.def(
+      "regression_finish_cpu",
+      [](py::array packed, int64_t M, int64_t W, int64_t n, int64_t F, int64_t k, int64_t mw,
+         int64_t PB, py::array P, py::array D, py::array sizefeat, py::array wt, py::array hE,
+         py::object hW, py::array U, py::array Tb, int64_t L, py::array X2, py::array q,
+         py::array mean, py::array m2) {
+        check_n(n);
+        require(M >= W && W >= 0 && F >= 1 && k >= 0 && mw >= 1 && PB >= 1 && L >= 0,
+                "regression_finish: need 0 <= W <= M, F >= 1, k >= 0, mw >= 1, PB >= 1, L >= 0");
+        const int64_t nb = (n + 7) / 8;
+        const int64_t p = n - 1 + k;
+        const int64_t cells = mul(n, mw, "cells");
+        const int64_t hsize = mul(mul(F, p, "h"), mw, "h");
+        mul(mul(F, n + 1, "sterm"), mw, "sterm");
+        const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(M, nb, "packed"));
+        const int64_t psize = mul(mul(M, 2, "P"), mw, "P");
+        const double* Pp = readable<double>(P, "P", psize);
+        const double* dp = readable<double>(D, "D", mw);
+        const int64_t fsize = mul(n + 1, k, "sizefeat");
+        const double* fp = readable<double>(sizefeat, "sizefeat", fsize);
+        const double* wp = readable<double>(wt, "wt", n + 1);
+        const double* ep = readable<double>(hE, "hE", p * mw);
+        py::array hWa;
+        const double* hwp = nullptr;
+        if (!hW.is_none()) { hWa = hW.cast<py::array>(); hwp = readable<double>(hWa, "hW", hsize); }
+        const int64_t usize = mul(F, mul(p, p, "U"), "U");
+        const double* up = readable<double>(U, "U", usize);
+        const double* tp = readable<double>(Tb, "Tb", cells);
+        const int64_t xsize = mul(n + 1, k, "X2");
+        const double* xp = readable<double>(X2, "X2", xsize);
+        const double* qp = readable<double>(q, "q", n + 1);
+        double* mp = writable<double>(mean, "mean", cells);
+        double* m2p = writable<double>(m2, "m2", cells);
+        check_sampled_sizes(pp, M, n, qp);
+        check_outputs({span("mean", mp, cells), span("m2", m2p, cells)},
+                      {span("packed", pp, M * nb), span("P", Pp, psize), span("D", dp, mw),
+                       span("sizefeat", fp, fsize), span("wt", wp, n + 1), span("hE", ep, p * mw),
+                       span("hW", hwp, hwp ? hsize : 0), span("U", up, usize), span("Tb", tp, cells),
+                       span("X2", xp, xsize), span("q", qp, n + 1)});
+        py::gil_scoped_release nogil;
+        cpu::regression_finish(pp, M, W, n, F, k, mw, PB, Pp, dp, fp, wp, ep, hwp, up, tp, L, xp, qp,
+                               mp, m2p);
+      },
+      "The regression estimate from the right sides on, where the folds' factors U are known "
+      "(ops_cpu.h): the right sides of pairs W..M-1 added to hW [F, p, mw] (or None), the folds' "
+      "solves with hE [p, mw], then regression_tail_cpu into mean, m2 [n, mw].",
+      py::arg("packed"), py::arg("M"), py::arg("W"), py::arg("n"), py::arg("F"), py::arg("k"),
+      py::arg("mw"), py::arg("PB"), py::arg("P"), py::arg("D"), py::arg("sizefeat"), py::arg("wt"),
+      py::arg("hE"), py::arg("hW"), py::arg("U"), py::arg("Tb"), py::arg("L"), py::arg("X2"),
+      py::arg("q"), py::arg("mean"), py::arg("m2"));
+
+  m.def(
       "regression_cholesky_cpu",
       [](py::array A, int64_t F, int64_t p, double ridge, py::array U, py::array ok) {
         require(F >= 0 && p >= 0, "regression_cholesky: need F >= 0 and p >= 0");

@@ -681,6 +681,49 @@ def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engin
     return mean, m2
 
 
+def _pair_dt(packed, Y, n, D):
+    """[B, mw]: the pairs' target differences t(S) - t(N minus S) = (v(S) - v(N minus S)) - (2
+    z_last - 1) D (D = v(N) - v(0)) from their sets packed [B, ceil(n / 8)] and values Y [2B, mw]
+    (the native estimate_finish makes the same ones)."""
+    last = ((packed[:, (n - 1) >> 3] >> (7 - ((n - 1) & 7))) & 1).astype(np.float64)[:, None]
+    return (Y[0::2] - Y[1::2]) - (2.0 * last - 1.0) * D[None, :]
+
+
+def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, fac, Tb, L, X2,
+                    qpos, engine=None):
+    """(mean, m2) [n, mw] of the regression estimate from the folds' factors fac (_factor_psd) on:
+    the right sides h [F, p, mw] of pairs W..M-1 (pair_gram; fold b % F counted from W, W a
+    multiple of PB) added to hW (the whole blocks' own, or None), each fold's right side hs_f = hE
+    + (sum of h over the folds in order - h_f) (fold f's fit leaves fold f out), the folds'
+    solutions, then estimate_tail. Where every fold factored, one native op does it all (a run at
+    n = 30, K = 16 is mostly this op's fixed costs, ~20 us as five NumPy and native calls); the
+    NumPy twin composes the same steps, so it gives the same bits."""
+    mw = P_vals.shape[1]
+    bad = fac[1] if len(fac) == 3 else None
+    mod = _native_for(engine)
+    if mod is not None and bad is None:
+        mean, m2 = np.empty((n, mw)), np.empty((n, mw))
+        mod.regression_finish_cpu(np.ascontiguousarray(packed[:M]), M, W, n, F, k, mw, PB,
+                                  np.ascontiguousarray(P_vals[:2 * M], dtype=np.float64),
+                                  np.ascontiguousarray(D, dtype=np.float64),
+                                  np.ascontiguousarray(sizefeat), np.ascontiguousarray(wt),
+                                  np.ascontiguousarray(hE),
+                                  None if hW is None else np.ascontiguousarray(hW),
+                                  np.ascontiguousarray(fac[0]), np.ascontiguousarray(Tb), int(L),
+                                  np.ascontiguousarray(X2, dtype=np.float64),
+                                  np.ascontiguousarray(qpos, dtype=np.float64), mean, m2)
+        return mean, m2
+    p = n - 1 + k
+    h = np.zeros((F, p, mw))
+    part = packed[W:M]
+    pair_gram(part, n, F, sizefeat, wt, _pair_dt(part, P_vals[2 * W:2 * M], n, D), None, h, engine)
+    if hW is not None:
+        h = hW + h
+    hs = hE[None] + (np.cumsum(h, axis=0)[-1][None] - h)
+    sol = solve_factored(fac, hs, engine)
+    return estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engine)
+
+
 def pair_gram(packed, n, F, sizefeat, wt, dt, G, h, engine=None):
     """Add one block of pairs to the folds' Gram sums in place: row b of the block (fold b % F)
     has features a = (z_0 - z_last, ..., z_{n-2} - z_last, sizefeat[s]) and weight wt[s]; G [F, p,
@@ -872,21 +915,21 @@ class Fit:
                     "h": h}
         return {"G": np.zeros((F, p, p)), "h": h}
 
-    def _add_pairs(self, stats, j0, j1, P_vals, counts=True):
+    def _add_pairs(self, stats, j0, j1, P_vals, counts=True, h=True):
         """Add pairs j0..j1-1 (j0 a multiple of FOLDS) to the folds' statistics: fold f is the
         block's rows f, f + F, ... A pair's two rows have features A and -A and equal weights:
         together they add 2 w A A^T to the Gram matrix and w A (t(S) - t(N minus S)) to h.
-        counts=False: h alone (the counts are known already, from design_cache)."""
+        counts=False: h alone (the counts are known already, from design_cache); h=False: the
+        counts alone (estimate_finish makes h)."""
         n = self.n
         if counts and "N" in stats and not stats["N"].flags.writeable:  # shared with design_cache
             for key in _COUNTS:
                 stats[key] = stats[key].copy()
         packed = self.pair_packed(j0, j1)
-        last = ((packed[:, (n - 1) >> 3] >> (7 - ((n - 1) & 7))) & 1).astype(np.float64)[:, None]
-        Y = P_vals[2 * j0:2 * j1]
-        dt = (Y[0::2] - Y[1::2]) - (2.0 * last - 1.0) * (self.vN - self.v0)[None, :]
-        pair_gram(packed, n, FOLDS, _size_table(n), self.plan.pair_weights,
-                  dt, stats.get("G"), stats["h"], self.engine)
+        if h:
+            pair_gram(packed, n, FOLDS, _size_table(n), self.plan.pair_weights,
+                      _pair_dt(packed, P_vals[2 * j0:2 * j1], n, self.vN - self.v0),
+                      stats.get("G"), stats["h"], self.engine)
         if counts and "N" in stats:
             pair_counts(packed, n, FOLDS, stats, self.engine)
 
@@ -963,29 +1006,37 @@ class Fit:
         factored = n <= COUNTS_MAX_PLAYERS
         fkey = ("factor",) + key[1:] + (M,)
         fac = design_cache.get(fkey) if cached else None
-        if M > W:
-            Gq = None if fac is not None else design_cache.get(key + (W, M)) if cached else None
-            need = fac is None and Gq is None
-            part = self._new_stats(mw, counts=need)
-            self._add_pairs(part, W, M, P_vals, counts=need)
-            if need:
-                Gq = self._fold_gram(part)[0]
-                if cached:
-                    self._share(key + (W, M), Gq)
-            if Gq is not None:
-                Gf = Gq if Gf is None else Gf + Gq
-            hf = part["h"] if hf is None else hf + part["h"]
-        # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
-        # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.
-        hs = hE[None] + self._pairs_gram(None, hf)[1]
         if factored:
+            # the partial block's counts where neither its Gram matrix nor the factor is known;
+            # its right sides, the solves and the tail are estimate_finish's
+            if M > W and fac is None:
+                Gq = design_cache.get(key + (W, M)) if cached else None
+                if Gq is None:
+                    part = self._new_stats(mw)
+                    self._add_pairs(part, W, M, P_vals, h=False)
+                    Gq = self._fold_gram(part)[0]
+                    if cached:
+                        self._share(key + (W, M), Gq)
+                Gf = Gq if Gf is None else Gf + Gq
             if fac is None:
                 fac = _factor_psd(GE[None] + self._pairs_gram(Gf, None)[0], self.engine)
                 if cached:  # (U,) when every fold factored, else (U, bad, G_bad)
                     self._share(fkey, fac if fac[1] is not None else fac[:1])
-            sol = solve_factored(fac, hs, self.engine)
-        else:
-            sol = _solve_psd(GE[None] + self._pairs_gram(Gf, None)[0], hs)
+            mean, m2 = estimate_finish(self.pair_packed(0, M), P_vals, M, W, n, F, self.k, PB,
+                                       self.vN - self.v0, _size_table(n), plan.pair_weights, hE,
+                                       hf, fac, Tb, len(plan.mid), _size_table(n, 2.0), qpos,
+                                       self.engine)
+            return mean, (mean, m2, M)
+        if M > W:
+            part = self._new_stats(mw)
+            self._add_pairs(part, W, M, P_vals)
+            Gq = self._fold_gram(part)[0]
+            Gf = Gq if Gf is None else Gf + Gq
+            hf = part["h"] if hf is None else hf + part["h"]
+        # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
+        # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.
+        hs = hE[None] + self._pairs_gram(None, hf)[1]
+        sol = _solve_psd(GE[None] + self._pairs_gram(Gf, None)[0], hs)
         # the folds' surrogates (beta [F, n, mw], the last by sum(beta) = v(N) - v(0); c [F, k, mw])
         # and pair j's estimate psi_j = base_f + w(S_j) d_j / 2, with d_j = (r(S_j) - r(N minus
         # S_j)) / q(s_j) the residual's difference (w(N minus S) = -w(S)): the blocks' mean and M2

@@ -213,9 +213,28 @@ def test_regression_bindings_refuse_bad_input():
         expect(ValueError, _C.regression_tail_cpu, *targs[:-1], np.zeros(n + 1), mean, m2)            # q(s) = 0
         expect((ValueError, OverflowError, MemoryError), _C.regression_tail_cpu, pk, 2**62, n, F, 0, mw, 8,
                *targs[7:], mean, m2)
+        # the fused op (pk, M, W, n, F, k, mw, PB, P, D, sizefeat, wt, hE, hW, U, Tb, L, X2, q)
+        Uf = np.tile(np.eye(n - 1), (F, 1, 1))
+        fargs = [pk, 3, 0, n, F, 0, mw, 8, np.zeros((6, mw)), np.zeros(mw), np.zeros((n + 1, 0)),
+                 np.ones(n + 1), np.zeros((n - 1, mw)), None, Uf, np.zeros((n, mw)), 4,
+                 np.zeros((n + 1, 0)), qq]
+        def fa(**kw):
+            a = list(fargs)
+            for i, v in kw.items():
+                a[int(i[1:])] = v
+            return a
+        _C.regression_finish_cpu(*fargs, mean, m2)
+        _C.regression_finish_cpu(*fa(a13=np.zeros((F, n - 1, mw))), mean, m2)
+        expect(ValueError, _C.regression_finish_cpu, *fa(a2=4), mean, m2)                        # W > M
+        expect(ValueError, _C.regression_finish_cpu, *fa(a13=np.zeros((F, n, mw))), mean, m2)   # hW size
+        expect(ValueError, _C.regression_finish_cpu, *fa(a14=Uf[:, :, ::2]), mean, m2)           # strided U
+        expect(ValueError, _C.regression_finish_cpu, *fa(a12=mean[:n - 1]), mean, m2)            # mean is hE
+        expect(ValueError, _C.regression_finish_cpu, *fa(a18=np.zeros(n + 1)), mean, m2)        # q(s) = 0
+        expect(ValueError, _C.regression_finish_cpu, *fa(a11=np.ones(n + 1, np.float32)), mean, m2)
+        expect((ValueError, OverflowError, MemoryError), _C.regression_finish_cpu, *fa(a1=2**62), mean, m2)
     """)
-    assert out.count("NO ERROR") == 0 and out.count("OK ") == 32, out
-    assert out.count("overlaps") == 7, out  # the aliased calls fail on aliasing, not earlier
+    assert out.count("NO ERROR") == 0 and out.count("OK ") == 39, out
+    assert out.count("overlaps") == 8, out  # the aliased calls fail on aliasing, not earlier
 
 
 @pytest.mark.parametrize("engine", ["reference"] + (["native"] if _engine.native() else []))

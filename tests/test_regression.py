@@ -189,6 +189,53 @@ def test_estimate_tail_matches_its_numpy_twin(n):
         np.testing.assert_allclose(a[1], ((psi - psi.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [2, 5, 12, 30])
+def test_estimate_finish_matches_its_numpy_twin_and_its_steps(n):
+    """The fused op regression_finish_cpu (the partial block's right sides, the folds' solves,
+    the tail) gives the bits of its NumPy twin, with and without the whole blocks' right sides
+    (hW) and for one and several outputs; and the twin is the steps it stands for: pair_gram,
+    leave-one-fold-out sums, the solves, estimate_tail. A fold whose factor failed is solved by
+    least squares in both engines (the native op is then not used)."""
+    if _engine.native() is None:
+        pytest.skip("no native engine")
+    rng = np.random.default_rng(100 + n)
+    plan = rg.make_plan(n, None) if n > 2 else rg.Plan(2, (), (1,))
+    F, k = rg.FOLDS, rg.size_terms(n)
+    p = n - 1 + k
+    sf, X2, wt = rg._size_table(n), rg._size_table(n, 2.0), plan.pair_weights
+    X = rng.normal(size=(F, 2 * p + 3, p))
+    fac = rg._factor_psd(np.einsum("fki,fkj->fij", X, X), "native")
+    assert fac[1] is None
+    for M, W, mw, PB, whole in ((37, 0, 1, 16, False), (41, 32, 3, 16, True), (300, 208, 2, 104, True),
+                                (3, 0, 1, 8, False), (16, 16, 2, 8, True)):
+        pk = rg.pair_packed(5, 0, M, plan, "native")
+        P = rng.normal(size=(2 * M, mw))
+        D, Tb, hE = rng.normal(size=mw), rng.normal(size=(n, mw)), rng.normal(size=(p, mw))
+        hW = rng.normal(size=(F, p, mw)) if whole else None
+        args = (pk, P, M, W, n, F, k, PB, D, sf, wt, hE, hW, fac, Tb, len(plan.mid), X2, plan.qpos)
+        a = rg.estimate_finish(*args, engine="native")
+        b = rg.estimate_finish(*args, engine="reference")
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        h = np.zeros((F, p, mw))
+        rg.pair_gram(pk[W:M], n, F, sf, wt, rg._pair_dt(pk[W:M], P[2 * W:2 * M], n, D), None, h, "native")
+        if whole:
+            h = h + hW
+        hs = hE[None] + h.sum(0)[None] - h
+        c = rg.estimate_tail(pk, P, M, n, F, k, PB, rg.solve_factored(fac, hs, "native"), D, Tb,
+                             len(plan.mid), X2, plan.qpos, "native")
+        for x, y in zip(a, c):
+            np.testing.assert_allclose(x, y, rtol=1e-11, atol=1e-12)
+    U = fac[0].copy()
+    U[2] = np.eye(p)  # unspecified where a factor failed: lstsq on Gb replaces its solution
+    Gb = np.eye(p)[None] * 2.0
+    bad = (U, np.array([2]), Gb)
+    args = (pk, P, M, W, n, F, k, PB, D, sf, wt, hE, hW, bad, Tb, len(plan.mid), X2, plan.qpos)
+    for x, y in zip(rg.estimate_finish(*args, engine="native"), rg.estimate_finish(*args, engine="reference")):
+        np.testing.assert_array_equal(x, y)
+        assert np.isfinite(x).all()
+
+
 @pytest.mark.parametrize("p", [1, 2, 7, 33, 67])
 def test_cholesky_ops_match_their_numpy_twins_and_solve(p):
     """The fit's factor and solve (csrc/cpu/regression_cpu.cpp) give the bits of their NumPy

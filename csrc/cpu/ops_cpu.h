@@ -106,6 +106,18 @@ void regression_cholesky(const double* A, int64_t F, int64_t p, double ridge, do
 void regression_cholsolve(const double* U, int64_t F, int64_t p, int64_t mw, const double* h,
                           double* x);
 
+// The regression estimate from its right sides on (shapcam/regression.py, Fit.estimate, where the
+// folds' factors are known): the right sides h [F, p, mw] of pairs W..M-1 (regression_gram on
+// dt_b = (P[2b] - P[2b + 1]) - (2 z_last - 1) D, fold b % F counted from W), added to hW [F, p, mw]
+// (the whole blocks' own, or nullptr); hs_f = hE [p, mw] + (sum of h over the folds in order - h_f);
+// sol = regression_cholsolve(U, hs); then regression_tail into mean, m2 [n, mw]. The NumPy twin
+// composes the same steps, so it gives the same bits.
+void regression_finish(const uint8_t* packed, int64_t M, int64_t W, int64_t n, int64_t F, int64_t k,
+                       int64_t mw, int64_t PB, const double* P, const double* D,
+                       const double* sizefeat, const double* wt, const double* hE,
+                       const double* hW, const double* U, const double* Tb, int64_t L,
+                       const double* X2, const double* q, double* mean, double* m2);
+
 // Threads the CPU ops use (OpenMP's default: the cores available).
 int num_threads();
 

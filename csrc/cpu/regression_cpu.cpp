@@ -556,5 +556,43 @@ void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int
   }
 }
 
+void regression_finish(const uint8_t* packed, int64_t M, int64_t W, int64_t n, int64_t F, int64_t k,
+                       int64_t mw, int64_t PB, const double* P, const double* D,
+                       const double* sizefeat, const double* wt, const double* hE,
+                       const double* hW, const double* U, const double* Tb, int64_t L,
+                       const double* X2, const double* q, double* mean, double* m2) {
+  const int64_t nb = (n + 7) / 8;
+  const int64_t p = n - 1 + k;
+  const int64_t B = M - W;
+  const int64_t hsize = F * p * mw;
+  const auto dt = scratch<double>(static_cast<size_t>(B * mw));
+  const auto h = scratch<double>(static_cast<size_t>(hsize));
+  const auto hs = scratch<double>(static_cast<size_t>(hsize));
+  const auto sum = scratch<double>(static_cast<size_t>(p * mw));
+  // the partial block's right sides: dt_b = (v(S) - v(N minus S)) - (2 z_last - 1) D
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t j = W + b;
+    const uint8_t* row = packed + j * nb;
+    const double last = static_cast<double>((row[(n - 1) >> 3] >> (7 - ((n - 1) & 7))) & 1);
+    for (int64_t o = 0; o < mw; ++o)
+      dt[b * mw + o] = (P[2 * j * mw + o] - P[(2 * j + 1) * mw + o]) - (2.0 * last - 1.0) * D[o];
+  }
+  regression_gram(packed + W * nb, B, n, F, k, mw, sizefeat, wt, dt.get(), nullptr, h.get());
+  if (hW)
+    for (int64_t c = 0; c < hsize; ++c) h[c] = hW[c] + h[c];
+  // fold f's fit takes the other folds' pairs: hs_f = hE + (sum over the folds in order - h_f)
+  const int64_t cells = p * mw;
+  for (int64_t c = 0; c < cells; ++c) {
+    double s = h[c];
+    for (int64_t f = 1; f < F; ++f) s = s + h[f * cells + c];
+    sum[c] = s;
+  }
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t c = 0; c < cells; ++c) hs[f * cells + c] = hE[c] + (sum[c] - h[f * cells + c]);
+  double* sol = h.get();  // h is not needed any more
+  regression_cholsolve(U, F, p, mw, hs.get(), sol);
+  regression_tail(packed, M, n, F, k, mw, PB, P, sol, D, Tb, L, X2, q, mean, m2);
+}
+
 }  // namespace cpu
 }  // namespace shapcam
