@@ -18,7 +18,6 @@
 #include "cpu/packed.h"
 #include "shapcam/index.h"
 #include "shapcam/permutation.h"
-#include "shapcam/permutation.h"
 #include "shapcam/walk.h"
 #ifdef SHAPCAM_WITH_CUDA
 #include "cuda/ops_cuda.h"
@@ -32,23 +31,27 @@ namespace {
 template <typename T>
 using carray = py::array_t<T, py::array::c_style>;
 
-void require(bool ok, const std::string& msg) {
-  if (!ok) throw std::invalid_argument(msg);
-}
+// A failed check is a ValueError. A macro so that the message is built only on failure: these
+// checks run on every call, and ~1 us of a small op's call went to strings never shown.
+#define SHAPCAM_REQUIRE(ok, msg)                                      \
+  do {                                                                \
+    if (!(ok)) throw std::invalid_argument(msg);                      \
+  } while (0)
 
 // a * b for sizes (both >= 0), refusing what does not fit in int64: no size product may wrap.
 int64_t mul(int64_t a, int64_t b, const char* what) {
-  require(a >= 0 && b >= 0, std::string(what) + ": negative size");
+  if (a < 0 || b < 0) throw std::invalid_argument(std::string(what) + ": negative size");
   int64_t r = 0;
-  require(!__builtin_mul_overflow(a, b, &r), std::string(what) + ": size overflows 64 bits");
+  if (__builtin_mul_overflow(a, b, &r))
+    throw std::invalid_argument(std::string(what) + ": size overflows 64 bits");
   return r;
 }
 
 // Player ids and ranks are int32: n must fit, and the sampled ops need two players or more.
 void check_n(int64_t n, int64_t lowest = 2) {
-  require(n >= lowest, "n: need at least " + std::to_string(lowest) + " players, got " +
+  SHAPCAM_REQUIRE(n >= lowest, "n: need at least " + std::to_string(lowest) + " players, got " +
                            std::to_string(n));
-  require(n <= std::numeric_limits<int32_t>::max(),
+  SHAPCAM_REQUIRE(n <= std::numeric_limits<int32_t>::max(),
           "n: at most 2^31 - 1 players (ids are int32), got " + std::to_string(n));
 }
 
@@ -56,19 +59,19 @@ void check_n(int64_t n, int64_t lowest = 2) {
 // 4 stratified; a Python bool keeps its old meaning (True: antithetic pairs, False: plain).
 int group_arg(const py::handle& h) {
   if (PyBool_Check(h.ptr())) return h.ptr() == Py_True ? shapcam::kAntithetic : shapcam::kPlain;
-  require(PyLong_Check(h.ptr()), "group: expected a bool or an int (1, 2 or 4)");
+  SHAPCAM_REQUIRE(PyLong_Check(h.ptr()), "group: expected a bool or an int (1, 2 or 4)");
   const long long g = PyLong_AsLongLong(h.ptr());
   if (g == -1 && PyErr_Occurred()) {
     PyErr_Clear();
     throw std::invalid_argument("group: out of range");
   }
-  require(shapcam::valid_group(g), "group: permutations per sample must be 1 (plain), 2 "
+  SHAPCAM_REQUIRE(shapcam::valid_group(g), "group: permutations per sample must be 1 (plain), 2 "
                                    "(antithetic) or 4 (stratified), got " + std::to_string(g));
   return static_cast<int>(g);
 }
 
 void check_range(int64_t lo, int64_t hi, const char* what) {
-  require(lo >= 0 && hi >= lo, std::string(what) + ": need 0 <= start <= stop, got [" +
+  SHAPCAM_REQUIRE(lo >= 0 && hi >= lo, std::string(what) + ": need 0 <= start <= stop, got [" +
                                    std::to_string(lo) + ", " + std::to_string(hi) + ")");
 }
 
@@ -93,8 +96,9 @@ Span span_bytes(const char* name, uintptr_t p, int64_t bytes) {
 void check_disjoint(const Span& out, std::initializer_list<Span> others) {
   for (const Span& o : others) {
     if (out.lo == out.hi || o.lo == o.hi || o.lo == 0) continue;
-    require(out.hi <= o.lo || o.hi <= out.lo,
-            std::string(out.name) + " overlaps " + o.name + " in memory; pass separate buffers");
+    if (!(out.hi <= o.lo || o.hi <= out.lo))
+      throw std::invalid_argument(std::string(out.name) + " overlaps " + o.name +
+                                  " in memory; pass separate buffers");
   }
 }
 
@@ -120,23 +124,24 @@ void check_sampled_sizes(const uint8_t* packed, int64_t B, int64_t n, const doub
 }
 
 template <typename T>
+void check_array(const py::array& a, const char* name, int64_t expected_size) {
+  if (!py::isinstance<carray<T>>(a) || !(a.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array of the right dtype");
+  if (a.size() != expected_size)
+    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(expected_size) +
+                                " elements, got " + std::to_string(a.size()));
+}
+
+template <typename T>
 T* writable(py::array& a, const char* name, int64_t expected_size) {
-  require(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
-          std::string(name) + ": expected a C-contiguous array of the right dtype");
-  require(a.writeable(), std::string(name) + ": array is read-only");
-  require(a.size() == expected_size, std::string(name) + ": expected " +
-                                         std::to_string(expected_size) + " elements, got " +
-                                         std::to_string(a.size()));
+  check_array<T>(a, name, expected_size);
+  if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": array is read-only");
   return static_cast<T*>(a.mutable_data());
 }
 
 template <typename T>
 const T* readable(const py::array& a, const char* name, int64_t expected_size) {
-  require(py::isinstance<carray<T>>(a) && (a.flags() & py::array::c_style),
-          std::string(name) + ": expected a C-contiguous array of the right dtype");
-  require(a.size() == expected_size, std::string(name) + ": expected " +
-                                         std::to_string(expected_size) + " elements, got " +
-                                         std::to_string(a.size()));
+  check_array<T>(a, name, expected_size);
   return static_cast<const T*>(a.data());
 }
 
@@ -152,7 +157,7 @@ void check_player_ids(const int32_t* players, int64_t inner, int64_t n) {
 
 // Shapes of the fused op: x [outer, inner] with both >= 1; returns numel.
 int64_t check_apply_shape(int64_t outer, int64_t inner) {
-  require(outer >= 1 && inner >= 1, "x: outer and inner must be >= 1 (an input with no elements "
+  SHAPCAM_REQUIRE(outer >= 1 && inner >= 1, "x: outer and inner must be >= 1 (an input with no elements "
                                     "has nothing to mask), got outer=" + std::to_string(outer) +
                                     " inner=" + std::to_string(inner));
   return mul(outer, inner, "x");
@@ -167,12 +172,12 @@ struct AccumulateSizes {
 AccumulateSizes check_accumulate(int64_t n, int64_t n_samples, int64_t k0, int64_t count0,
                                  int64_t m_out, int group, int64_t block) {
   check_n(n);
-  require(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
-  require(block >= 0, "block: samples per block must be >= 0 (0: no blocks)");
-  require(n_samples <= INT64_MAX - count0, "count0 + n_samples overflows int64");
-  require(m_out >= 1, "m: need at least 1 output");
+  SHAPCAM_REQUIRE(n_samples >= 0 && k0 >= 0 && count0 >= 0, "accumulate: negative index");
+  SHAPCAM_REQUIRE(block >= 0, "block: samples per block must be >= 0 (0: no blocks)");
+  SHAPCAM_REQUIRE(n_samples <= INT64_MAX - count0, "count0 + n_samples overflows int64");
+  SHAPCAM_REQUIRE(m_out >= 1, "m: need at least 1 output");
   const int64_t pps = group;
-  require(k0 % pps == 0, "k0: must start a sample (a multiple of the group size)");
+  SHAPCAM_REQUIRE(k0 % pps == 0, "k0: must start a sample (a multiple of the group size)");
   const int64_t P = mul(n_samples, pps, "samples");
   const int64_t rows = mul(P, n - 1, "values");
   return AccumulateSizes{rows, mul(rows, m_out, "values"), mul(P, n, "ranks"),
@@ -195,22 +200,22 @@ int64_t chunk_perms(int64_t e0, int64_t e1, int64_t n) {
 // describe one partition of the n players: every player in exactly one cell, cell_of agreeing.
 void check_cells(const int32_t* members, int64_t cells, int64_t size, const int32_t* cell_of,
                  int64_t n) {
-  require(cells >= 1, "cells: need at least one cell");
-  require(size >= 1 && size <= kMaxCellSize,
+  SHAPCAM_REQUIRE(cells >= 1, "cells: need at least one cell");
+  SHAPCAM_REQUIRE(size >= 1 && size <= kMaxCellSize,
           "cells: at most " + std::to_string(kMaxCellSize) + " players per cell, got " + std::to_string(size));
   std::vector<int32_t> seen(n, 0);
   for (int64_t c = 0; c < cells; ++c) {
     for (int64_t b = 0; b < size; ++b) {
       const int32_t m = members[c * size + b];
       if (m == -1) continue;
-      require(m >= 0 && m < n, "members: id " + std::to_string(m) + " outside [0, " + std::to_string(n) + ")");
-      require(cell_of[m] == c, "cell_of: player " + std::to_string(m) + " is a member of cell " +
+      SHAPCAM_REQUIRE(m >= 0 && m < n, "members: id " + std::to_string(m) + " outside [0, " + std::to_string(n) + ")");
+      SHAPCAM_REQUIRE(cell_of[m] == c, "cell_of: player " + std::to_string(m) + " is a member of cell " +
                                    std::to_string(c) + " but cell_of says " + std::to_string(cell_of[m]));
-      require(++seen[m] == 1, "members: player " + std::to_string(m) + " is in more than one place");
+      SHAPCAM_REQUIRE(++seen[m] == 1, "members: player " + std::to_string(m) + " is in more than one place");
     }
   }
   for (int64_t p = 0; p < n; ++p) {
-    require(seen[p] == 1, "members: player " + std::to_string(p) + " is in no cell");
+    SHAPCAM_REQUIRE(seen[p] == 1, "members: player " + std::to_string(p) + " is in no cell");
   }
 }
 
@@ -219,8 +224,8 @@ void prefix_walk_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, int
                            const py::array& tables, int64_t cells, int64_t size, int64_t d,
                            const py::array& members, const py::array& cell_of,
                            const py::array& z_empty, py::array& out) {
-  require(d >= 1, "d: need at least one dimension");
-  require(size >= 1 && size <= kMaxCellSize, "size: between 1 and " + std::to_string(kMaxCellSize));
+  SHAPCAM_REQUIRE(d >= 1, "d: need at least one dimension");
+  SHAPCAM_REQUIRE(size >= 1 && size <= kMaxCellSize, "size: between 1 and " + std::to_string(kMaxCellSize));
   const int64_t tsize = mul(mul(cells, int64_t(1) << size, "tables"), d, "tables");
   const T* tp = readable<T>(tables, "tables", tsize);
   const int32_t* mp = readable<int32_t>(members, "members", mul(cells, size, "members"));
@@ -250,7 +255,7 @@ void masked_apply_cpu_typed(uint64_t seed, int64_t e0, int64_t e1, int64_t n, in
     barr = baseline.cast<py::array>();
     bp = readable<T>(barr, "baseline", numel);
   } else {
-    require(!baseline.is_none(), "baseline: expected a number or an array, got None");
+    SHAPCAM_REQUIRE(!baseline.is_none(), "baseline: expected a number or an array, got None");
     bscalar = baseline.cast<T>();
   }
   check_player_ids(pp, inner, n);
@@ -387,7 +392,7 @@ PYBIND11_MODULE(_C, m) {
         double* bmp = nullptr;
         double* bsp = nullptr;
         if (block > 0) {
-          require(!base_mean.is_none() && !base_m2.is_none(), "block > 0 needs base_mean and base_m2");
+          SHAPCAM_REQUIRE(!base_mean.is_none() && !base_m2.is_none(), "block > 0 needs base_mean and base_m2");
           py::array bm = base_mean.cast<py::array>(), bs = base_m2.cast<py::array>();
           bmp = writable<double>(bm, "base_mean", cells);
           bsp = writable<double>(bs, "base_m2", cells);
@@ -414,7 +419,7 @@ PYBIND11_MODULE(_C, m) {
          py::object masks, py::object packed, py::object sizes) {
         check_range(j0, j1, "pairs [j0, j1)");
         check_n(n);
-        require(mid.size() >= 1 && mid.size() == thresholds.size() + 1,
+        SHAPCAM_REQUIRE(mid.size() >= 1 && mid.size() == thresholds.size() + 1,
                 "mid: need one more size than thresholds");
         const int64_t n_thr = thresholds.size();
         const uint64_t* tp = readable<uint64_t>(thresholds, "thresholds", n_thr);
@@ -422,8 +427,8 @@ PYBIND11_MODULE(_C, m) {
         bool sizes_ok = true, ascending = true;
         for (int64_t i = 0; i <= n_thr; ++i) sizes_ok = sizes_ok && mp[i] >= 1 && mp[i] <= n - 1;
         for (int64_t i = 1; i < n_thr; ++i) ascending = ascending && tp[i - 1] <= tp[i];
-        require(sizes_ok, "mid: sizes must lie in [1, n - 1]");
-        require(ascending, "thresholds: must ascend");
+        SHAPCAM_REQUIRE(sizes_ok, "mid: sizes must lie in [1, n - 1]");
+        SHAPCAM_REQUIRE(ascending, "thresholds: must ascend");
         const int64_t B = j1 - j0;
         bool* op = nullptr;
         uint8_t* pp = nullptr;
@@ -449,7 +454,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::array packed, int64_t B, int64_t n, int64_t F, int64_t mw, py::array dY, py::array beta,
          py::array sterm, py::array q, py::array U, py::array V) {
         check_n(n);
-        require(B >= 0 && F >= 1 && mw >= 1, "regression_moments: need B >= 0, F >= 1, mw >= 1");
+        SHAPCAM_REQUIRE(B >= 0 && F >= 1 && mw >= 1, "regression_moments: need B >= 0, F >= 1, mw >= 1");
         const int64_t cells = mul(n, mw, "cells");
         const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(B, (n + 7) / 8, "packed"));
         const double* yp = readable<double>(dY, "dY", mul(B, mw, "dY"));
@@ -478,7 +483,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::array packed, int64_t B, int64_t n, int64_t F, int64_t k, int64_t mw, py::array sizefeat,
          py::array wt, py::array dt, py::object G, py::array h) {
         check_n(n);
-        require(B >= 0 && F >= 1 && k >= 0 && mw >= 1, "regression_gram: need B >= 0, F >= 1, k >= 0, mw >= 1");
+        SHAPCAM_REQUIRE(B >= 0 && F >= 1 && k >= 0 && mw >= 1, "regression_gram: need B >= 0, F >= 1, k >= 0, mw >= 1");
         const int64_t p = n - 1 + k;
         const int64_t nb = (n + 7) / 8;
         const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(B, nb, "packed"));
@@ -508,8 +513,8 @@ PYBIND11_MODULE(_C, m) {
       [](py::array packed, int64_t B, int64_t n, int64_t F, py::array N, py::array S1, py::array SL,
          py::array C, py::array CL) {
         check_n(n);
-        require(B >= 0 && F >= 1, "regression_counts: need B >= 0 and F >= 1");
-        require(n <= 64, "regression_counts: n must be at most 64 (a pair's players are one 64-bit "
+        SHAPCAM_REQUIRE(B >= 0 && F >= 1, "regression_counts: need B >= 0 and F >= 1");
+        SHAPCAM_REQUIRE(n <= 64, "regression_counts: n must be at most 64 (a pair's players are one 64-bit "
                          "word; regression.COUNTS_MAX_PLAYERS)");
         const int64_t nb = (n + 7) / 8;
         const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(B, nb, "packed"));
@@ -539,7 +544,7 @@ PYBIND11_MODULE(_C, m) {
          py::array P, py::array sol, py::array D, py::array Tb, int64_t L, py::array X2, py::array q,
          py::array mean, py::array m2) {
         check_n(n);
-        require(n >= 2 && M >= 0 && F >= 1 && k >= 0 && mw >= 1 && PB >= 1 && L >= 0,
+        SHAPCAM_REQUIRE(n >= 2 && M >= 0 && F >= 1 && k >= 0 && mw >= 1 && PB >= 1 && L >= 0,
                 "regression_tail: need n >= 2, M >= 0, F >= 1, k >= 0, mw >= 1, PB >= 1, L >= 0");
         const int64_t nb = (n + 7) / 8;
         const int64_t p = n - 1 + k;
@@ -579,7 +584,7 @@ PYBIND11_MODULE(_C, m) {
          py::object hW, py::array U, py::array Tb, int64_t L, py::array X2, py::array q,
          py::array mean, py::array m2) {
         check_n(n);
-        require(M >= W && W >= 0 && F >= 1 && k >= 0 && mw >= 1 && PB >= 1 && L >= 0,
+        SHAPCAM_REQUIRE(M >= W && W >= 0 && F >= 1 && k >= 0 && mw >= 1 && PB >= 1 && L >= 0,
                 "regression_finish: need 0 <= W <= M, F >= 1, k >= 0, mw >= 1, PB >= 1, L >= 0");
         const int64_t nb = (n + 7) / 8;
         const int64_t p = n - 1 + k;
@@ -626,8 +631,8 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "regression_cholesky_cpu",
       [](py::array A, int64_t F, int64_t p, double ridge, py::array U, py::array ok) {
-        require(F >= 0 && p >= 0, "regression_cholesky: need F >= 0 and p >= 0");
-        require(std::isfinite(ridge) && ridge >= 0, "regression_cholesky: ridge must be finite and >= 0");
+        SHAPCAM_REQUIRE(F >= 0 && p >= 0, "regression_cholesky: need F >= 0 and p >= 0");
+        SHAPCAM_REQUIRE(std::isfinite(ridge) && ridge >= 0, "regression_cholesky: ridge must be finite and >= 0");
         const int64_t size = mul(F, mul(p, p, "A"), "A");
         const double* ap = readable<double>(A, "A", size);
         double* up = writable<double>(U, "U", size);
@@ -644,7 +649,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "regression_cholsolve_cpu",
       [](py::array U, int64_t F, int64_t p, int64_t mw, py::array h, py::array x) {
-        require(F >= 0 && p >= 0 && mw >= 1, "regression_cholsolve: need F >= 0, p >= 0, mw >= 1");
+        SHAPCAM_REQUIRE(F >= 0 && p >= 0 && mw >= 1, "regression_cholsolve: need F >= 0, p >= 0, mw >= 1");
         const int64_t usize = mul(F, mul(p, p, "U"), "U");
         const int64_t hsize = mul(F, mul(p, mw, "h"), "h");
         const double* up = readable<double>(U, "U", usize);
@@ -709,7 +714,7 @@ PYBIND11_MODULE(_C, m) {
         const int group = group_arg(group_arg_obj);
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
-        require(dtype_bytes == 4 || dtype_bytes == 8, "x: dtype must be float32 or float64");
+        SHAPCAM_REQUIRE(dtype_bytes == 4 || dtype_bytes == 8, "x: dtype must be float32 or float64");
         const int64_t numel = check_apply_shape(outer, inner);
         const int64_t out_bytes = mul(mul(e1 - e0, numel, "out"), dtype_bytes, "out");
         const Span ins[] = {span_bytes("x", x, numel * dtype_bytes), span_bytes("players", players, inner * 4),
@@ -737,9 +742,9 @@ PYBIND11_MODULE(_C, m) {
         const int group = group_arg(group_arg_obj);
         check_range(e0, e1, "chunk [e0, e1)");
         check_n(n);
-        require(dtype_bytes == 4 || dtype_bytes == 8, "tables: dtype must be float32 or float64");
-        require(cells >= 1 && d >= 1, "cells, d: need at least 1");
-        require(size >= 1 && size <= kMaxCellSize, "size: between 1 and " + std::to_string(kMaxCellSize));
+        SHAPCAM_REQUIRE(dtype_bytes == 4 || dtype_bytes == 8, "tables: dtype must be float32 or float64");
+        SHAPCAM_REQUIRE(cells >= 1 && d >= 1, "cells, d: need at least 1");
+        SHAPCAM_REQUIRE(size >= 1 && size <= kMaxCellSize, "size: between 1 and " + std::to_string(kMaxCellSize));
         const int64_t tbytes = mul(mul(mul(cells, int64_t(1) << size, "tables"), d, "tables"), dtype_bytes, "tables");
         const int64_t obytes = mul(mul(e1 - e0, d, "out"), dtype_bytes, "out");
         const Span ins[] = {span_bytes("tables", tables, tbytes), span_bytes("z_empty", z_empty, d * dtype_bytes),
@@ -778,7 +783,7 @@ PYBIND11_MODULE(_C, m) {
         check_disjoint(span_bytes("scratch", scratch, scratch_bytes),
                        {ins[0], ins[1], ins[2], span_bytes("mean", mean, cbytes), span_bytes("m2", m2, cbytes)});
         if (block > 0) {
-          require(base_mean != 0 && base_m2 != 0, "block > 0 needs base_mean and base_m2");
+          SHAPCAM_REQUIRE(base_mean != 0 && base_m2 != 0, "block > 0 needs base_mean and base_m2");
           const Span outs[] = {span_bytes("mean", mean, cbytes), span_bytes("m2", m2, cbytes),
                                span_bytes("scratch", scratch, scratch_bytes)};
           check_disjoint(span_bytes("base_mean", base_mean, cbytes),

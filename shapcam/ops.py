@@ -47,6 +47,9 @@ class Route:
     host_copy: bool = False
 
 
+_HOST_ROUTES = {e: Route(e) for e in ENGINES}
+
+
 def route(engine: str | None, on_device: bool = False) -> Route:
     """The one dispatcher: (engine asked for, whether the arrays live on a CUDA device) -> Route.
 
@@ -58,7 +61,7 @@ def route(engine: str | None, on_device: bool = False) -> Route:
     global _warned_host_copy
     eng = resolve_engine(engine)
     if not on_device:
-        return Route(eng)
+        return _HOST_ROUTES[eng]  # immutable: one per engine (a run asks ~10 times)
     if eng == "native" and _engine.cuda_built():
         return Route(eng, cuda=True)
     if engine is None:

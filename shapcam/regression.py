@@ -423,8 +423,8 @@ def enumerated_masks(plan: Plan, r0: int, r1: int) -> np.ndarray:
 
 def _enumerated_chunk(plan: Plan, r0: int, r1: int, nE: int):
     """What enumerated rows r0..r1-1 (of nE) give the estimate before their values are known:
-    (Wt [n, rows] = (w_i(S) / C(n, |S|))^T, the features A [rows, p] and z_last [rows, 1] of the
-    surrogate's design, the rows' kernel weights wt [rows] (a mean of 1 per row), and A^T (A wt)).
+    (Wt [n, rows] = (w_i(S) / C(n, |S|))^T, AWt [p, rows] = (the surrogate's features A [rows, p]
+    times the rows' kernel weights wt, a mean of 1 per row)^T, z_last [rows, 1], and A^T (A wt)).
     Small plans keep theirs (a run's fit asks once per check)."""
     if (r1 - r0) * plan.n <= 1 << 16:
         return _enumerated_chunk_cached(plan, r0, r1, nE)
@@ -437,12 +437,13 @@ def _enumerated_chunk_of(plan, r0, r1, nE):
     Z = enumerated_masks(plan, r0, r1)
     s = Z.sum(1)
     comb = combs[s]
-    Wt = (_weights_w(Z, s, n) / comb[:, None]).T
+    Wt = np.ascontiguousarray((_weights_w(Z, s, n) / comb[:, None]).T)
     last = Z[:, -1:].astype(np.float64)
     A = np.concatenate([Z[:, :-1] - last, size_features(n, s)], 1)
     # the kernel within the enumerated rows, normalised to a mean of 1 per row
     wt = kernel_mass(n, s) / comb * (nE / kernel_mass(n, np.asarray(plan.enumerated)).sum())
-    out = (Wt, A, last, wt, A.T @ (A * wt[:, None]))
+    AW = A * wt[:, None]
+    out = (Wt, np.ascontiguousarray(AW.T), last, A.T @ AW)
     for a in out:
         a.setflags(write=False)
     return out
@@ -858,6 +859,9 @@ class Fit:
         them again: n / 8 bytes per pair."""
         if j0 != self._rows:
             return
+        if j0 == 0:  # the first rows: kept as they are (read-only; the next keep copies them)
+            self._packed, self._rows = packed, packed.shape[0]
+            return
         need = self._rows + packed.shape[0]
         if need > self._packed.shape[0]:
             grown = np.zeros((max(need, 2 * self._packed.shape[0]), packed.shape[1]), dtype=np.uint8)
@@ -883,20 +887,22 @@ class Fit:
         plan, n = self.plan, self.n
         mw = self.v0.shape[0]
         p = n - 1 + self.k
-        Tb = np.repeat(((self.vN - self.v0) / n)[None, :], n, 0)
-        GE = np.zeros((p, p))
-        hE = np.zeros((p, mw))
-        nE = E_vals.shape[0]
         D = self.vN - self.v0
+        Tb = np.empty((n, mw))
+        Tb[:] = D / n
+        GE = hE = None
+        nE = E_vals.shape[0]
         for r0 in range(0, nE, ENUM_BLOCK):
             r1 = min(nE, r0 + ENUM_BLOCK)
-            Wt, A, last, wt, GEc = _enumerated_chunk(plan, r0, r1, nE)
+            Wt, AWt, last, GEc = _enumerated_chunk(plan, r0, r1, nE)
             Y = E_vals[r0:r1]
             Tb += Wt @ Y
             if not plan.exact:
-                t = Y - self.v0[None, :] - last * D[None, :]
-                GE += GEc
-                hE += A.T @ (t * wt[:, None])
+                hc = AWt @ ((Y - self.v0) - last * D)  # the kernel-weighted features times the target
+                GE = GEc if GE is None else GE + GEc
+                hE = hc if hE is None else hE + hc
+        if GE is None:
+            GE, hE = np.zeros((p, p)), np.zeros((p, mw))
         return Tb, GE, hE
 
     def _new_stats(self, mw, counts=True):

@@ -439,22 +439,32 @@ void regression_cholesky(const double* A, int64_t F, int64_t p, double ridge, do
 
 void regression_cholsolve(const double* U, int64_t F, int64_t p, int64_t mw, const double* h,
                           double* x) {
-  for (int64_t f = 0; f < F; ++f) {
-    const double* u = U + f * p * p;
-    double* y = x + f * p * mw;
-    std::memcpy(y, h + f * p * mw, sizeof(double) * size_t(p * mw));
-    if (mw == 1) {  // the common case, without the loop over outputs (the same operations)
-      for (int64_t k = 0; k < p; ++k) {
-        const double* uk = u + k * p;
+  std::memcpy(x, h, sizeof(double) * size_t(F * p * mw));
+  if (mw == 1) {
+    // The common case, without the loop over outputs (the same operations), the folds side by
+    // side at each k: each fold's steps wait on a division, and the folds are independent chains
+    // (~4.1 -> 2.3 us for the 8 folds at p = 33).
+    for (int64_t k = 0; k < p; ++k) {
+      for (int64_t f = 0; f < F; ++f) {
+        const double* uk = U + f * p * p + k * p;
+        double* y = x + f * p;
         const double yk = (y[k] /= uk[k]);
         for (int64_t j = k + 1; j < p; ++j) y[j] -= uk[j] * yk;
       }
-      for (int64_t k = p - 1; k >= 0; --k) {
+    }
+    for (int64_t k = p - 1; k >= 0; --k) {
+      for (int64_t f = 0; f < F; ++f) {
+        const double* u = U + f * p * p;
+        double* y = x + f * p;
         const double yk = (y[k] /= u[k * p + k]);
         for (int64_t j = 0; j < k; ++j) y[j] -= u[j * p + k] * yk;
       }
-      continue;
     }
+    return;
+  }
+  for (int64_t f = 0; f < F; ++f) {
+    const double* u = U + f * p * p;
+    double* y = x + f * p * mw;
     for (int64_t k = 0; k < p; ++k) {  // U^T y = h: row k of U, contiguous
       const double d = u[k * p + k];
       for (int64_t o = 0; o < mw; ++o) y[k * mw + o] /= d;
