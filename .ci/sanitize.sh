@@ -30,4 +30,4 @@ cd "$WORK"
 # the regression sampler's native ops (draws, fit statistics, moments) against their twins
 "$PY" -m pytest -q -p no:cacheprovider -c "$ROOT/pytest.ini" --rootdir "$ROOT" \
     "$ROOT/tests/test_regression.py" \
-    -k "contract or tail or finish or twins or past_a_word or past_the or bit_identical or fit_cache or efficiency"
+    -k "contract or tail or finish or enumerated_terms or twins or past_a_word or past_the or bit_identical or fit_cache or efficiency"

@@ -578,6 +578,38 @@ PYBIND11_MODULE(_C, m) {
       py::arg("X2"), py::arg("q"), py::arg("mean"), py::arg("m2"));
 
   m.def(
+      "regression_enum_cpu",
+      [](py::array Y, int64_t R, int64_t n, int64_t p, int64_t mw, py::array W, py::array AW,
+         py::array last, py::array v0, py::array D, py::array Tb, py::object hE) {
+        check_n(n, 1);
+        SHAPCAM_REQUIRE(R >= 0 && p >= 0 && mw >= 1, "regression_enum: need R >= 0, p >= 0, mw >= 1");
+        const int64_t ysize = mul(R, mw, "Y");
+        const double* yp = readable<double>(Y, "Y", ysize);
+        const int64_t wsize = mul(R, n, "W");
+        const double* wp = readable<double>(W, "W", wsize);
+        const int64_t asize = mul(R, p, "AW");
+        const double* ap = readable<double>(AW, "AW", asize);
+        const double* lp = readable<double>(last, "last", R);
+        const double* v0p = readable<double>(v0, "v0", mw);
+        const double* dp = readable<double>(D, "D", mw);
+        const int64_t tsize = mul(n, mw, "Tb");
+        double* tp = writable<double>(Tb, "Tb", tsize);
+        py::array hEa;
+        double* hp = nullptr;
+        const int64_t hsize = mul(p, mw, "hE");
+        if (!hE.is_none()) { hEa = hE.cast<py::array>(); hp = writable<double>(hEa, "hE", hsize); }
+        check_outputs({span("Tb", tp, tsize), span("hE", hp, hp ? hsize : 0)},
+                      {span("Y", yp, ysize), span("W", wp, wsize), span("AW", ap, asize),
+                       span("last", lp, R), span("v0", v0p, mw), span("D", dp, mw)});
+        py::gil_scoped_release nogil;
+        cpu::regression_enum(yp, R, n, p, mw, wp, ap, lp, v0p, dp, tp, hp);
+      },
+      "The enumerated rows' share of the regression estimate (ops_cpu.h), in place: Tb [n, mw] += "
+      "W [R, n]^T Y [R, mw], hE [p, mw] (or None) += AW [R, p]^T ((Y - v0) - last D), in row order.",
+      py::arg("Y"), py::arg("R"), py::arg("n"), py::arg("p"), py::arg("mw"), py::arg("W"),
+      py::arg("AW"), py::arg("last"), py::arg("v0"), py::arg("D"), py::arg("Tb"), py::arg("hE"));
+
+  m.def(
       "regression_finish_cpu",
       [](py::array packed, int64_t M, int64_t W, int64_t n, int64_t F, int64_t k, int64_t mw,
          int64_t PB, py::array P, py::array D, py::array sizefeat, py::array wt, py::array hE,

@@ -423,9 +423,9 @@ def enumerated_masks(plan: Plan, r0: int, r1: int) -> np.ndarray:
 
 def _enumerated_chunk(plan: Plan, r0: int, r1: int, nE: int):
     """What enumerated rows r0..r1-1 (of nE) give the estimate before their values are known:
-    (Wt [n, rows] = (w_i(S) / C(n, |S|))^T, AWt [p, rows] = (the surrogate's features A [rows, p]
-    times the rows' kernel weights wt, a mean of 1 per row)^T, z_last [rows, 1], and A^T (A wt)).
-    Small plans keep theirs (a run's fit asks once per check)."""
+    (W [rows, n] = w_i(S) / C(n, |S|), AW [rows, p] = the surrogate's features A times the rows'
+    kernel weights wt (a mean of 1 per row), z_last [rows], and A^T (A wt)). Small plans keep
+    theirs (a run's fit asks once per check)."""
     if (r1 - r0) * plan.n <= 1 << 16:
         return _enumerated_chunk_cached(plan, r0, r1, nE)
     return _enumerated_chunk_of(plan, r0, r1, nE)
@@ -437,16 +437,39 @@ def _enumerated_chunk_of(plan, r0, r1, nE):
     Z = enumerated_masks(plan, r0, r1)
     s = Z.sum(1)
     comb = combs[s]
-    Wt = np.ascontiguousarray((_weights_w(Z, s, n) / comb[:, None]).T)
-    last = Z[:, -1:].astype(np.float64)
-    A = np.concatenate([Z[:, :-1] - last, size_features(n, s)], 1)
+    W = _weights_w(Z, s, n) / comb[:, None]
+    last = Z[:, -1].astype(np.float64)
+    A = np.concatenate([Z[:, :-1] - last[:, None], size_features(n, s)], 1)
     # the kernel within the enumerated rows, normalised to a mean of 1 per row
     wt = kernel_mass(n, s) / comb * (nE / kernel_mass(n, np.asarray(plan.enumerated)).sum())
     AW = A * wt[:, None]
-    out = (Wt, np.ascontiguousarray(AW.T), last, A.T @ AW)
+    out = (W, AW, last, A.T @ AW)
     for a in out:
         a.setflags(write=False)
     return out
+
+
+def enumerated_terms(Y, W, AW, last, v0, D, Tb, hE, engine=None):
+    """Add one chunk of enumerated rows (values Y [R, mw]; _enumerated_chunk's W, AW, last) to the
+    estimate's exact part in place: Tb [n, mw] += W^T Y and hE [p, mw] (None: skipped) += AW^T t,
+    t = (Y - v0) - last D; each element adds its terms one at a time in row order onto what it
+    holds, so the native op (csrc/cpu/regression_cpu.cpp) and this NumPy twin give the same bits."""
+    R, mw = Y.shape
+    n, p = W.shape[1], AW.shape[1]
+    mod = _native_for(engine)
+    if mod is not None:
+        mod.regression_enum_cpu(np.ascontiguousarray(Y, dtype=np.float64), R, n, p, mw, W, AW, last,
+                                np.ascontiguousarray(v0, dtype=np.float64),
+                                np.ascontiguousarray(D, dtype=np.float64), Tb, hE)
+        return
+    step = max(1, (1 << 20) // max(1, max(n, p) * mw))  # rows a pass: bounded memory, the same order
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        y = Y[r0:r1]
+        Tb[:] = np.cumsum(np.concatenate([Tb[None], W[r0:r1, :, None] * y[:, None, :]]), axis=0)[-1]
+        if hE is not None:
+            t = (y - v0[None, :]) - last[r0:r1, None] * D[None, :]
+            hE[:] = np.cumsum(np.concatenate([hE[None], AW[r0:r1, :, None] * t[:, None, :]]), axis=0)[-1]
 
 
 _enumerated_chunk_cached = functools.lru_cache(maxsize=8)(_enumerated_chunk_of)
@@ -890,17 +913,15 @@ class Fit:
         D = self.vN - self.v0
         Tb = np.empty((n, mw))
         Tb[:] = D / n
-        GE = hE = None
+        hE = None if plan.exact else np.zeros((p, mw))
+        GE = None
         nE = E_vals.shape[0]
         for r0 in range(0, nE, ENUM_BLOCK):
             r1 = min(nE, r0 + ENUM_BLOCK)
-            Wt, AWt, last, GEc = _enumerated_chunk(plan, r0, r1, nE)
-            Y = E_vals[r0:r1]
-            Tb += Wt @ Y
+            W, AW, last, GEc = _enumerated_chunk(plan, r0, r1, nE)
+            enumerated_terms(E_vals[r0:r1], W, AW, last, self.v0, D, Tb, hE, self.engine)
             if not plan.exact:
-                hc = AWt @ ((Y - self.v0) - last * D)  # the kernel-weighted features times the target
                 GE = GEc if GE is None else GE + GEc
-                hE = hc if hE is None else hE + hc
         if GE is None:
             GE, hE = np.zeros((p, p)), np.zeros((p, mw))
         return Tb, GE, hE

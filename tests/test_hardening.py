@@ -232,9 +232,21 @@ def test_regression_bindings_refuse_bad_input():
         expect(ValueError, _C.regression_finish_cpu, *fa(a18=np.zeros(n + 1)), mean, m2)        # q(s) = 0
         expect(ValueError, _C.regression_finish_cpu, *fa(a11=np.ones(n + 1, np.float32)), mean, m2)
         expect((ValueError, OverflowError, MemoryError), _C.regression_finish_cpu, *fa(a1=2**62), mean, m2)
+        # the enumerated rows' share (Y, R, n, p, mw, W, AW, last, v0, D, Tb, hE)
+        eargs = [np.zeros((4, mw)), 4, n, 3, mw, np.zeros((4, n)), np.zeros((4, 3)), np.zeros(4),
+                 np.zeros(mw), np.zeros(mw)]
+        Te, hEe = np.zeros((n, mw)), np.zeros((3, mw))
+        _C.regression_enum_cpu(*eargs, Te, hEe)
+        _C.regression_enum_cpu(*eargs, Te, None)
+        expect(ValueError, _C.regression_enum_cpu, *eargs[:5], np.zeros((4, n - 1)), *eargs[6:], Te, hEe)  # W
+        expect(ValueError, _C.regression_enum_cpu, *eargs, Te, Te[:3])                                    # aliased
+        expect(ValueError, _C.regression_enum_cpu, *eargs, Te, np.zeros((3, mw))[::-1])                   # strided
+        expect(ValueError, _C.regression_enum_cpu, *eargs[:2], 0, *eargs[3:], Te, hEe)                    # n = 0
+        expect((ValueError, OverflowError, MemoryError), _C.regression_enum_cpu, eargs[0], 2**62, n, 3, mw,
+               *eargs[5:], Te, hEe)
     """)
-    assert out.count("NO ERROR") == 0 and out.count("OK ") == 39, out
-    assert out.count("overlaps") == 8, out  # the aliased calls fail on aliasing, not earlier
+    assert out.count("NO ERROR") == 0 and out.count("OK ") == 44, out
+    assert out.count("overlaps") == 9, out  # the aliased calls fail on aliasing, not earlier
 
 
 @pytest.mark.parametrize("engine", ["reference"] + (["native"] if _engine.native() else []))

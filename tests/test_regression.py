@@ -189,6 +189,38 @@ def test_estimate_tail_matches_its_numpy_twin(n):
         np.testing.assert_allclose(a[1], ((psi - psi.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [3, 12, 30])
+def test_enumerated_terms_match_their_numpy_twin_in_any_chunks(n):
+    """The enumerated rows' share (regression_enum_cpu) gives the bits of its NumPy twin, for one
+    and several outputs and without hE; two chunks in order give the bits of one; and it is W^T Y
+    and AW^T ((Y - v0) - last D) to rounding."""
+    if _engine.native() is None:
+        pytest.skip("no native engine")
+    rng = np.random.default_rng(200 + n)
+    plan = rg.make_plan(n, 4 * n * n)
+    nE = plan.n_enumerated
+    W, AW, last, _ = rg._enumerated_chunk(plan, 0, nE, nE)
+    p = AW.shape[1]
+    for mw in (1, 3):
+        Y, v0, D = rng.normal(size=(nE, mw)), rng.normal(size=mw), rng.normal(size=mw)
+        out = {}
+        for eng in ("native", "reference"):
+            for cut in (nE, nE // 3):
+                Tb, hE = np.full((n, mw), 0.25), np.full((p, mw), -0.5)
+                for a, b in ((0, cut), (cut, nE)):
+                    rg.enumerated_terms(Y[a:b], W[a:b], AW[a:b], last[a:b], v0, D, Tb, hE, eng)
+                Tb2 = np.full((n, mw), 0.25)
+                rg.enumerated_terms(Y, W, AW, last, v0, D, Tb2, None, eng)
+                np.testing.assert_array_equal(Tb, Tb2)
+                out[eng, cut] = (Tb, hE)
+        for key in out:
+            for x, y in zip(out[key], out["native", nE]):
+                np.testing.assert_array_equal(x, y)
+        Tb, hE = out["native", nE]
+        np.testing.assert_allclose(Tb, 0.25 + W.T @ Y, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(hE, -0.5 + AW.T @ ((Y - v0) - last[:, None] * D), rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.parametrize("n", [2, 5, 12, 30])
 def test_estimate_finish_matches_its_numpy_twin_and_its_steps(n):
     """The fused op regression_finish_cpu (the partial block's right sides, the folds' solves,

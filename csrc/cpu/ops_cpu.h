@@ -118,6 +118,15 @@ void regression_finish(const uint8_t* packed, int64_t M, int64_t W, int64_t n, i
                        const double* hW, const double* U, const double* Tb, int64_t L,
                        const double* X2, const double* q, double* mean, double* m2);
 
+// The enumerated rows' share of the regression estimate (shapcam/regression.py,
+// Fit._enumerated_part), one chunk of R rows with values Y [R, mw]: Tb [n, mw] += W^T Y (W [R, n])
+// and hE [p, mw] += AW^T t (AW [R, p]; skipped where hE is null), t_r = (Y_r - v0) - last_r D;
+// each element adds its terms one at a time in row order onto what it holds (the NumPy twin's
+// bits; chunks in order give the bits of one chunk).
+void regression_enum(const double* Y, int64_t R, int64_t n, int64_t p, int64_t mw, const double* W,
+                     const double* AW, const double* last, const double* v0, const double* D,
+                     double* Tb, double* hE);
+
 // Threads the CPU ops use (OpenMP's default: the cores available).
 int num_threads();
 

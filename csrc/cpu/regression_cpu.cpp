@@ -604,5 +604,24 @@ void regression_finish(const uint8_t* packed, int64_t M, int64_t W, int64_t n, i
   regression_tail(packed, M, n, F, k, mw, PB, P, sol, D, Tb, L, X2, q, mean, m2);
 }
 
+void regression_enum(const double* Y, int64_t R, int64_t n, int64_t p, int64_t mw, const double* W,
+                     const double* AW, const double* last, const double* v0, const double* D,
+                     double* Tb, double* hE) {
+  // row by row, each element of Tb and hE getting its term in row order (the twin's bits); the
+  // elements are independent chains, so the loops over the players vectorise
+  for (int64_t r = 0; r < R; ++r) {
+    const double* w = W + r * n;
+    const double* y = Y + r * mw;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t o = 0; o < mw; ++o) Tb[i * mw + o] = Tb[i * mw + o] + w[i] * y[o];
+    if (!hE) continue;
+    const double* a = AW + r * p;
+    for (int64_t o = 0; o < mw; ++o) {
+      const double t = (y[o] - v0[o]) - last[r] * D[o];
+      for (int64_t j = 0; j < p; ++j) hE[j * mw + o] = hE[j * mw + o] + a[j] * t;
+    }
+  }
+}
+
 }  // namespace cpu
 }  // namespace shapcam
