@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops, reference
+from . import regression as rg
 from ._arrays import host_numpy, is_cuda_array, is_torch
 from ._progress import progress_bar
 from .games import Game, as_game
@@ -126,7 +127,8 @@ def _values_2d(v, B, m, where):
         v = v.detach().to(torch.float64).contiguous()
     else:
         raw = host_numpy(v) if hasattr(v, "__cuda_array_interface__") else v
-        if np.iscomplexobj(raw):  # NumPy would drop the imaginary part with only a warning
+        kind = raw.dtype.kind if isinstance(raw, np.ndarray) else None
+        if kind == "c" or (kind is None and np.iscomplexobj(raw)):  # NumPy would drop the imaginary part
             raise TypeError(f"value_fn returned complex values for {where}; expected real numbers")
         try:
             v = np.asarray(raw, dtype=np.float64)
@@ -143,6 +145,8 @@ def _values_2d(v, B, m, where):
 
 
 def _check_finite_host(v, e0, n):
+    if np.isfinite(v).all():
+        return
     bad = ~np.isfinite(v).all(axis=1)
     if bad.any():
         i = int(np.argmax(bad))
@@ -205,18 +209,16 @@ def resolve_sampler(sampler, antithetic=True) -> tuple[str, int]:
 
 def regression_applies(game, K, max_evals, executor) -> str | None:
     """Why the regression sampler cannot run this game (None: it can)."""
-    from . import regression
-
     n = game.n_players
     if not game.any_coalition:
         return f"{type(game).__name__} values permutation prefixes only (no evaluate_masks)"
     if executor is not None:
         return "it runs in one process (executor= spreads permutation samplers only)"
-    if n > regression.MAX_PLAYERS:
-        return f"it fits an n x n regression, offered up to {regression.MAX_PLAYERS} players (n = {n})"
+    if n > rg.MAX_PLAYERS:
+        return f"it fits an n x n regression, offered up to {rg.MAX_PLAYERS} players (n = {n})"
     if n >= 2:
         cap = _budget(n, K, max_evals)
-        plan = regression.make_plan(n, None if cap is None else cap - 2)
+        plan = rg.make_plan(n, None if cap is None else cap - 2)
         if cap is not None and not plan.exact and cap - 2 < plan.n_enumerated + 4:
             return (f"a budget of {cap} evaluations does not hold its {plan.n_enumerated} border "
                     f"coalitions and two pairs")
@@ -737,8 +739,6 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
     """estimate_shapley with sampler="regression" (shapcam/regression.py): the enumerated border
     coalitions, then pairs until K / max_evals / a stopping rule, the estimate from scratch at
     each check and at the end (a pure function of the values in evaluation order)."""
-    from . import regression as rg
-
     n = game.n_players
     mw = max(m, 1)
     v0 = np.asarray(host_numpy(v_empty), dtype=np.float64).reshape(-1)
@@ -774,6 +774,8 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
         raw = game.evaluate_masks(masks)
         v, _ = _values_2d(raw, masks.shape[0], m, where)
         v = np.asarray(host_numpy(v), dtype=np.float64)
+        if np.isfinite(v).all():
+            return v
         bad = ~np.isfinite(v).all(axis=1)
         if bad.any():
             i = int(np.argmax(bad))

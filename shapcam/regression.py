@@ -417,8 +417,18 @@ def _enumerated_packed(plan: Plan) -> np.ndarray:
 
 def enumerated_masks(plan: Plan, r0: int, r1: int) -> np.ndarray:
     """Rows r0..r1-1 of the enumerated coalitions: each enumerated size in increasing order, its
-    subsets in itertools.combinations order. [r1 - r0, n] bool."""
+    subsets in itertools.combinations order. [r1 - r0, n] bool (a fresh array: the game may
+    write into it; small plans copy theirs from a kept one)."""
+    if plan.n_enumerated * plan.n <= 1 << 16:
+        return _enumerated_bool(plan)[r0:r1].copy()
     return np.unpackbits(_enumerated_packed(plan)[r0:r1], axis=1, count=plan.n).astype(bool)
+
+
+@functools.lru_cache(maxsize=8)
+def _enumerated_bool(plan: Plan) -> np.ndarray:
+    out = np.unpackbits(_enumerated_packed(plan), axis=1, count=plan.n).astype(bool)
+    out.setflags(write=False)
+    return out
 
 
 def _enumerated_chunk(plan: Plan, r0: int, r1: int, nE: int):
