@@ -161,6 +161,12 @@ class Plan:
     def as_state(self):
         return {"n": self.n, "enumerated": list(self.enumerated), "mid": list(self.mid)}
 
+    def __hash__(self):  # kept: a plan keys design_cache and the lru caches, ~8 lookups a run
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = self.__dict__["_hash"] = hash((self.n, self.enumerated, self.mid))
+        return h
+
 
 @functools.lru_cache(maxsize=64)
 def make_plan(n: int, avail) -> Plan:
