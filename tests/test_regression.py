@@ -3,6 +3,11 @@ closed-form games, exactly efficient, exact when the budget covers every coaliti
 (engines, batch sizes, resume), stopping rules, every game type that values any coalition, and
 the default's resolution."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -710,3 +715,28 @@ def test_design_cache_in_a_child_forked_while_its_lock_was_held():
     finally:
         rg.design_cache._lock.release()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_vector_and_scalar_pair_loops_give_the_same_bits():
+    """The per-pair loops' AVX2 path (csrc/cpu/select_add.h, taken where the CPU has AVX2) and
+    their scalar loops (SHAPCAM_NO_AVX2=1) give the same estimates bit for bit: several n (a
+    partial last vector of players, more than one byte of them), outputs, a whole block of pairs
+    and the groups of 16, 8 and 1 rows."""
+    if _engine.native() is None:
+        pytest.skip("no native engine")
+    code = textwrap.dedent("""
+        import numpy as np, shapcam
+        for n, mw, K in ((5, 1, 40), (12, 1, 64), (20, 3, 50), (30, 1, 300), (33, 2, 200), (64, 1, 90)):
+            w = np.random.default_rng(n).normal(size=(n, mw))
+            f = lambda m, w=w: np.tanh(m @ w)
+            r = shapcam.estimate_shapley(f, n, K, sampler="regression", engine="native", seed=3)
+            print(np.concatenate([r.values.ravel(), r.stderr.ravel()]).tobytes().hex())
+    """)
+    outs = []
+    for extra in ({}, {"SHAPCAM_NO_AVX2": "1"}):
+        env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs.append(res.stdout.split())
+    assert len(outs[0]) == 6 and outs[0] == outs[1]

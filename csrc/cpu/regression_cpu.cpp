@@ -9,6 +9,7 @@
 
 #include "ops_cpu.h"
 #include "packed.h"
+#include "select_add.h"
 #include "threads.h"
 #include "shapcam/accumulate.h"
 #include "shapcam/pairs.h"
@@ -26,7 +27,7 @@ constexpr int64_t kFanOut = int64_t(1) << 24;
 // the right sides alone do (8 rows' sums over the players as independent chains, 0.33 -> 0.30 ms
 // a run at n = 30, K = 1024, against 4; 16 gain nothing more). Any group size gives the same bits.
 constexpr int64_t kRows = 4;
-constexpr int64_t kMomentRows = 8;
+constexpr int64_t kMomentRows = kSignedRows;
 
 // Zeroed per-thread scratch of `count` elements. A size that cannot be had is std::bad_alloc (a
 // MemoryError in Python) from here, not from inside the allocator, which sanitizer builds abort in.
@@ -114,7 +115,11 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
     int64_t b = f;
     bool first = true;
     while (b < B) {
-      const int64_t R = (mw == 1 && !first && b + (kMomentRows - 1) * F < B) ? kMomentRows : 1;
+      // a group of kMomentRows rows where they are there, else of 8 (at n = 30, K = 16 a fold
+      // has ~25 rows), else one
+      const int64_t R = (mw != 1 || first) ? 1
+                        : b + (kMomentRows - 1) * F < B ? kMomentRows
+                        : b + 7 * F < B ? 8 : 1;
       for (int64_t r = 0; r < R; ++r) {
         const int64_t s = unpack_row(packed + (b + r * F) * nb, n, z + r * zs);
         ss[r] = s;
@@ -124,17 +129,15 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
         w2t[r][0] = wn * wn;
         w2t[r][1] = wp * wp;
       }
-      if (R == kMomentRows) {
+      if (R > 1) {
         // d = ((v(S) - v(N minus S) - f's difference) - f's size terms) / q(s); f's difference
         // sum_i (z_i ? beta_i : -beta_i) over the players in order (x -1.0 is exact)
         double acc[kMomentRows];
-        for (int64_t r = 0; r < kMomentRows; ++r) acc[r] = sign[z[r * zs]] * bf[0];
-        for (int64_t i = 1; i < n; ++i) {
-          const double bi = bf[i];
-          for (int64_t r = 0; r < kMomentRows; ++r) acc[r] = acc[r] + sign[z[r * zs + i]] * bi;
-        }
+        const uint8_t* rows[kMomentRows];
+        for (int64_t r = 0; r < R; ++r) rows[r] = packed + (b + r * F) * nb;
+        signed_sums(rows, z, zs, R, n, bf, acc);
         double tp[kMomentRows][2], t2[kMomentRows][2];
-        for (int64_t r = 0; r < kMomentRows; ++r) {
+        for (int64_t r = 0; r < R; ++r) {
           const int64_t row = b + r * F;
           const double dr = ((dY[row] - acc[r]) - sf[ss[r]]) / q[ss[r]];
           const double dd = dr * dr;
@@ -143,17 +146,8 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
           t2[r][0] = w2t[r][0] * dd;
           t2[r][1] = w2t[r][1] * dd;
         }
-        for (int64_t i = 0; i < n; ++i) {
-          double u = Uf[i], v = Vf[i];
-          for (int64_t r = 0; r < kMomentRows; ++r) {
-            const int zi = z[r * zs + i];
-            u = u + tp[r][zi];
-            v = v + t2[r][zi];
-          }
-          Uf[i] = u;
-          Vf[i] = v;
-        }
-        b += kMomentRows * F;
+        select_add(z, zs, R, n, &tp[0][0], Uf, &t2[0][0], Vf);
+        b += R * F;
         continue;
       }
       // one row, any mw
@@ -214,7 +208,7 @@ void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int
         double* prod = t_all.get() + static_cast<size_t>(tid) * kMomentRows * (k + 2);  // [R][2]
         double* sz = prod + 2 * kMomentRows;  // [R][k]
         for (int64_t b = f; b < B;) {
-          const int64_t R = b + (kMomentRows - 1) * F < B ? kMomentRows : 1;
+          const int64_t R = b + (kMomentRows - 1) * F < B ? kMomentRows : b + 7 * F < B ? 8 : 1;
           for (int64_t r = 0; r < R; ++r) {
             const int64_t row = b + r * F;
             const int64_t s = unpack_row(packed + row * nb, n, z + r * zs);
@@ -224,11 +218,7 @@ void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int
             prod[2 * r + 1] = (1.0 - last) * e0;
             for (int64_t c = 0; c < k; ++c) sz[r * k + c] = sizefeat[s * k + c] * e0;
           }
-          for (int64_t i = 0; i + 1 < n; ++i) {
-            double v = hf[i];
-            for (int64_t r = 0; r < R; ++r) v = v + prod[2 * r + z[r * zs + i]];
-            hf[i] = v;
-          }
+          select_add(z, zs, R, n - 1, prod, hf);
           for (int64_t c = 0; c < k; ++c) {
             double v = hf[n - 1 + c];
             for (int64_t r = 0; r < R; ++r) v = v + sz[r * k + c];
