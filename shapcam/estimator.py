@@ -791,9 +791,14 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
     est = None
     try:
         parts = [E_vals]
+        pending = None  # the last enumerated rows, where the first pairs fit beside them in a call
         for r0 in range(E_vals.shape[0], nE, batch_size):
             r1 = min(nE, r0 + batch_size)
-            parts.append(values_of(rg.enumerated_masks(plan, r0, r1), "an enumerated border coalition"))
+            masks = rg.enumerated_masks(plan, r0, r1)
+            if r1 == nE and cap > start and r1 - r0 + 2 <= batch_size:
+                pending = masks  # one game call fewer: a short run's cost is mostly per call
+                break
+            parts.append(values_of(masks, "an enumerated border coalition"))
             bar.update(r1 - r0)
         E_vals = np.concatenate(parts)
         pairs = [P_vals[:2 * start]]
@@ -802,9 +807,20 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
         sched = _Schedule(min_samples, cap, anytime) if cap > 0 else None
         for target in (sched.points(start) if sched is not None else ()):
             while have < target:
-                j1 = min(target, have + per_call)
-                masks, packed = rg.draw_pairs(seed, have, j1, plan, eng)
-                pairs.append(values_of(masks, f"pairs [{have}, {j1}), seed {seed}"))
+                if pending is None:
+                    j1 = min(target, have + per_call)
+                    masks, packed = rg.draw_pairs(seed, have, j1, plan, eng)
+                    pairs.append(values_of(masks, f"pairs [{have}, {j1}), seed {seed}"))
+                else:
+                    e = pending.shape[0]
+                    j1 = min(target, have + (batch_size - e) // 2)
+                    masks, packed = rg.draw_pairs(seed, have, j1, plan, eng)
+                    v = values_of(np.concatenate([pending, masks]),
+                                  f"the last {e} enumerated border coalitions or pairs [{have}, {j1}), seed {seed}")
+                    E_vals = np.concatenate([E_vals, v[:e]])
+                    pairs.append(v[e:])
+                    bar.update(e)
+                    pending = None
                 fit.keep(have, packed)
                 bar.update(2 * (j1 - have))
                 have = j1

@@ -488,6 +488,32 @@ def test_default_resolution_and_errors():
         _run(nan)
 
 
+def test_calls_hold_at_most_batch_size_and_the_borders_share_one():
+    """Every value_fn call holds at most batch_size coalitions, whatever batch_size, with the
+    same estimate; where they fit, the last enumerated border coalitions and the first pairs go in
+    one call (a short run: the endpoints' call and one more); a non-finite value in that call is
+    still refused, naming the coalition."""
+    g = GAMES["table"]
+    ref = None
+    for bs in (1, 3, 2 * N - 1, 2 * N, 2 * N + 1, 2 * N + 2, 10_000):
+        sizes = []
+
+        def f(m, sizes=sizes):
+            sizes.append(len(m))
+            return g(m)
+
+        r = _run(f, seed=2, batch_size=bs)
+        assert max(sizes) <= max(bs, 2) and sum(sizes) == r.n_evals, (bs, sizes)
+        if ref is None:
+            ref = r
+        np.testing.assert_array_equal(r.values, ref.values)
+        np.testing.assert_array_equal(r.stderr, ref.stderr)
+    assert sizes == [2, r.n_evals - 2]
+    single = lambda m: np.where(np.asarray(m).sum(1) == 1, np.inf, 1.0)  # noqa: E731
+    with pytest.raises(ValueError, match="non-finite.*enumerated"):
+        _run(single)
+
+
 def test_two_players_and_one():
     g = lambda m: np.asarray(m, float) @ np.array([1.0, 2.0]) + np.prod(m, 1)  # noqa: E731
     r = _run(g, 2, max_evals=10)
