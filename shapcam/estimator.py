@@ -951,6 +951,8 @@ def _result(values, stderr, m, n_evals, K_eff, count, v_full, v_empty, seed, ant
 def _to_game_type(a, game: Game):
     """NumPy for host games; a torch tensor on the game's device otherwise."""
     if game.device is None:
+        if type(a) is np.ndarray and a.dtype == np.float64:
+            return a
         return np.asarray(host_numpy(a), dtype=np.float64)
     import torch
 
