@@ -204,9 +204,22 @@ def pair_sizes(seed: int, j0: int, j1: int, plan: Plan) -> np.ndarray:
     return np.asarray(plan.mid, dtype=np.int64)[idx]
 
 
+_ROUTED = {}  # engine asked for -> (engine that computes, native module or None): fixed per process
+
+
+def _routed(engine):
+    got = _ROUTED.get(engine) if engine is None or isinstance(engine, str) else None
+    if got is None:
+        eng = ops.route(engine).engine  # raises for an unknown or missing engine
+        got = (eng, _engine.native() if eng == "native" else None)
+        if engine is None or isinstance(engine, str):
+            _ROUTED[engine] = got
+    return got
+
+
 def _native_for(engine):
     """The native module when `engine` routes host work to it, else None (the NumPy twin)."""
-    return _engine.native() if ops.route(engine).engine == "native" else None
+    return _routed(engine)[1]
 
 
 def _mid_array(plan: Plan) -> np.ndarray:
@@ -382,7 +395,7 @@ if hasattr(os, "register_at_fork"):  # a child forked while another thread held 
 
 
 def _engine_key(engine) -> str:
-    return ops.route(engine).engine
+    return _routed(engine)[0]
 
 
 def draw_pairs(seed: int, j0: int, j1: int, plan: Plan, engine=None):
