@@ -576,7 +576,8 @@ def _ridged(G):
 def cholesky(A, engine=None):
     """(U [F, p, p], ok [F] bool): A_f + lam_f I = U_f^T U_f for the symmetric A [F, p, p] (its
     upper triangle read), lam_f = RIDGE x the mean diagonal (1 where that is not positive), ok
-    False where a pivot was not positive. Sums run over k in order from the first term, so the
+    False where a pivot was not positive; U mirrored below the diagonal (cholesky_solve's native
+    op reads its columns there). Sums run over k in order from the first term, so the
     native op (csrc/cpu/regression_cpu.cpp) and this NumPy twin give the same bits."""
     A = np.ascontiguousarray(A, dtype=np.float64)
     F, p = A.shape[0], A.shape[-1]
@@ -601,6 +602,7 @@ def cholesky(A, engine=None):
             r = np.sqrt(np.where(ok, s[:, 0], 1.0))
             U[:, j, j] = r
             U[:, j, j + 1:] = s[:, 1:] / r[:, None]
+            U[:, j + 1:, j] = U[:, j, j + 1:]  # the mirror, as the native op writes it
     return U, ok
 
 

@@ -93,16 +93,18 @@ void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int
 // The fit's folds' systems (shapcam/regression.py, cholesky): the Cholesky factor of each
 // A_f + lam_f I, A [F, p, p] symmetric (its upper triangle, row by row, is what is read), lam_f =
 // ridge * (tr A_f / p, or 1 where that is not positive), the trace summed in order: A_f + lam_f I =
-// U_f^T U_f with U [F, p, p] upper triangular (row-major; below the diagonal left as it is). ok [F]
+// U_f^T U_f with U [F, p, p] upper triangular (row-major), mirrored below the diagonal (U[i][j] =
+// U[j][i], which regression_cholsolve reads: a row is contiguous, a column is not). ok [F]
 // gets 1, or 0 where a pivot was not positive (that fold's U is then unspecified). Column j: s_i =
 // sum over k < j of U[k][i] U[k][j] from its first term in k order, U[j][i] = (A[j][i] - s_i) /
 // U[j][j] and U[j][j] = sqrt((A[j][j] - s_j) + lam_f), so the NumPy twin gives the same bits.
 void regression_cholesky(const double* A, int64_t F, int64_t p, double ridge, double* U,
                          uint8_t* ok);
 
-// x [F, p, mw] = (U_f^T U_f)^-1 h [F, p, mw] (x not overlapping h) from U of regression_cholesky,
-// by columns in place: U^T y = h from the first (y_k /= U[k][k], then y_j -= U[k][j] y_k for
-// j > k), then U x = y from the last (x_k = y_k / U[k][k], then y_j -= U[j][k] x_k for j < k).
+// x [F, p, mw] = (U_f^T U_f)^-1 h [F, p, mw] (x not overlapping h) from U of regression_cholesky
+// (both triangles), by columns in place: U^T y = h from the first (y_k /= U[k][k], then y_j -=
+// U[k][j] y_k for j > k), then U x = y from the last (x_k = y_k / U[k][k], then y_j -= U[j][k]
+// x_k for j < k, U[j][k] read from its mirror U[k][j]).
 void regression_cholsolve(const double* U, int64_t F, int64_t p, int64_t mw, const double* h,
                           double* x);
 

@@ -423,6 +423,7 @@ void regression_cholesky(const double* A, int64_t F, int64_t p, double ridge, do
       double* uj = u + j * p;
       uj[j] = r;
       for (int64_t i = j + 1; i < p; ++i) uj[i] = s[i] / r;
+      for (int64_t i = j + 1; i < p; ++i) u[i * p + j] = uj[i];  // the mirror, for cholsolve
     }
   }
 }
@@ -444,10 +445,10 @@ void regression_cholsolve(const double* U, int64_t F, int64_t p, int64_t mw, con
     }
     for (int64_t k = p - 1; k >= 0; --k) {
       for (int64_t f = 0; f < F; ++f) {
-        const double* u = U + f * p * p;
+        const double* lk = U + f * p * p + k * p;  // row k: U[k][k], and below it U[j][k] mirrored
         double* y = x + f * p;
-        const double yk = (y[k] /= u[k * p + k]);
-        for (int64_t j = 0; j < k; ++j) y[j] -= u[j * p + k] * yk;
+        const double yk = (y[k] /= lk[k]);
+        for (int64_t j = 0; j < k; ++j) y[j] -= lk[j] * yk;
       }
     }
     return;
@@ -467,7 +468,7 @@ void regression_cholsolve(const double* U, int64_t F, int64_t p, int64_t mw, con
       const double d = u[k * p + k];
       for (int64_t o = 0; o < mw; ++o) y[k * mw + o] /= d;
       for (int64_t j = 0; j < k; ++j) {
-        const double c = u[j * p + k];
+        const double c = u[k * p + j];  // U[j][k], mirrored
         for (int64_t o = 0; o < mw; ++o) y[j * mw + o] -= c * y[k * mw + o];
       }
     }
@@ -489,6 +490,7 @@ void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int
   const auto dY = scratch<double>(static_cast<size_t>(std::min(PB, M) * mw));
   const auto bm = scratch<double>(static_cast<size_t>(cells));
   const auto bm2 = scratch<double>(static_cast<size_t>(cells));
+  const auto cnt = scratch<double>(static_cast<size_t>(F));
   const double nn = static_cast<double>(n), scale = static_cast<double>(n * (n - 1));
   const double Ld = static_cast<double>(L);
   for (int64_t f = 0; f < F; ++f) {
@@ -531,20 +533,19 @@ void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int
                        V.get());
     // the block's mean and M2 of the pairs' estimates psi_b = base_f + w d_b / 2, from the folds'
     // sums (fold f has rows f, f + F, ...), each sum over the folds in fold order
+    for (int64_t f = 0; f < F; ++f) cnt[f] = static_cast<double>((B - f + F - 1) / F);  // fold f's rows
     for (int64_t c = 0; c < cells; ++c) {
       double sb = 0.0, su = 0.0;
       for (int64_t f = 0; f < F; ++f) {
-        const double cnt = static_cast<double>((B - f + F - 1) / F);
-        const double x = cnt * base[f * cells + c], u = U[f * cells + c];
+        const double x = cnt[f] * base[f * cells + c], u = U[f * cells + c];
         sb = f ? sb + x : x;
         su = f ? su + u : u;
       }
       const double mu = (sb + 0.5 * su) / static_cast<double>(B);
       double sv = 0.0, sd = 0.0;
       for (int64_t f = 0; f < F; ++f) {
-        const double cnt = static_cast<double>((B - f + F - 1) / F);
         const double dev = base[f * cells + c] - mu;
-        const double x = cnt * dev * dev + dev * U[f * cells + c];
+        const double x = cnt[f] * dev * dev + dev * U[f * cells + c];
         sv = f ? sv + V[f * cells + c] : V[f * cells + c];
         sd = f ? sd + x : x;
       }
