@@ -800,7 +800,7 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
                 break
             parts.append(values_of(masks, "an enumerated border coalition"))
             bar.update(r1 - r0)
-        E_vals = np.concatenate(parts)
+        E_vals = np.concatenate(parts) if len(parts) > 1 else E_vals
         pairs = [P_vals[:2 * start]]
         have = start
         per_call = max(1, batch_size // 2)
@@ -814,8 +814,8 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
                 else:
                     e = pending.shape[0]
                     j1 = min(target, have + (batch_size - e) // 2)
-                    masks, packed = rg.draw_pairs(seed, have, j1, plan, eng)
-                    v = values_of(np.concatenate([pending, masks]),
+                    masks, packed = rg.draw_pairs(seed, have, j1, plan, eng, copy=False)
+                    v = values_of(np.concatenate([pending, masks]),  # a fresh array for the game
                                   f"the last {e} enumerated border coalitions or pairs [{have}, {j1}), seed {seed}")
                     E_vals = np.concatenate([E_vals, v[:e]])
                     pairs.append(v[e:])
@@ -846,7 +846,7 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
         stderr = np.zeros_like(values)
         stop_reason = "exact"
     else:
-        stderr = _stderr(_Welford(*st))
+        stderr = np.sqrt(st[1] / float((M - 1) * M)) if M >= 2 else values * float("nan")  # _stderr's
         stop_reason = reason or ("K" if K is not None and (max_evals is None or
                                                            2 + int(K) * (n - 1) <= max_evals)
                                  else "max_evals")

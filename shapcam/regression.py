@@ -398,17 +398,19 @@ def _engine_key(engine) -> str:
     return _routed(engine)[0]
 
 
-def draw_pairs(seed: int, j0: int, j1: int, plan: Plan, engine=None):
+def draw_pairs(seed: int, j0: int, j1: int, plan: Plan, engine=None, copy: bool = True):
     """pair_masks(seed, j0, j1, plan, engine, packed=True), taken from design_cache where an
     earlier draw with the same engine, seed and plan left them (the masks a copy: the caller may
-    write into them; the packed rows read-only), and left there for the next one."""
+    write into them — copy=False: maybe design_cache's read-only rows, for a caller that copies
+    them anyway; the packed rows read-only), and left there for the next one."""
     n = plan.n
     key = ("pairs", _engine_key(engine), int(seed), plan)
     if design_cache.limit > 0:
         pk = design_cache.rows(key, j0, j1)
         pm = design_cache.rows(key + ("masks",), j0, j1)
         if pk is not None and pm is not None:
-            return pm.reshape(2 * (j1 - j0), n).copy(), pk
+            pm = pm.reshape(2 * (j1 - j0), n)
+            return (pm.copy() if copy else pm), pk
     masks, pk = pair_masks(seed, j0, j1, plan, engine, packed=True)
     if design_cache.limit > 0:
         design_cache.extend(key, j0, pk)
