@@ -273,6 +273,26 @@ def test_estimate_finish_matches_its_numpy_twin_and_its_steps(n):
         assert np.isfinite(x).all()
 
 
+@pytest.mark.parametrize("n", [5, 12, 30, 64])
+def test_partial_blocks_gram_summed_or_counted_agree(n):
+    """A small partial block's Gram matrices summed pair by pair (Fit._partial_gram, chosen by
+    _direct_gram) equal the counted ones (pair_counts, counts_gram) to rounding, in both engines
+    (which give the same bits); the choice is a function of the block's size alone."""
+    plan = rg.make_plan(n, None)
+    for eng in ("native", "reference") if _engine.native() else ("reference",):
+        fit = rg.Fit(plan, 4, eng, np.zeros(1), np.ones(1))
+        B = 8 * 7 + 3
+        direct = fit._partial_gram(0, B)
+        stats = fit._new_stats(1)
+        rg.pair_counts(rg.pair_packed(4, 0, B, plan, eng), n, rg.FOLDS, stats, eng)
+        counted = fit._fold_gram(stats)[0]
+        np.testing.assert_allclose(direct, counted, rtol=1e-12, atol=1e-12 * np.abs(counted).max())
+        assert fit._direct_gram(1) and not fit._direct_gram(10 ** 9)
+        if eng == "native":
+            ref = rg.Fit(plan, 4, "reference", np.zeros(1), np.ones(1))._partial_gram(0, B)
+            np.testing.assert_array_equal(direct, ref)
+
+
 @pytest.mark.parametrize("p", [1, 2, 7, 33, 67])
 def test_cholesky_ops_match_their_numpy_twins_and_solve(p):
     """The fit's factor and solve (csrc/cpu/regression_cpu.cpp) give the bits of their NumPy
