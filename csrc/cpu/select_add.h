@@ -86,59 +86,26 @@ __attribute__((target("avx2"))) inline __m256d lanes_of(const uint8_t* p) {
   return _mm256_castsi256_pd(_mm256_slli_epi64(x, 63));
 }
 
-// Players i0 .. i0 + 4 NV - 1 of select_add (those past len computed in a scratch copy and
-// dropped): the 4 NV players' sums (and y's) are independent chains, the rows inner.
-template <int NV, bool Two>
-__attribute__((target("avx2"))) inline void select_add_chunk(const uint8_t* z, int64_t zs,
-                                                             int64_t R, int64_t i0, int64_t len,
-                                                             const double* t, double* x,
-                                                             const double* u, double* y) {
-  double xb[4 * NV], yb[4 * NV];
-  const int64_t m = len - i0 < 4 * NV ? len - i0 : 4 * NV;
-  for (int64_t j = 0; j < 4 * NV; ++j) {
-    xb[j] = j < m ? x[i0 + j] : 0.0;
-    if (Two) yb[j] = j < m ? y[i0 + j] : 0.0;
-  }
-  __m256d a[NV], b[NV];
-  for (int v = 0; v < NV; ++v) {
-    a[v] = _mm256_loadu_pd(xb + 4 * v);
-    if (Two) b[v] = _mm256_loadu_pd(yb + 4 * v);
-  }
-  for (int64_t r = 0; r < R; ++r) {
-    const __m256d t0 = _mm256_set1_pd(t[2 * r]), t1 = _mm256_set1_pd(t[2 * r + 1]);
-    const __m256d u0 = Two ? _mm256_set1_pd(u[2 * r]) : t0, u1 = Two ? _mm256_set1_pd(u[2 * r + 1]) : t1;
-    const uint8_t* zr = z + r * zs + i0;
-    for (int v = 0; v < NV; ++v) {
-      const __m256d mk = lanes_of(zr + 4 * v);
-      a[v] = _mm256_add_pd(a[v], _mm256_blendv_pd(t0, t1, mk));
-      if (Two) b[v] = _mm256_add_pd(b[v], _mm256_blendv_pd(u0, u1, mk));
-    }
-  }
-  for (int v = 0; v < NV; ++v) {
-    _mm256_storeu_pd(xb + 4 * v, a[v]);
-    if (Two) _mm256_storeu_pd(yb + 4 * v, b[v]);
-  }
-  for (int64_t j = 0; j < m; ++j) {
-    x[i0 + j] = xb[j];
-    if (Two) y[i0 + j] = yb[j];
-  }
-}
-
-// select_add with AVX2. z's rows must hold their players' bytes up to len rounded up to 4 (the
-// unpacked rows hold 8 ceil(n / 8)).
+// select_add with AVX2: 4 players a vector, their sums over the rows in order (the rows inner);
+// the last len % 4 players by the scalar loop.
 template <bool Two>
 __attribute__((target("avx2"))) void select_add_avx2(const uint8_t* z, int64_t zs, int64_t R,
                                                      int64_t len, const double* t, double* x,
                                                      const double* u, double* y) {
-  int64_t i0 = 0;
-  for (; i0 + 16 <= len; i0 += 16) select_add_chunk<4, Two>(z, zs, R, i0, len, t, x, u, y);
-  switch ((len - i0 + 3) / 4) {
-    case 4: select_add_chunk<4, Two>(z, zs, R, i0, len, t, x, u, y); break;
-    case 3: select_add_chunk<3, Two>(z, zs, R, i0, len, t, x, u, y); break;
-    case 2: select_add_chunk<2, Two>(z, zs, R, i0, len, t, x, u, y); break;
-    case 1: select_add_chunk<1, Two>(z, zs, R, i0, len, t, x, u, y); break;
-    default: break;
+  int64_t i = 0;
+  for (; i + 4 <= len; i += 4) {
+    __m256d a = _mm256_loadu_pd(x + i);
+    __m256d b = Two ? _mm256_loadu_pd(y + i) : a;
+    for (int64_t r = 0; r < R; ++r) {
+      const __m256d m = lanes_of(z + r * zs + i);
+      a = _mm256_add_pd(a, _mm256_blendv_pd(_mm256_set1_pd(t[2 * r]), _mm256_set1_pd(t[2 * r + 1]), m));
+      if (Two)
+        b = _mm256_add_pd(b, _mm256_blendv_pd(_mm256_set1_pd(u[2 * r]), _mm256_set1_pd(u[2 * r + 1]), m));
+    }
+    _mm256_storeu_pd(x + i, a);
+    if (Two) _mm256_storeu_pd(y + i, b);
   }
+  select_add_scalar(z, zs, R, i, len, t, x, u, y);
 }
 
 // signed_sums_scalar's sums from the rows' packed bits (rows [kSignedRows] row pointers): per
