@@ -846,7 +846,7 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
         stderr = np.zeros_like(values)
         stop_reason = "exact"
     else:
-        stderr = np.sqrt(st[1] / float((M - 1) * M)) if M >= 2 else values * float("nan")  # _stderr's
+        stderr = _stderr_of(*st)
         stop_reason = reason or ("K" if K is not None and (max_evals is None or
                                                            2 + int(K) * (n - 1) <= max_evals)
                                  else "max_evals")
@@ -857,20 +857,24 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
 
 
 def _stderr(st: _Welford):
-    """Standard error of the mean over st.count samples (NaN with fewer than 2). Correctly
-    rounded division and sqrt on every device, so device and host agree to the bit: torch divides
-    a CUDA tensor by a Python scalar as a multiplication by its reciprocal (1 ulp off), hence a
-    device-tensor denominator; and sqrt, not ** 0.5."""
-    c = st.count
+    """Standard error of the mean over st.count samples (NaN with fewer than 2)."""
+    return _stderr_of(st.mean, st.m2, st.count)
+
+
+def _stderr_of(mean, m2, c):
+    """_stderr from (mean, M2, count). Correctly rounded division and sqrt on every device, so
+    device and host agree to the bit: torch divides a CUDA tensor by a Python scalar as a
+    multiplication by its reciprocal (1 ulp off), hence a device-tensor denominator; and sqrt, not
+    ** 0.5."""
     if c < 2:
-        return st.mean * float("nan")
-    if is_torch(st.m2):
+        return mean * float("nan")
+    if is_torch(m2):
         import torch
 
         # torch.full, not torch.tensor: no blocking host-to-device copy
-        denom = torch.full((), float((c - 1) * c), dtype=torch.float64, device=st.m2.device)
-        return torch.sqrt(st.m2 / denom)
-    return np.sqrt(st.m2 / float((c - 1) * c))
+        denom = torch.full((), float((c - 1) * c), dtype=torch.float64, device=m2.device)
+        return torch.sqrt(m2 / denom)
+    return np.sqrt(m2 / float((c - 1) * c))
 
 
 def _se_met(st: _Welford, tol, rtol) -> bool:

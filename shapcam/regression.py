@@ -745,6 +745,13 @@ def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engin
     return mean, m2
 
 
+def _other_folds(x):
+    """[F, ...]: each fold's fit's sums over the pairs of the other folds (a Gram matrix or a right
+    side), from each fold's own x [F, ...] (linear in the pairs): the folds' total, summed in fold
+    order, less its own (the native estimate_finish makes the right sides' the same way)."""
+    return np.cumsum(x, axis=0)[-1][None] - x
+
+
 def _pair_dt(packed, Y, n, D):
     """[B, mw]: the pairs' target differences t(S) - t(N minus S) = (v(S) - v(N minus S)) - (2
     z_last - 1) D (D = v(N) - v(0)) from their sets packed [B, ceil(n / 8)] and values Y [2B, mw]
@@ -759,9 +766,9 @@ def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, 
     the right sides h [F, p, mw] of pairs W..M-1 (pair_gram; fold b % F counted from W, W a
     multiple of PB) added to hW (the whole blocks' own, or None), each fold's right side hs_f = hE
     + (sum of h over the folds in order - h_f) (fold f's fit leaves fold f out), the folds'
-    solutions, then estimate_tail. Where every fold factored, one native op does it all (a run at
-    n = 30, K = 16 is mostly this op's fixed costs, ~20 us as five NumPy and native calls); the
-    NumPy twin composes the same steps, so it gives the same bits."""
+    solutions, then estimate_tail. Where every fold factored, one native op does it all (~11 us
+    at n = 30, K = 16, against ~36 as five NumPy and native calls); the NumPy twin composes the
+    same steps, so it gives the same bits."""
     mw = P_vals.shape[1]
     bad = fac[1] if len(fac) == 3 else None
     mod = _native_for(engine)
@@ -783,7 +790,7 @@ def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, 
     pair_gram(part, n, F, sizefeat, wt, _pair_dt(part, P_vals[2 * W:2 * M], n, D), None, h, engine)
     if hW is not None:
         h = hW + h
-    hs = hE[None] + (np.cumsum(h, axis=0)[-1][None] - h)
+    hs = hE[None] + _other_folds(h)
     sol = solve_factored(fac, hs, engine)
     return estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engine)
 
@@ -1016,7 +1023,7 @@ class Fit:
 
     def _fold_gram(self, stats):
         """(G [F, p, p], h [F, p, mw]): each fold's own Gram matrix and right side (the fit of fold
-        f takes the others': _pairs_gram)."""
+        f takes the others': _other_folds)."""
         if "N" in stats:
             return counts_gram(stats, self.plan.pair_weights, _size_table(self.n)), stats["h"]
         G = stats["G"]
@@ -1033,12 +1040,6 @@ class Fit:
         for a in arrays:
             a.setflags(write=False)
         design_cache.put(key, value, sum(a.nbytes for a in arrays))
-
-    @staticmethod
-    def _pairs_gram(G, h):
-        """(G [F, p, p], h [F, p, mw]): each fold's fit's Gram matrix and right side over the pairs
-        of the other folds, from each fold's own (linear in the pairs); None where given None."""
-        return (None if G is None else G.sum(0)[None] - G), (None if h is None else h.sum(0)[None] - h)
 
     def estimate(self, E_vals, P_vals, M):
         """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
@@ -1088,8 +1089,9 @@ class Fit:
         fkey = ("factor",) + key[1:] + (M,)
         fac = design_cache.get(fkey) if cached else None
         if factored:
-            # the partial block's counts where neither its Gram matrix nor the factor is known;
-            # its right sides, the solves and the tail are estimate_finish's
+            # the partial block's Gram matrices where neither they nor the factor are known
+            # (summed pair by pair or counted: _direct_gram); its right sides, the solves and
+            # the tail are estimate_finish's
             if M > W and fac is None:
                 Gq = design_cache.get(key + (W, M)) if cached else None
                 if Gq is None:
@@ -1103,7 +1105,7 @@ class Fit:
                         self._share(key + (W, M), Gq)
                 Gf = Gq if Gf is None else Gf + Gq
             if fac is None:
-                fac = _factor_psd(GE[None] + self._pairs_gram(Gf, None)[0], self.engine)
+                fac = _factor_psd(GE[None] + _other_folds(Gf), self.engine)
                 if cached:  # (U,) when every fold factored, else (U, bad, G_bad)
                     self._share(fkey, fac if fac[1] is not None else fac[:1])
             mean, m2 = estimate_finish(self.pair_packed(0, M), P_vals, M, W, n, F, self.k, PB,
@@ -1119,8 +1121,8 @@ class Fit:
             hf = part["h"] if hf is None else hf + part["h"]
         # every row counts once (mean weight 1 in each group): the enumerated rows steady the fit
         # while pairs are few and weigh less as they accumulate. Fold f's fit leaves fold f out.
-        hs = hE[None] + self._pairs_gram(None, hf)[1]
-        sol = _solve_psd(GE[None] + self._pairs_gram(Gf, None)[0], hs)
+        hs = hE[None] + _other_folds(hf)
+        sol = _solve_psd(GE[None] + _other_folds(Gf), hs)
         # the folds' surrogates (beta [F, n, mw], the last by sum(beta) = v(N) - v(0); c [F, k, mw])
         # and pair j's estimate psi_j = base_f + w(S_j) d_j / 2, with d_j = (r(S_j) - r(N minus
         # S_j)) / q(s_j) the residual's difference (w(N minus S) = -w(S)): the blocks' mean and M2
