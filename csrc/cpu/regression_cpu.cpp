@@ -17,6 +17,15 @@
 namespace shapcam {
 namespace cpu {
 
+// Function clones for the CPU's instruction set, chosen when the library loads (GCC on x86-64
+// with glibc's ifunc; not in sanitizer builds, whose runtime need not resolve them).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define SHAPCAM_CLONES 1
+#else
+#define SHAPCAM_CLONES 0
+#endif
+
 namespace {
 // Work (pairs times the elements each touches) under which an op stays on one thread: a block of
 // the estimate (4096 pairs at n = 30) takes ~0.5 ms, and on the 2-core VM a team of 2 made a whole
@@ -175,6 +184,51 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
 }
 
 
+namespace {
+// G += (w a) a^T on and above the diagonal (the twin mirrors it the same way) and h += a e^T for
+// R rows (kRows or 1) of features a [R, p], w a [R, p] and e [R, mw], each element getting the
+// rows' terms one at a time in row order. AVX2 where the CPU has it: the loop over the columns
+// vectorises (4 lanes against SSE2's 2; no FMA, -ffp-contract=off), the same bits.
+#if SHAPCAM_CLONES
+__attribute__((target_clones("avx2", "default")))
+#endif
+void gram_add_rows(double* Gf, double* hf, int64_t p, int64_t mw, int64_t R, const double* a,
+                   const double* wa, const double* e) {
+  if (R == kRows) {
+    const double* a0 = a;
+    const double* a1 = a + p;
+    const double* a2 = a + 2 * p;
+    const double* a3 = a + 3 * p;
+    for (int64_t j = 0; j < p; ++j) {
+      const double w0 = wa[j], w1 = wa[p + j], w2 = wa[2 * p + j], w3 = wa[3 * p + j];
+      double* gj = Gf + j * p;
+      for (int64_t c = j; c < p; ++c) {
+        double g = gj[c];
+        g = g + w0 * a0[c];
+        g = g + w1 * a1[c];
+        g = g + w2 * a2[c];
+        g = g + w3 * a3[c];
+        gj[c] = g;
+      }
+      double* hj = hf + j * mw;
+      for (int64_t o = 0; o < mw; ++o) {
+        double v = hj[o];
+        for (int64_t r = 0; r < kRows; ++r) v = v + a[r * p + j] * e[r * mw + o];
+        hj[o] = v;
+      }
+    }
+    return;
+  }
+  for (int64_t j = 0; j < p; ++j) {
+    const double wj = wa[j];
+    double* gj = Gf + j * p;
+    for (int64_t c = j; c < p; ++c) gj[c] = gj[c] + wj * a[c];
+    double* hj = hf + j * mw;
+    for (int64_t o = 0; o < mw; ++o) hj[o] = hj[o] + a[j] * e[o];
+  }
+}
+}  // namespace
+
 void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t k, int64_t mw,
                      const double* sizefeat, const double* wt, const double* dt, double* G,
                      double* h) {
@@ -255,39 +309,7 @@ void regression_gram(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int
         for (int64_t j = 0; j < p; ++j) wa[r * p + j] = w * ar[j];
         for (int64_t o = 0; o < mw; ++o) e[r * mw + o] = dt[row * mw + o] * hw;
       }
-      // G += (w a) a^T on and above the diagonal (the twin mirrors it the same way), h += a e^T
-      if (R == kRows) {
-        const double* a0 = a;
-        const double* a1 = a + p;
-        const double* a2 = a + 2 * p;
-        const double* a3 = a + 3 * p;
-        for (int64_t j = 0; j < p; ++j) {
-          const double w0 = wa[j], w1 = wa[p + j], w2 = wa[2 * p + j], w3 = wa[3 * p + j];
-          double* gj = Gf + j * p;
-          for (int64_t c = j; c < p; ++c) {
-            double g = gj[c];
-            g = g + w0 * a0[c];
-            g = g + w1 * a1[c];
-            g = g + w2 * a2[c];
-            g = g + w3 * a3[c];
-            gj[c] = g;
-          }
-          double* hj = hf + j * mw;
-          for (int64_t o = 0; o < mw; ++o) {
-            double v = hj[o];
-            for (int64_t r = 0; r < kRows; ++r) v = v + a[r * p + j] * e[r * mw + o];
-            hj[o] = v;
-          }
-        }
-      } else {
-        for (int64_t j = 0; j < p; ++j) {
-          const double wj = wa[j];
-          double* gj = Gf + j * p;
-          for (int64_t c = j; c < p; ++c) gj[c] = gj[c] + wj * a[c];
-          double* hj = hf + j * mw;
-          for (int64_t o = 0; o < mw; ++o) hj[o] = hj[o] + a[j] * e[o];
-        }
-      }
+      gram_add_rows(Gf, hf, p, mw, R, a, wa, e);
       b += R * F;
     }
   }
@@ -306,10 +328,8 @@ inline uint64_t row_word(const uint8_t* row, int64_t nb) {
 // Bit-sliced counts of one group (fold f, smaller-side size t) of up to 64 pairs: words[i] has
 // bit r set when the group's pair r holds player i on its smaller side; so a pair count of a
 // set of players is a popcount of an AND. POPCNT where the CPU has it (a build for the x86-64
-// baseline would count bits with a dozen shifts and masks per word instead; the clones are left
-// out of sanitizer builds, whose runtime need not resolve them, and of C libraries without ifunc).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
-    !defined(__SANITIZE_ADDRESS__)
+// baseline would count bits with a dozen shifts and masks per word instead).
+#if SHAPCAM_CLONES
 __attribute__((target_clones("popcnt", "default")))
 #endif
 void flush_counts(uint64_t* words, int64_t filled, int64_t pz, int64_t* N, int64_t* S1, int64_t* SL,
