@@ -542,7 +542,7 @@ PYBIND11_MODULE(_C, m) {
       "regression_tail_cpu",
       [](py::array packed, int64_t M, int64_t n, int64_t F, int64_t k, int64_t mw, int64_t PB,
          py::array P, py::array sol, py::array D, py::array Tb, int64_t L, py::array X2, py::array q,
-         py::array mean, py::array m2) {
+         py::array mean, py::array m2, py::object m4) {
         check_n(n);
         SHAPCAM_REQUIRE(n >= 2 && M >= 0 && F >= 1 && k >= 0 && mw >= 1 && PB >= 1 && L >= 0,
                 "regression_tail: need n >= 2, M >= 0, F >= 1, k >= 0, mw >= 1, PB >= 1, L >= 0");
@@ -562,20 +562,24 @@ PYBIND11_MODULE(_C, m) {
         const double* qp = readable<double>(q, "q", n + 1);
         double* mp = writable<double>(mean, "mean", cells);
         double* m2p = writable<double>(m2, "m2", cells);
+        py::array m4a;
+        double* m4p = nullptr;
+        if (!m4.is_none()) { m4a = m4.cast<py::array>(); m4p = writable<double>(m4a, "m4", cells); }
         check_sampled_sizes(pp, M, n, qp);
-        check_outputs({span("mean", mp, cells), span("m2", m2p, cells)},
+        check_outputs({span("mean", mp, cells), span("m2", m2p, cells), span("m4", m4p, m4p ? cells : 0)},
                       {span("packed", pp, M * nb), span("P", Pp, psize), span("sol", sp, ssize),
                        span("D", dp, mw), span("Tb", tp, cells), span("X2", xp, xsize),
                        span("q", qp, n + 1)});
         py::gil_scoped_release nogil;
-        cpu::regression_tail(pp, M, n, F, k, mw, PB, Pp, sp, dp, tp, L, xp, qp, mp, m2p);
+        cpu::regression_tail(pp, M, n, F, k, mw, PB, Pp, sp, dp, tp, L, xp, qp, mp, m2p, m4p);
       },
       "The regression estimate's tail (ops_cpu.h): mean, m2 [n, mw] over the M pairs' estimates "
       "from the folds' solutions sol [F, n-1+k, mw], packed [M, ceil(n/8)], P [2M, mw], D [mw], "
-      "Tb [n, mw], X2 [n+1, k], q [n+1], in blocks of PB pairs.",
+      "Tb [n, mw], X2 [n+1, k], q [n+1], in blocks of PB pairs; m4 [n, mw] (or None): the sum "
+      "of the pairs' estimates' fourth powers about the mean.",
       py::arg("packed"), py::arg("M"), py::arg("n"), py::arg("F"), py::arg("k"), py::arg("mw"),
       py::arg("PB"), py::arg("P"), py::arg("sol"), py::arg("D"), py::arg("Tb"), py::arg("L"),
-      py::arg("X2"), py::arg("q"), py::arg("mean"), py::arg("m2"));
+      py::arg("X2"), py::arg("q"), py::arg("mean"), py::arg("m2"), py::arg("m4") = py::none());
 
   m.def(
       "regression_enum_cpu",
@@ -614,7 +618,7 @@ PYBIND11_MODULE(_C, m) {
       [](py::array packed, int64_t M, int64_t W, int64_t n, int64_t F, int64_t k, int64_t mw,
          int64_t PB, py::array P, py::array D, py::array sizefeat, py::array wt, py::array hE,
          py::object hW, py::array U, py::array Tb, int64_t L, py::array X2, py::array q,
-         py::array mean, py::array m2) {
+         py::array mean, py::array m2, py::object m4) {
         check_n(n);
         SHAPCAM_REQUIRE(M >= W && W >= 0 && F >= 1 && k >= 0 && mw >= 1 && PB >= 1 && L >= 0,
                 "regression_finish: need 0 <= W <= M, F >= 1, k >= 0, mw >= 1, PB >= 1, L >= 0");
@@ -642,15 +646,18 @@ PYBIND11_MODULE(_C, m) {
         const double* qp = readable<double>(q, "q", n + 1);
         double* mp = writable<double>(mean, "mean", cells);
         double* m2p = writable<double>(m2, "m2", cells);
+        py::array m4a;
+        double* m4p = nullptr;
+        if (!m4.is_none()) { m4a = m4.cast<py::array>(); m4p = writable<double>(m4a, "m4", cells); }
         check_sampled_sizes(pp, M, n, qp);
-        check_outputs({span("mean", mp, cells), span("m2", m2p, cells)},
+        check_outputs({span("mean", mp, cells), span("m2", m2p, cells), span("m4", m4p, m4p ? cells : 0)},
                       {span("packed", pp, M * nb), span("P", Pp, psize), span("D", dp, mw),
                        span("sizefeat", fp, fsize), span("wt", wp, n + 1), span("hE", ep, p * mw),
                        span("hW", hwp, hwp ? hsize : 0), span("U", up, usize), span("Tb", tp, cells),
                        span("X2", xp, xsize), span("q", qp, n + 1)});
         py::gil_scoped_release nogil;
         cpu::regression_finish(pp, M, W, n, F, k, mw, PB, Pp, dp, fp, wp, ep, hwp, up, tp, L, xp, qp,
-                               mp, m2p);
+                               mp, m2p, m4p);
       },
       "The regression estimate from the right sides on, where the folds' factors U are known "
       "(ops_cpu.h): the right sides of pairs W..M-1 added to hW [F, p, mw] (or None), the folds' "
@@ -658,7 +665,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("packed"), py::arg("M"), py::arg("W"), py::arg("n"), py::arg("F"), py::arg("k"),
       py::arg("mw"), py::arg("PB"), py::arg("P"), py::arg("D"), py::arg("sizefeat"), py::arg("wt"),
       py::arg("hE"), py::arg("hW"), py::arg("U"), py::arg("Tb"), py::arg("L"), py::arg("X2"),
-      py::arg("q"), py::arg("mean"), py::arg("m2"));
+      py::arg("q"), py::arg("mean"), py::arg("m2"), py::arg("m4") = py::none());
 
   m.def(
       "regression_cholesky_cpu",

@@ -31,6 +31,9 @@ class ShapleyResult:
     state: the running (mean, M2, count) that ``estimate_shapley(..., resume=result)`` continues.
     sampler: the sampling design ("plain", "antithetic", "stratified", "regression"; see
         SAMPLERS, COALITION_SAMPLERS).
+    dof (property): the degrees of freedom of ``interval``'s t quantile: n_samples - 1; fewer for
+        the regression sampler where its pair estimates are heavy-tailed
+        (shapcam.regression.interval_dof).
     Arrays are NumPy, or torch tensors on the game's device when it has one.
     ``np.asarray(result)`` is ``result.values`` as a NumPy array (exact_shapley returns this type
     too, with stderr 0).
@@ -49,6 +52,22 @@ class ShapleyResult:
     stop_reason: str = "K"
     state: dict | None = field(default=None, repr=False)  # the Welford state, for resume=
     sampler: str = "antithetic"
+    # interval's degrees of freedom: None (n_samples - 1), an int, or the regression sampler's
+    # (m2, m4, count), turned into one when first asked (shapcam.regression.interval_dof)
+    _dof: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def dof(self):
+        """Degrees of freedom of ``interval``'s t quantile (None with fewer than 2 samples):
+        n_samples - 1, or fewer for the regression sampler where its pair estimates are
+        heavy-tailed (shapcam.regression.interval_dof)."""
+        d = self._dof
+        if isinstance(d, tuple):
+            d = rg.interval_dof(*d)
+            self._dof = d
+        if d is None:
+            return self.n_samples - 1 if self.n_samples >= 2 else None
+        return d
 
     def __array__(self, dtype=None, copy=None):
         from ._arrays import host_numpy
@@ -58,12 +77,12 @@ class ShapleyResult:
 
     def interval(self, level: float = 0.95):
         """(low, high): values -+ q * stderr with q the Student-t quantile on n_samples - 1
-        degrees of freedom (the samples are independent groups, so their mean is t-distributed
-        when the marginals are near normal; with few samples this is much wider than 1.96 SE,
-        which covers only ~70% at 2 samples). NaN with fewer than 2 samples."""
+        degrees of freedom, or ``dof`` where set (the samples are independent groups, so their
+        mean is t-distributed when the marginals are near normal; with few samples this is much
+        wider than 1.96 SE, which covers only ~70% at 2 samples). NaN with fewer than 2 samples."""
         if not (isinstance(level, (float, int)) and 0 < level < 1):
             raise ValueError(f"level: expected a probability in (0, 1), got {level!r}")
-        q = t_quantile(0.5 + level / 2, self.n_samples - 1) if self.n_samples >= 2 else float("nan")
+        q = t_quantile(0.5 + level / 2, self.dof) if self.n_samples >= 2 else float("nan")
         return self.values - q * self.stderr, self.values + q * self.stderr
 
     @property
@@ -841,19 +860,20 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
     M = have if cap > 0 else 0
     if est is None or est[1] is None or est[1][2] != M:
         est = fit.estimate(E_vals, P_vals, M)
-    values, st = est[0], est[1]
+    values, st, dof = est[0], est[1], None
     if st is None:
         stderr = np.zeros_like(values)
         stop_reason = "exact"
     else:
         stderr = _stderr_of(*st)
+        dof = (st[1], est[2], M)  # interval_dof, when first asked
         stop_reason = reason or ("K" if K is not None and (max_evals is None or
                                                            2 + int(K) * (n - 1) <= max_evals)
                                  else "max_evals")
     state = {"n": n, "m": m, "count": M, "sampler": "regression", "plan": plan.as_state(),
              "enum": E_vals, "pairs": P_vals[:2 * M]}
     return _result(values, stderr, m, 2 + nE + 2 * M, 0, M, v_full, v_empty, seed, True, eng, game,
-                   stop_reason, state, "regression")
+                   stop_reason, state, "regression", dof)
 
 
 def _stderr(st: _Welford):
@@ -938,7 +958,7 @@ def _as_2d(v):
 
 
 def _result(values, stderr, m, n_evals, K_eff, count, v_full, v_empty, seed, antithetic, eng, game,
-            stop_reason="K", state=None, sampler=None):
+            stop_reason="K", state=None, sampler=None, dof=None):
     values, stderr = _to_game_type(values, game), _to_game_type(stderr, game)
     v_full, v_empty = _to_game_type(v_full, game), _to_game_type(v_empty, game)
     if m == 0:
@@ -949,7 +969,7 @@ def _result(values, stderr, m, n_evals, K_eff, count, v_full, v_empty, seed, ant
     return ShapleyResult(values=values, stderr=stderr, n_evals=int(n_evals), n_permutations=K_eff,
                          n_samples=int(count), v_full=v_full, v_empty=v_empty, seed=seed,
                          antithetic=antithetic, engine=eng, stop_reason=stop_reason, state=state,
-                         sampler=sampler or ("antithetic" if antithetic else "plain"))
+                         sampler=sampler or ("antithetic" if antithetic else "plain"), _dof=dof)
 
 
 def _to_game_type(a, game: Game):

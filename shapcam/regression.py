@@ -665,16 +665,18 @@ def _weights_w(Z, s, n):
     return np.where(Z, 1.0 / s, -1.0 / (n - s))
 
 
-def pair_moments(packed, n, F, dY, beta, sterm, qpos, engine=None):
+def pair_moments(packed, n, F, dY, beta, sterm, qpos, engine=None, higher=False):
     """The pairs' residual moments of one block of the estimate: (U, V) [F, n, mw], with row b of
     the block in fold b % F, d_b = ((dY_b - sum_i (z_i ? beta_i : -beta_i)) - sterm[s_b]) /
     q(s_b) the residual's v(S) - v(N minus S) over q, w_i = 1/s in S and -1/(n - s) out:
     U_f = sum over fold f's rows of w d, V_f = sum of (w w)(d d). packed [B, ceil(n / 8)] (the
     sets S_b), dY [B, mw], beta [F, n, mw], sterm [F, n + 1, mw] (the size terms' difference by
     size), qpos [n + 1]. Every sum runs in row order (over the players in order for d), so the
-    native op (csrc/cpu/regression_cpu.cpp) and this NumPy twin give the same bits."""
+    native op (csrc/cpu/regression_cpu.cpp) and this NumPy twin give the same bits. higher=True
+    (the twin alone; the native estimate_tail asks its op): also U3_f = sum of (w d)((w w)(d d))
+    and U4_f = sum of ((w w)(d d))^2."""
     B, mw = dY.shape
-    mod = _native_for(engine)
+    mod = None if higher else _native_for(engine)
     if mod is not None:
         U = np.empty((F, n, mw))
         V = np.empty((F, n, mw))
@@ -689,34 +691,40 @@ def pair_moments(packed, n, F, dY, beta, sterm, qpos, engine=None):
     acc = np.cumsum(np.where(Z[:, :, None], bsel, -bsel), axis=1)[:, -1, :]
     D = ((dY - acc) - sterm[fold, s]) / qpos[s][:, None]
     W = _weights_w(Z, s, n)
-    U = np.zeros((F, n, mw))
-    V = np.zeros((F, n, mw))
+    U, V = np.zeros((F, n, mw)), np.zeros((F, n, mw))
+    U3, U4 = np.zeros((F, n, mw)), np.zeros((F, n, mw))
     for f in range(min(F, B)):
-        U[f] = np.cumsum(W[f::F, :, None] * D[f::F, None, :], axis=0)[-1]
-        V[f] = np.cumsum((W[f::F] * W[f::F])[:, :, None] * (D[f::F] * D[f::F])[:, None, :], axis=0)[-1]
-    return U, V
+        t = W[f::F, :, None] * D[f::F, None, :]
+        tt = (W[f::F] * W[f::F])[:, :, None] * (D[f::F] * D[f::F])[:, None, :]
+        U[f] = np.cumsum(t, axis=0)[-1]
+        V[f] = np.cumsum(tt, axis=0)[-1]
+        if higher:
+            U3[f] = np.cumsum(t * tt, axis=0)[-1]
+            U4[f] = np.cumsum(tt * tt, axis=0)[-1]
+    return (U, V, U3, U4) if higher else (U, V)
 
 
 def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engine=None):
-    """(mean, m2) [n, mw] over the M pairs' estimates, from the folds' solutions sol [F, n - 1 + k,
+    """(mean, m2, m4) [n, mw] over the M pairs' estimates, from the folds' solutions sol [F, n - 1 + k,
     mw]: each fold's additive part beta (sol's first n - 1 rows; the last player's D - their sum,
     D = v(N) - v(0)), its exact share of the L sampled sizes added to Tb [n, mw] (the base), its
     size terms' difference by size X2 [n + 1, k] @ c; then per block of PB pairs (packed [M, n / 8],
     values P_vals [2M, mw]) the residual moments (pair_moments) and the block's mean and M2 of the
-    pairs' estimates psi_j = base_f + w(S_j) d_j / 2, merged block by block (reference.merge_block).
-    Every sum runs in order from its first term, so the native op (csrc/cpu/regression_cpu.cpp)
-    and this NumPy twin give the same bits."""
+    pairs' estimates psi_j = base_f + w(S_j) d_j / 2, merged block by block (reference.merge_block);
+    m4, the sum over the pairs of (psi_j - mean)^4, from each fold's power sums of w d over all
+    blocks (the pooled kurtosis that interval_dof takes). Every sum runs in order from its first
+    term, so the native op (csrc/cpu/regression_cpu.cpp) and this NumPy twin give the same bits."""
     mw = sol.shape[2]
     mod = _native_for(engine)
     if mod is not None:
-        mean, m2 = np.empty((n, mw)), np.empty((n, mw))
+        mean, m2, m4 = np.empty((n, mw)), np.empty((n, mw)), np.empty((n, mw))
         mod.regression_tail_cpu(np.ascontiguousarray(packed), M, n, F, k, mw, PB,
                                 np.ascontiguousarray(P_vals[:2 * M], dtype=np.float64),
                                 np.ascontiguousarray(sol), np.ascontiguousarray(D, dtype=np.float64),
                                 np.ascontiguousarray(Tb), int(L),
                                 np.ascontiguousarray(X2, dtype=np.float64),
-                                np.ascontiguousarray(qpos, dtype=np.float64), mean, m2)
-        return mean, m2
+                                np.ascontiguousarray(qpos, dtype=np.float64), mean, m2, m4)
+        return mean, m2, m4
     beta = np.empty((F, n, mw))
     beta[:, :-1] = sol[:, :n - 1]
     beta[:, -1] = D[None, :] - np.cumsum(sol[:, :n - 1], axis=1)[:, -1]
@@ -731,8 +739,11 @@ def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engin
         j1 = min(M, j0 + PB)
         B = j1 - j0
         Y = P_vals[2 * j0:2 * j1]
-        U, V = pair_moments(packed[j0:j1], n, F, Y[0::2] - Y[1::2], beta, sterm, qpos, engine)
+        U, V, U3, U4 = pair_moments(packed[j0:j1], n, F, Y[0::2] - Y[1::2], beta, sterm, qpos,
+                                    engine, higher=True)
         cnt = _fold_rows(B)
+        A = [U, V, U3, U4] if j0 == 0 else [a + u for a, u in zip(A, (U, V, U3, U4))]
+        ctot = cnt if j0 == 0 else ctot + cnt
         bm = (np.cumsum(cnt * base, axis=0)[-1] + 0.5 * np.cumsum(U, axis=0)[-1]) / B
         dev = base - bm[None]
         bm2 = 0.25 * np.cumsum(V, axis=0)[-1] + np.cumsum(cnt * dev * dev + dev * U, axis=0)[-1]
@@ -742,7 +753,32 @@ def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engin
         else:
             reference.merge_block(mean, m2, count, bm, bm2, B)
         count += B
-    return mean, m2
+    # sum over the pairs of (c + h)^4 per fold, c = base_f - mean, h = w d / 2, the folds in order
+    cf = base - mean[None]
+    c2 = cf * cf
+    x = (((ctot * c2 * c2 + 4.0 * (c2 * cf) * (0.5 * A[0])) + 6.0 * c2 * (0.25 * A[1]))
+         + 4.0 * cf * (0.125 * A[2])) + 0.0625 * A[3]
+    return mean, m2, np.cumsum(x, axis=0)[-1]
+
+
+def interval_dof(m2, m4, M):
+    """Degrees of freedom for the t interval over M pair estimates with sums of squared and
+    fourth-power deviations m2, m4 [n, mw]: Satterthwaite's match of the variance of the sample
+    variance, Var(s^2) / sigma^4 = 2 / (M - 1) + (kappa - 3) / M, with kappa the pairs' kurtosis
+    pooled over the players and outputs (M sum m4 / sum m2^2), so df = 2 / (2 / (M - 1) +
+    max(kappa - 3, 0) / M) <= M - 1, floored. Normal pairs keep M - 1; heavy-tailed ones (a
+    pooled kurtosis of 8-11 on a smooth game at 10n) get fewer, and a wider interval, where a
+    standard error from a few heavy-tailed pairs is itself uncertain (smooth-12 at 10n: 0.916 ->
+    0.930 coverage; benchmarks/RESULTS.md)."""
+    if M < 2:
+        return None
+    m2 = np.asarray(m2, dtype=np.float64).ravel()
+    den = float(m2 @ m2)
+    kappa = M * float(np.sum(m4)) / den if den > 0 else 3.0
+    if not math.isfinite(kappa):
+        return M - 1
+    df = 2.0 / (2.0 / (M - 1) + max(kappa - 3.0, 0.0) / M)
+    return int(max(1, min(M - 1, math.floor(df))))
 
 
 def _other_folds(x):
@@ -762,7 +798,7 @@ def _pair_dt(packed, Y, n, D):
 
 def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, fac, Tb, L, X2,
                     qpos, engine=None):
-    """(mean, m2) [n, mw] of the regression estimate from the folds' factors fac (_factor_psd) on:
+    """(mean, m2, m4) [n, mw] of the regression estimate from the folds' factors fac (_factor_psd) on:
     the right sides h [F, p, mw] of pairs W..M-1 (pair_gram; fold b % F counted from W, W a
     multiple of PB) added to hW (the whole blocks' own, or None), each fold's right side hs_f = hE
     + (sum of h over the folds in order - h_f) (fold f's fit leaves fold f out), the folds'
@@ -773,7 +809,7 @@ def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, 
     bad = fac[1] if len(fac) == 3 else None
     mod = _native_for(engine)
     if mod is not None and bad is None:
-        mean, m2 = np.empty((n, mw)), np.empty((n, mw))
+        mean, m2, m4 = np.empty((n, mw)), np.empty((n, mw)), np.empty((n, mw))
         mod.regression_finish_cpu(np.ascontiguousarray(packed[:M]), M, W, n, F, k, mw, PB,
                                   np.ascontiguousarray(P_vals[:2 * M], dtype=np.float64),
                                   np.ascontiguousarray(D, dtype=np.float64),
@@ -782,8 +818,8 @@ def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, 
                                   None if hW is None else np.ascontiguousarray(hW),
                                   np.ascontiguousarray(fac[0]), np.ascontiguousarray(Tb), int(L),
                                   np.ascontiguousarray(X2, dtype=np.float64),
-                                  np.ascontiguousarray(qpos, dtype=np.float64), mean, m2)
-        return mean, m2
+                                  np.ascontiguousarray(qpos, dtype=np.float64), mean, m2, m4)
+        return mean, m2, m4
     p = n - 1 + k
     h = np.zeros((F, p, mw))
     part = packed[W:M]
@@ -1043,8 +1079,9 @@ class Fit:
 
     def estimate(self, E_vals, P_vals, M):
         """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
-        size is enumerated) from the enumerated values E_vals [nE, mw] and the first M pairs'
-        values P_vals [2M, mw]."""
+        size is enumerated, and m4 [n, mw]: the sum of their fourth powers about the mean, or
+        None) from the enumerated values E_vals [nE, mw] and the first M pairs' values P_vals
+        [2M, mw]."""
         plan, n = self.plan, self.n
         mw = self.v0.shape[0]
         nE = E_vals.shape[0]
@@ -1052,7 +1089,7 @@ class Fit:
             self._enum = (nE,) + self._enumerated_part(E_vals)
         _, Tb, GE, hE = self._enum
         if plan.exact or M == 0:
-            return Tb.copy(), None
+            return Tb.copy(), None, None
         qpos = plan.qpos
         F = FOLDS
         PB = self.pair_block(mw)
@@ -1108,11 +1145,11 @@ class Fit:
                 fac = _factor_psd(GE[None] + _other_folds(Gf), self.engine)
                 if cached:  # (U,) when every fold factored, else (U, bad, G_bad)
                     self._share(fkey, fac if fac[1] is not None else fac[:1])
-            mean, m2 = estimate_finish(self.pair_packed(0, M), P_vals, M, W, n, F, self.k, PB,
+            mean, m2, m4 = estimate_finish(self.pair_packed(0, M), P_vals, M, W, n, F, self.k, PB,
                                        self.vN - self.v0, _size_table(n), plan.pair_weights, hE,
                                        hf, fac, Tb, len(plan.mid), _size_table(n, 2.0), qpos,
                                        self.engine)
-            return mean, (mean, m2, M)
+            return mean, (mean, m2, M), m4
         if M > W:
             part = self._new_stats(mw)
             self._add_pairs(part, W, M, P_vals)
@@ -1127,7 +1164,7 @@ class Fit:
         # and pair j's estimate psi_j = base_f + w(S_j) d_j / 2, with d_j = (r(S_j) - r(N minus
         # S_j)) / q(s_j) the residual's difference (w(N minus S) = -w(S)): the blocks' mean and M2
         # from per-fold sums of w d and w^2 d^2 (estimate_tail)
-        mean, m2 = estimate_tail(self.pair_packed(0, M), P_vals, M, n, F, self.k, PB, sol,
+        mean, m2, m4 = estimate_tail(self.pair_packed(0, M), P_vals, M, n, F, self.k, PB, sol,
                                  self.vN - self.v0, Tb, len(plan.mid), _size_table(n, 2.0), qpos,
                                  self.engine)
-        return mean, (mean, m2, M)
+        return mean, (mean, m2, M), m4

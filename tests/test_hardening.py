@@ -210,6 +210,8 @@ def test_regression_bindings_refuse_bad_input():
         expect(ValueError, _C.regression_tail_cpu, *targs[:7], np.zeros((5, mw)), *targs[8:], mean, m2)  # P
         expect(ValueError, _C.regression_tail_cpu, *targs[:6], 0, *targs[7:], mean, m2)               # PB = 0
         expect(ValueError, _C.regression_tail_cpu, *targs, mean, mean)                                # aliased
+        _C.regression_tail_cpu(*targs, mean, m2, np.zeros((n, mw)))
+        expect(ValueError, _C.regression_tail_cpu, *targs, mean, m2, m2)                              # m4 is m2
         expect(ValueError, _C.regression_tail_cpu, *targs[:-1], np.zeros(n + 1), mean, m2)            # q(s) = 0
         expect((ValueError, OverflowError, MemoryError), _C.regression_tail_cpu, pk, 2**62, n, F, 0, mw, 8,
                *targs[7:], mean, m2)
@@ -229,6 +231,7 @@ def test_regression_bindings_refuse_bad_input():
         expect(ValueError, _C.regression_finish_cpu, *fa(a13=np.zeros((F, n, mw))), mean, m2)   # hW size
         expect(ValueError, _C.regression_finish_cpu, *fa(a14=Uf[:, :, ::2]), mean, m2)           # strided U
         expect(ValueError, _C.regression_finish_cpu, *fa(a12=mean[:n - 1]), mean, m2)            # mean is hE
+        expect(ValueError, _C.regression_finish_cpu, *fargs, mean, m2, np.zeros((n + 1, mw)))    # m4 size
         expect(ValueError, _C.regression_finish_cpu, *fa(a18=np.zeros(n + 1)), mean, m2)        # q(s) = 0
         expect(ValueError, _C.regression_finish_cpu, *fa(a11=np.ones(n + 1, np.float32)), mean, m2)
         expect((ValueError, OverflowError, MemoryError), _C.regression_finish_cpu, *fa(a1=2**62), mean, m2)
@@ -245,8 +248,8 @@ def test_regression_bindings_refuse_bad_input():
         expect((ValueError, OverflowError, MemoryError), _C.regression_enum_cpu, eargs[0], 2**62, n, 3, mw,
                *eargs[5:], Te, hEe)
     """)
-    assert out.count("NO ERROR") == 0 and out.count("OK ") == 44, out
-    assert out.count("overlaps") == 9, out  # the aliased calls fail on aliasing, not earlier
+    assert out.count("NO ERROR") == 0 and out.count("OK ") == 46, out
+    assert out.count("overlaps") == 10, out  # the aliased calls fail on aliasing, not earlier
 
 
 @pytest.mark.parametrize("engine", ["reference"] + (["native"] if _engine.native() else []))

@@ -192,6 +192,7 @@ def test_estimate_tail_matches_its_numpy_twin(n):
         psi = base[f] + 0.5 * rg._weights_w(Z, s, n)[:, :, None] * d[:, None, :]
         np.testing.assert_allclose(a[0], psi.mean(0), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(a[1], ((psi - psi.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a[2], ((psi - psi.mean(0)) ** 4).sum(0), rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("n", [3, 12, 30])
@@ -533,6 +534,32 @@ def test_calls_hold_at_most_batch_size_and_the_borders_share_one():
     single = lambda m: np.where(np.asarray(m).sum(1) == 1, np.inf, 1.0)  # noqa: E731
     with pytest.raises(ValueError, match="non-finite.*enumerated"):
         _run(single)
+
+
+def test_interval_dof_follows_the_pairs_kurtosis():
+    """The regression interval's degrees of freedom: M - 1 for normal pairs, fewer for
+    heavy-tailed ones (Satterthwaite on the pooled kurtosis), never more than M - 1 nor fewer than
+    1; a result carries them and interval() uses them (permutation samplers: n_samples - 1)."""
+    rng = np.random.default_rng(0)
+    M = 200
+    normal = rng.normal(size=(M, 6, 1))
+    heavy = rng.standard_t(3, size=(M, 6, 1))
+    mom = lambda x: (((x - x.mean(0)) ** 2).sum(0), ((x - x.mean(0)) ** 4).sum(0))  # noqa: E731
+    assert rg.interval_dof(*mom(normal), M) >= 0.8 * (M - 1)
+    assert rg.interval_dof(*mom(heavy), M) < 0.5 * (M - 1)
+    assert rg.interval_dof(*mom(heavy[:3]), 3) in (1, 2)
+    assert rg.interval_dof(np.zeros((6, 1)), np.zeros((6, 1)), M) == M - 1  # no spread at all
+    assert rg.interval_dof(np.ones((6, 1)), np.ones((6, 1)), 1) is None
+    g = GAMES["smooth"]
+    r = _run(g, seed=3)
+    assert r.dof is not None and 1 <= r.dof <= r.n_samples - 1
+    from shapcam.estimator import t_quantile
+    lo, hi = r.interval(0.95)
+    np.testing.assert_allclose(hi - r.values, t_quantile(0.975, r.dof) * r.stderr, rtol=1e-12)
+    p = shapcam.estimate_shapley(g, N, 8, sampler="stratified")
+    assert p.dof == p.n_samples - 1
+    np.testing.assert_allclose(p.interval(0.95)[1] - p.values,
+                               t_quantile(0.975, p.n_samples - 1) * p.stderr, rtol=1e-12)
 
 
 def test_two_players_and_one():

@@ -53,11 +53,13 @@ void regression_pairs(uint64_t seed, int64_t j0, int64_t j1, int64_t n, const ui
 // Fit): pairs packed [B, ceil(n / 8)] (row b in fold b % F), dY [B, mw] = v(S) - v(N minus S),
 // the folds' surrogates beta [F, n, mw] and size terms sterm [F, n + 1, mw], q [n + 1]. With
 // d_b = ((dY_b - sum_i (z_i ? beta_i : -beta_i)) - sterm[s_b]) / q[s_b] and w_i = 1/s or -1/(n-s):
-// U [F, n, mw] = sum over fold f's rows of w d, V [F, n, mw] = sum of (w w)(d d), each summed in
-// row order (players in order within the sum over i), so the NumPy twin gives the same bits.
+// U [F, n, mw] = sum over fold f's rows of w d, V [F, n, mw] = sum of (w w)(d d), and where U3 is
+// not null U3 = sum of (w d)((w w)(d d)), U4 = sum of ((w w)(d d))^2, each summed in row order
+// (players in order within the sum over i), so the NumPy twin gives the same bits.
 void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t mw,
                         const double* dY, const double* beta, const double* sterm, const double* q,
-                        double* U, double* V);
+                        double* U, double* V, double* U3 = nullptr,
+                        double* U4 = nullptr);
 
 // The fit's Gram sums of one block of pairs (shapcam/regression.py, Fit._add_pairs), added in
 // place: row b (fold b % F) has features a = (z_0 - z_last, .., z_{n-2} - z_last, sizefeat[s]) and
@@ -83,12 +85,15 @@ void regression_counts(const uint8_t* packed, int64_t B, int64_t n, int64_t F, i
 // folds' base Tb + L (n beta_i - sum beta) / (n (n - 1)), sterm [F, n + 1, mw] = X2 [n + 1, k] times
 // sol's last k rows; then for each block of PB of the M pairs (packed [M, ceil(n / 8)], values
 // P [2M, mw], dY = P[2b] - P[2b + 1]) regression_moments and the block's mean and M2 of the pairs'
-// estimates, merged in block order (accumulate.h merge_block) into mean, m2 [n, mw]. Every sum runs
-// in order from its first term (players, size terms, folds), so the NumPy twin gives the same bits.
+// estimates, merged in block order (accumulate.h merge_block) into mean, m2 [n, mw]; where m4 is not
+// null, m4 [n, mw] = the sum over the pairs of (psi - mean)^4 (from each fold's power sums of w d,
+// regression_moments' U3, U4, over all blocks: the pooled kurtosis of the interval's degrees of
+// freedom). Every sum runs in order from its first term (players, size terms, folds, blocks), so
+// the NumPy twin gives the same bits.
 void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int64_t k, int64_t mw,
                      int64_t PB, const double* P, const double* sol, const double* D,
                      const double* Tb, int64_t L, const double* X2, const double* q, double* mean,
-                     double* m2);
+                     double* m2, double* m4 = nullptr);
 
 // The fit's folds' systems (shapcam/regression.py, cholesky): the Cholesky factor of each
 // A_f + lam_f I, A [F, p, p] symmetric (its upper triangle, row by row, is what is read), lam_f =
@@ -118,7 +123,7 @@ void regression_finish(const uint8_t* packed, int64_t M, int64_t W, int64_t n, i
                        int64_t mw, int64_t PB, const double* P, const double* D,
                        const double* sizefeat, const double* wt, const double* hE,
                        const double* hW, const double* U, const double* Tb, int64_t L,
-                       const double* X2, const double* q, double* mean, double* m2);
+                       const double* X2, const double* q, double* mean, double* m2, double* m4 = nullptr);
 
 // The enumerated rows' share of the regression estimate (shapcam/regression.py,
 // Fit._enumerated_part), one chunk of R rows with values Y [R, mw]: Tb [n, mw] += W^T Y (W [R, n])

@@ -94,11 +94,15 @@ void regression_pairs(uint64_t seed, int64_t j0, int64_t j1, int64_t n, const ui
 
 void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t mw,
                         const double* dY, const double* beta, const double* sterm, const double* q,
-                        double* U, double* V) {
+                        double* U, double* V, double* U3, double* U4) {
   const int64_t nb = (n + 7) / 8;
   const int64_t cells = n * mw;
   std::fill(U, U + F * cells, 0.0);
   std::fill(V, V + F * cells, 0.0);
+  if (U3) {
+    std::fill(U3, U3 + F * cells, 0.0);
+    std::fill(U4, U4 + F * cells, 0.0);
+  }
   const int team = num_threads();
   const auto d_all = scratch<double>(static_cast<size_t>(team) * mw);
   const int64_t zs = 8 * nb;  // bytes of one unpacked row
@@ -114,6 +118,8 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
     const double* sf = sterm + f * (n + 1) * mw;
     double* Uf = U + f * cells;
     double* Vf = V + f * cells;
+    double* U3f = U3 ? U3 + f * cells : nullptr;
+    double* U4f = U3 ? U4 + f * cells : nullptr;
     // Selects are table lookups by z (0 or 1), not branches: z is a coin flip per player, and
     // mispredicted branches cost more than the arithmetic (g++ turns a ?: of doubles into one;
     // masking the bits instead measured 2x slower). Rows go in groups of kMomentRows: their sums
@@ -145,17 +151,20 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
         const uint8_t* rows[kMomentRows];
         for (int64_t r = 0; r < R; ++r) rows[r] = packed + (b + r * F) * nb;
         signed_sums(rows, z, zs, R, n, bf, acc);
-        double tp[kMomentRows][2], t2[kMomentRows][2];
+        double tp[kMomentRows][2], t2[kMomentRows][2], t3[kMomentRows][2], t4[kMomentRows][2];
         for (int64_t r = 0; r < R; ++r) {
           const int64_t row = b + r * F;
           const double dr = ((dY[row] - acc[r]) - sf[ss[r]]) / q[ss[r]];
           const double dd = dr * dr;
-          tp[r][0] = wt[r][0] * dr;
-          tp[r][1] = wt[r][1] * dr;
-          t2[r][0] = w2t[r][0] * dd;
-          t2[r][1] = w2t[r][1] * dd;
+          for (int c = 0; c < 2; ++c) {
+            tp[r][c] = wt[r][c] * dr;
+            t2[r][c] = w2t[r][c] * dd;
+            t3[r][c] = tp[r][c] * t2[r][c];
+            t4[r][c] = t2[r][c] * t2[r][c];
+          }
         }
         select_add(z, zs, R, n, &tp[0][0], Uf, &t2[0][0], Vf);
+        if (U3f) select_add(z, zs, R, n, &t3[0][0], U3f, &t4[0][0], U4f);
         b += R * F;
         continue;
       }
@@ -175,6 +184,13 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
           // the fold's first row starts its sums (0.0 + x would turn -0.0 into +0.0)
           u[o] = first ? t : u[o] + t;
           v[o] = first ? tt : v[o] + tt;
+          if (U3f) {
+            const double t3 = t * tt, t4 = tt * tt;
+            double* u3 = U3f + i * mw + o;
+            double* u4 = U4f + i * mw + o;
+            *u3 = first ? t3 : *u3 + t3;
+            *u4 = first ? t4 : *u4 + t4;
+          }
         }
       }
       first = false;
@@ -498,7 +514,7 @@ void regression_cholsolve(const double* U, int64_t F, int64_t p, int64_t mw, con
 void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int64_t k, int64_t mw,
                      int64_t PB, const double* P, const double* sol, const double* D,
                      const double* Tb, int64_t L, const double* X2, const double* q, double* mean,
-                     double* m2) {
+                     double* m2, double* m4) {
   const int64_t nb = (n + 7) / 8;
   const int64_t p = n - 1 + k;
   const int64_t cells = n * mw;
@@ -511,6 +527,12 @@ void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int
   const auto bm = scratch<double>(static_cast<size_t>(cells));
   const auto bm2 = scratch<double>(static_cast<size_t>(cells));
   const auto cnt = scratch<double>(static_cast<size_t>(F));
+  // for m4: per fold, the pairs' power sums of h = w d / 2's w d (A1 .. A4, over all blocks in
+  // block order) and the pairs counted
+  const size_t fc = m4 ? static_cast<size_t>(F * cells) : 0;
+  const auto U3 = scratch<double>(fc), U4 = scratch<double>(fc);
+  const auto A = scratch<double>(4 * fc);
+  const auto ctot = scratch<double>(static_cast<size_t>(F));
   const double nn = static_cast<double>(n), scale = static_cast<double>(n * (n - 1));
   const double Ld = static_cast<double>(L);
   for (int64_t f = 0; f < F; ++f) {
@@ -550,7 +572,7 @@ void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int
       for (int64_t o = 0; o < mw; ++o)
         dY[b * mw + o] = P[(2 * (j0 + b)) * mw + o] - P[(2 * (j0 + b) + 1) * mw + o];
     regression_moments(packed + j0 * nb, B, n, F, mw, dY.get(), beta.get(), sterm.get(), q, U.get(),
-                       V.get());
+                       V.get(), m4 ? U3.get() : nullptr, m4 ? U4.get() : nullptr);
     // the block's mean and M2 of the pairs' estimates psi_b = base_f + w d_b / 2, from the folds'
     // sums (fold f has rows f, f + F, ...), each sum over the folds in fold order
     for (int64_t f = 0; f < F; ++f) cnt[f] = static_cast<double>((B - f + F - 1) / F);  // fold f's rows
@@ -574,6 +596,27 @@ void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int
     }
     for (int64_t c = 0; c < cells; ++c) merge_block(&mean[c], &m2[c], count, bm[c], bm2[c], B);
     count += B;
+    if (m4) {
+      const double* src[4] = {U.get(), V.get(), U3.get(), U4.get()};
+      for (int64_t k = 0; k < 4; ++k)
+        for (size_t e = 0; e < fc; ++e) A[k * fc + e] = j0 ? A[k * fc + e] + src[k][e] : src[k][e];
+      for (int64_t f = 0; f < F; ++f) ctot[f] = j0 ? ctot[f] + cnt[f] : cnt[f];
+    }
+  }
+  if (!m4) return;
+  // sum over the pairs of (psi - mean)^4 = (c + h)^4 per fold, c = base_f - mean, h = w d / 2:
+  // cnt c^4 + 4 c^3 sum h + 6 c^2 sum h^2 + 4 c sum h^3 + sum h^4, the folds in order
+  for (int64_t c = 0; c < cells; ++c) {
+    double acc = 0.0;
+    for (int64_t f = 0; f < F; ++f) {
+      const size_t e = static_cast<size_t>(f * cells + c);
+      const double cf = base[e] - mean[c], c2 = cf * cf;
+      const double x = (((ctot[f] * c2 * c2 + 4.0 * (c2 * cf) * (0.5 * A[e])) +
+                         6.0 * c2 * (0.25 * A[fc + e])) + 4.0 * cf * (0.125 * A[2 * fc + e])) +
+                       0.0625 * A[3 * fc + e];
+      acc = f ? acc + x : x;
+    }
+    m4[c] = acc;
   }
 }
 
@@ -581,7 +624,7 @@ void regression_finish(const uint8_t* packed, int64_t M, int64_t W, int64_t n, i
                        int64_t mw, int64_t PB, const double* P, const double* D,
                        const double* sizefeat, const double* wt, const double* hE,
                        const double* hW, const double* U, const double* Tb, int64_t L,
-                       const double* X2, const double* q, double* mean, double* m2) {
+                       const double* X2, const double* q, double* mean, double* m2, double* m4) {
   const int64_t nb = (n + 7) / 8;
   const int64_t p = n - 1 + k;
   const int64_t B = M - W;
@@ -612,7 +655,7 @@ void regression_finish(const uint8_t* packed, int64_t M, int64_t W, int64_t n, i
     for (int64_t c = 0; c < cells; ++c) hs[f * cells + c] = hE[c] + (sum[c] - h[f * cells + c]);
   double* sol = h.get();  // h is not needed any more
   regression_cholsolve(U, F, p, mw, hs.get(), sol);
-  regression_tail(packed, M, n, F, k, mw, PB, P, sol, D, Tb, L, X2, q, mean, m2);
+  regression_tail(packed, M, n, F, k, mw, PB, P, sol, D, Tb, L, X2, q, mean, m2, m4);
 }
 
 void regression_enum(const double* Y, int64_t R, int64_t n, int64_t p, int64_t mw, const double* W,
