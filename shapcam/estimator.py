@@ -53,8 +53,12 @@ class ShapleyResult:
     state: dict | None = field(default=None, repr=False)  # the Welford state, for resume=
     sampler: str = "antithetic"
     # interval's degrees of freedom: None (n_samples - 1), an int, or the regression sampler's
-    # (m2, m4, count), turned into one when first asked (shapcam.regression.interval_dof)
+    # shapcam.regression.PendingDof, turned into an int when first asked (or pickled)
     _dof: object = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self):
+        self.dof  # a pending one is worked out: it holds the run's design, not a picklable value
+        return dict(self.__dict__)
 
     @property
     def dof(self):
@@ -62,8 +66,8 @@ class ShapleyResult:
         n_samples - 1, or fewer for the regression sampler where its pair estimates are
         heavy-tailed (shapcam.regression.interval_dof)."""
         d = self._dof
-        if isinstance(d, tuple):
-            d = rg.interval_dof(*d)
+        if callable(d):
+            d = d()
             self._dof = d
         if d is None:
             return self.n_samples - 1 if self.n_samples >= 2 else None
@@ -866,7 +870,7 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
         stop_reason = "exact"
     else:
         stderr = _stderr_of(*st)
-        dof = (st[1], est[2], M)  # interval_dof, when first asked
+        dof = rg.PendingDof(plan, seed, eng, v0, vN, E_vals, P_vals[:2 * M], M)  # when first asked
         stop_reason = reason or ("K" if K is not None and (max_evals is None or
                                                            2 + int(K) * (n - 1) <= max_evals)
                                  else "max_evals")

@@ -704,27 +704,28 @@ def pair_moments(packed, n, F, dY, beta, sterm, qpos, engine=None, higher=False)
     return (U, V, U3, U4) if higher else (U, V)
 
 
-def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engine=None):
+def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engine=None, m4=False):
     """(mean, m2, m4) [n, mw] over the M pairs' estimates, from the folds' solutions sol [F, n - 1 + k,
     mw]: each fold's additive part beta (sol's first n - 1 rows; the last player's D - their sum,
     D = v(N) - v(0)), its exact share of the L sampled sizes added to Tb [n, mw] (the base), its
     size terms' difference by size X2 [n + 1, k] @ c; then per block of PB pairs (packed [M, n / 8],
     values P_vals [2M, mw]) the residual moments (pair_moments) and the block's mean and M2 of the
     pairs' estimates psi_j = base_f + w(S_j) d_j / 2, merged block by block (reference.merge_block);
-    m4, the sum over the pairs of (psi_j - mean)^4, from each fold's power sums of w d over all
-    blocks (the pooled kurtosis that interval_dof takes). Every sum runs in order from its first
+    m4 (None unless asked: it costs ~5 ns a pair), the sum over the pairs of (psi_j - mean)^4, from
+    each fold's power sums of w d over all blocks (the pooled kurtosis that interval_dof takes).
+    Every sum runs in order from its first
     term, so the native op (csrc/cpu/regression_cpu.cpp) and this NumPy twin give the same bits."""
     mw = sol.shape[2]
     mod = _native_for(engine)
     if mod is not None:
-        mean, m2, m4 = np.empty((n, mw)), np.empty((n, mw)), np.empty((n, mw))
+        mean, m2, q4 = np.empty((n, mw)), np.empty((n, mw)), np.empty((n, mw)) if m4 else None
         mod.regression_tail_cpu(np.ascontiguousarray(packed), M, n, F, k, mw, PB,
                                 np.ascontiguousarray(P_vals[:2 * M], dtype=np.float64),
                                 np.ascontiguousarray(sol), np.ascontiguousarray(D, dtype=np.float64),
                                 np.ascontiguousarray(Tb), int(L),
                                 np.ascontiguousarray(X2, dtype=np.float64),
-                                np.ascontiguousarray(qpos, dtype=np.float64), mean, m2, m4)
-        return mean, m2, m4
+                                np.ascontiguousarray(qpos, dtype=np.float64), mean, m2, q4)
+        return mean, m2, q4
     beta = np.empty((F, n, mw))
     beta[:, :-1] = sol[:, :n - 1]
     beta[:, -1] = D[None, :] - np.cumsum(sol[:, :n - 1], axis=1)[:, -1]
@@ -740,10 +741,12 @@ def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engin
         B = j1 - j0
         Y = P_vals[2 * j0:2 * j1]
         U, V, U3, U4 = pair_moments(packed[j0:j1], n, F, Y[0::2] - Y[1::2], beta, sterm, qpos,
-                                    engine, higher=True)
+                                    engine, higher=True) if m4 else \
+            pair_moments(packed[j0:j1], n, F, Y[0::2] - Y[1::2], beta, sterm, qpos, engine) + (None, None)
         cnt = _fold_rows(B)
-        A = [U, V, U3, U4] if j0 == 0 else [a + u for a, u in zip(A, (U, V, U3, U4))]
-        ctot = cnt if j0 == 0 else ctot + cnt
+        if m4:
+            A = [U, V, U3, U4] if j0 == 0 else [a + u for a, u in zip(A, (U, V, U3, U4))]
+            ctot = cnt if j0 == 0 else ctot + cnt
         bm = (np.cumsum(cnt * base, axis=0)[-1] + 0.5 * np.cumsum(U, axis=0)[-1]) / B
         dev = base - bm[None]
         bm2 = 0.25 * np.cumsum(V, axis=0)[-1] + np.cumsum(cnt * dev * dev + dev * U, axis=0)[-1]
@@ -753,6 +756,8 @@ def estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engin
         else:
             reference.merge_block(mean, m2, count, bm, bm2, B)
         count += B
+    if not m4:
+        return mean, m2, None
     # sum over the pairs of (c + h)^4 per fold, c = base_f - mean, h = w d / 2, the folds in order
     cf = base - mean[None]
     c2 = cf * cf
@@ -781,6 +786,24 @@ def interval_dof(m2, m4, M):
     return int(max(1, min(M - 1, math.floor(df))))
 
 
+class PendingDof:
+    """interval_dof of a finished regression run, worked out when first asked (ShapleyResult.dof):
+    one more estimate from the run's values, with the pairs' fourth powers, which a run that never
+    asks for an interval does not pay for (~5 ns a pair). Holds the run's design and its values
+    (the arrays of the result's state, not copies)."""
+
+    __slots__ = ("plan", "seed", "engine", "v0", "vN", "E_vals", "P_vals", "M")
+
+    def __init__(self, plan, seed, engine, v0, vN, E_vals, P_vals, M):
+        self.plan, self.seed, self.engine, self.v0, self.vN = plan, seed, engine, v0, vN
+        self.E_vals, self.P_vals, self.M = E_vals, P_vals, M
+
+    def __call__(self):
+        fit = Fit(self.plan, self.seed, self.engine, self.v0, self.vN)
+        _, st, m4 = fit.estimate(self.E_vals, self.P_vals, self.M, m4=True)
+        return interval_dof(st[1], m4, self.M)
+
+
 def _other_folds(x):
     """[F, ...]: each fold's fit's sums over the pairs of the other folds (a Gram matrix or a right
     side), from each fold's own x [F, ...] (linear in the pairs): the folds' total, summed in fold
@@ -797,7 +820,7 @@ def _pair_dt(packed, Y, n, D):
 
 
 def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, fac, Tb, L, X2,
-                    qpos, engine=None):
+                    qpos, engine=None, m4=False):
     """(mean, m2, m4) [n, mw] of the regression estimate from the folds' factors fac (_factor_psd) on:
     the right sides h [F, p, mw] of pairs W..M-1 (pair_gram; fold b % F counted from W, W a
     multiple of PB) added to hW (the whole blocks' own, or None), each fold's right side hs_f = hE
@@ -809,7 +832,7 @@ def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, 
     bad = fac[1] if len(fac) == 3 else None
     mod = _native_for(engine)
     if mod is not None and bad is None:
-        mean, m2, m4 = np.empty((n, mw)), np.empty((n, mw)), np.empty((n, mw))
+        mean, m2, q4 = np.empty((n, mw)), np.empty((n, mw)), np.empty((n, mw)) if m4 else None
         mod.regression_finish_cpu(np.ascontiguousarray(packed[:M]), M, W, n, F, k, mw, PB,
                                   np.ascontiguousarray(P_vals[:2 * M], dtype=np.float64),
                                   np.ascontiguousarray(D, dtype=np.float64),
@@ -818,8 +841,8 @@ def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, 
                                   None if hW is None else np.ascontiguousarray(hW),
                                   np.ascontiguousarray(fac[0]), np.ascontiguousarray(Tb), int(L),
                                   np.ascontiguousarray(X2, dtype=np.float64),
-                                  np.ascontiguousarray(qpos, dtype=np.float64), mean, m2, m4)
-        return mean, m2, m4
+                                  np.ascontiguousarray(qpos, dtype=np.float64), mean, m2, q4)
+        return mean, m2, q4
     p = n - 1 + k
     h = np.zeros((F, p, mw))
     part = packed[W:M]
@@ -828,7 +851,7 @@ def estimate_finish(packed, P_vals, M, W, n, F, k, PB, D, sizefeat, wt, hE, hW, 
         h = hW + h
     hs = hE[None] + _other_folds(h)
     sol = solve_factored(fac, hs, engine)
-    return estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engine)
+    return estimate_tail(packed, P_vals, M, n, F, k, PB, sol, D, Tb, L, X2, qpos, engine, m4)
 
 
 def pair_gram(packed, n, F, sizefeat, wt, dt, G, h, engine=None):
@@ -1077,11 +1100,11 @@ class Fit:
             a.setflags(write=False)
         design_cache.put(key, value, sum(a.nbytes for a in arrays))
 
-    def estimate(self, E_vals, P_vals, M):
+    def estimate(self, E_vals, P_vals, M, m4=False):
         """(values [n, mw], (mean, m2, count) over the M pairs' estimates, or None when every
-        size is enumerated, and m4 [n, mw]: the sum of their fourth powers about the mean, or
-        None) from the enumerated values E_vals [nE, mw] and the first M pairs' values P_vals
-        [2M, mw]."""
+        size is enumerated, and with m4=True m4 [n, mw]: the sum of their fourth powers about the
+        mean, else None) from the enumerated values E_vals [nE, mw] and the first M pairs' values
+        P_vals [2M, mw]."""
         plan, n = self.plan, self.n
         mw = self.v0.shape[0]
         nE = E_vals.shape[0]
@@ -1145,11 +1168,11 @@ class Fit:
                 fac = _factor_psd(GE[None] + _other_folds(Gf), self.engine)
                 if cached:  # (U,) when every fold factored, else (U, bad, G_bad)
                     self._share(fkey, fac if fac[1] is not None else fac[:1])
-            mean, m2, m4 = estimate_finish(self.pair_packed(0, M), P_vals, M, W, n, F, self.k, PB,
+            mean, m2, q4 = estimate_finish(self.pair_packed(0, M), P_vals, M, W, n, F, self.k, PB,
                                        self.vN - self.v0, _size_table(n), plan.pair_weights, hE,
                                        hf, fac, Tb, len(plan.mid), _size_table(n, 2.0), qpos,
-                                       self.engine)
-            return mean, (mean, m2, M), m4
+                                       self.engine, m4)
+            return mean, (mean, m2, M), q4
         if M > W:
             part = self._new_stats(mw)
             self._add_pairs(part, W, M, P_vals)
@@ -1164,7 +1187,7 @@ class Fit:
         # and pair j's estimate psi_j = base_f + w(S_j) d_j / 2, with d_j = (r(S_j) - r(N minus
         # S_j)) / q(s_j) the residual's difference (w(N minus S) = -w(S)): the blocks' mean and M2
         # from per-fold sums of w d and w^2 d^2 (estimate_tail)
-        mean, m2, m4 = estimate_tail(self.pair_packed(0, M), P_vals, M, n, F, self.k, PB, sol,
+        mean, m2, q4 = estimate_tail(self.pair_packed(0, M), P_vals, M, n, F, self.k, PB, sol,
                                  self.vN - self.v0, Tb, len(plan.mid), _size_table(n, 2.0), qpos,
-                                 self.engine)
-        return mean, (mean, m2, M), m4
+                                 self.engine, m4)
+        return mean, (mean, m2, M), q4

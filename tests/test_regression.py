@@ -176,9 +176,11 @@ def test_estimate_tail_matches_its_numpy_twin(n):
         P = rng.normal(size=(2 * M, mw))
         sol, D, Tb = rng.normal(size=(F, p, mw)), rng.normal(size=mw), rng.normal(size=(n, mw))
         args = (pk, P, M, n, F, k, PB, sol, D, Tb, len(plan.mid), X2, plan.qpos)
-        a = rg.estimate_tail(*args, engine="native")
-        b = rg.estimate_tail(*args, engine="reference")
+        a = rg.estimate_tail(*args, engine="native", m4=True)
+        b = rg.estimate_tail(*args, engine="reference", m4=True)
         for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        for x, y in zip(a[:2], rg.estimate_tail(*args, engine="native")):  # m4 not asked: the same
             np.testing.assert_array_equal(x, y)
         # pair by pair: psi_j = base_f + w(S_j) d_j / 2, fold f = (j mod PB) mod F
         beta = np.concatenate([sol[:, :n - 1], (D - sol[:, :n - 1].sum(1))[:, None]], 1)
@@ -251,8 +253,8 @@ def test_estimate_finish_matches_its_numpy_twin_and_its_steps(n):
         D, Tb, hE = rng.normal(size=mw), rng.normal(size=(n, mw)), rng.normal(size=(p, mw))
         hW = rng.normal(size=(F, p, mw)) if whole else None
         args = (pk, P, M, W, n, F, k, PB, D, sf, wt, hE, hW, fac, Tb, len(plan.mid), X2, plan.qpos)
-        a = rg.estimate_finish(*args, engine="native")
-        b = rg.estimate_finish(*args, engine="reference")
+        a = rg.estimate_finish(*args, engine="native", m4=True)
+        b = rg.estimate_finish(*args, engine="reference", m4=True)
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
         h = np.zeros((F, p, mw))
@@ -261,7 +263,7 @@ def test_estimate_finish_matches_its_numpy_twin_and_its_steps(n):
             h = h + hW
         hs = hE[None] + h.sum(0)[None] - h
         c = rg.estimate_tail(pk, P, M, n, F, k, PB, rg.solve_factored(fac, hs, "native"), D, Tb,
-                             len(plan.mid), X2, plan.qpos, "native")
+                             len(plan.mid), X2, plan.qpos, "native", m4=True)
         for x, y in zip(a, c):
             np.testing.assert_allclose(x, y, rtol=1e-11, atol=1e-12)
     U = fac[0].copy()
@@ -269,7 +271,8 @@ def test_estimate_finish_matches_its_numpy_twin_and_its_steps(n):
     Gb = np.eye(p)[None] * 2.0
     bad = (U, np.array([2]), Gb)
     args = (pk, P, M, W, n, F, k, PB, D, sf, wt, hE, hW, bad, Tb, len(plan.mid), X2, plan.qpos)
-    for x, y in zip(rg.estimate_finish(*args, engine="native"), rg.estimate_finish(*args, engine="reference")):
+    for x, y in zip(rg.estimate_finish(*args, engine="native", m4=True),
+                    rg.estimate_finish(*args, engine="reference", m4=True)):
         np.testing.assert_array_equal(x, y)
         assert np.isfinite(x).all()
 
@@ -556,6 +559,10 @@ def test_interval_dof_follows_the_pairs_kurtosis():
     from shapcam.estimator import t_quantile
     lo, hi = r.interval(0.95)
     np.testing.assert_allclose(hi - r.values, t_quantile(0.975, r.dof) * r.stderr, rtol=1e-12)
+    import pickle
+    for eng in ("native", "reference") if _engine.native() else ("reference",):
+        r2 = _run(g, seed=3, engine=eng)
+        assert pickle.loads(pickle.dumps(r2)).dof == r2.dof == r.dof
     p = shapcam.estimate_shapley(g, N, 8, sampler="stratified")
     assert p.dof == p.n_samples - 1
     np.testing.assert_allclose(p.interval(0.95)[1] - p.values,

@@ -92,14 +92,18 @@ void regression_pairs(uint64_t seed, int64_t j0, int64_t j1, int64_t n, const ui
   }
 }
 
-void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t mw,
-                        const double* dY, const double* beta, const double* sterm, const double* q,
-                        double* U, double* V, double* U3, double* U4) {
+namespace {
+// regression_moments, with U3 and U4 (Higher) or without: a template, so the loops without them
+// carry no test for them (~2 ns a pair).
+template <bool Higher>
+void moments_impl(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t mw,
+                  const double* dY, const double* beta, const double* sterm, const double* q,
+                  double* U, double* V, double* U3, double* U4) {
   const int64_t nb = (n + 7) / 8;
   const int64_t cells = n * mw;
   std::fill(U, U + F * cells, 0.0);
   std::fill(V, V + F * cells, 0.0);
-  if (U3) {
+  if (Higher) {
     std::fill(U3, U3 + F * cells, 0.0);
     std::fill(U4, U4 + F * cells, 0.0);
   }
@@ -118,8 +122,8 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
     const double* sf = sterm + f * (n + 1) * mw;
     double* Uf = U + f * cells;
     double* Vf = V + f * cells;
-    double* U3f = U3 ? U3 + f * cells : nullptr;
-    double* U4f = U3 ? U4 + f * cells : nullptr;
+    double* U3f = Higher ? U3 + f * cells : nullptr;
+    double* U4f = Higher ? U4 + f * cells : nullptr;
     // Selects are table lookups by z (0 or 1), not branches: z is a coin flip per player, and
     // mispredicted branches cost more than the arithmetic (g++ turns a ?: of doubles into one;
     // masking the bits instead measured 2x slower). Rows go in groups of kMomentRows: their sums
@@ -159,12 +163,15 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
           for (int c = 0; c < 2; ++c) {
             tp[r][c] = wt[r][c] * dr;
             t2[r][c] = w2t[r][c] * dd;
-            t3[r][c] = tp[r][c] * t2[r][c];
-            t4[r][c] = t2[r][c] * t2[r][c];
           }
+          if (Higher)
+            for (int c = 0; c < 2; ++c) {
+              t3[r][c] = tp[r][c] * t2[r][c];
+              t4[r][c] = t2[r][c] * t2[r][c];
+            }
         }
         select_add(z, zs, R, n, &tp[0][0], Uf, &t2[0][0], Vf);
-        if (U3f) select_add(z, zs, R, n, &t3[0][0], U3f, &t4[0][0], U4f);
+        if (Higher) select_add(z, zs, R, n, &t3[0][0], U3f, &t4[0][0], U4f);
         b += R * F;
         continue;
       }
@@ -184,7 +191,7 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
           // the fold's first row starts its sums (0.0 + x would turn -0.0 into +0.0)
           u[o] = first ? t : u[o] + t;
           v[o] = first ? tt : v[o] + tt;
-          if (U3f) {
+          if (Higher) {
             const double t3 = t * tt, t4 = tt * tt;
             double* u3 = U3f + i * mw + o;
             double* u4 = U4f + i * mw + o;
@@ -198,7 +205,16 @@ void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, 
     }
   }
 }
+}  // namespace
 
+void regression_moments(const uint8_t* packed, int64_t B, int64_t n, int64_t F, int64_t mw,
+                        const double* dY, const double* beta, const double* sterm, const double* q,
+                        double* U, double* V, double* U3, double* U4) {
+  if (U3)
+    moments_impl<true>(packed, B, n, F, mw, dY, beta, sterm, q, U, V, U3, U4);
+  else
+    moments_impl<false>(packed, B, n, F, mw, dY, beta, sterm, q, U, V, nullptr, nullptr);
+}
 
 namespace {
 // G += (w a) a^T on and above the diagonal (the twin mirrors it the same way) and h += a e^T for
@@ -530,9 +546,13 @@ void regression_tail(const uint8_t* packed, int64_t M, int64_t n, int64_t F, int
   // for m4: per fold, the pairs' power sums of h = w d / 2's w d (A1 .. A4, over all blocks in
   // block order) and the pairs counted
   const size_t fc = m4 ? static_cast<size_t>(F * cells) : 0;
-  const auto U3 = scratch<double>(fc), U4 = scratch<double>(fc);
-  const auto A = scratch<double>(4 * fc);
-  const auto ctot = scratch<double>(static_cast<size_t>(F));
+  std::unique_ptr<double[]> U3, U4, A, ctot;
+  if (m4) {
+    U3 = scratch<double>(fc);
+    U4 = scratch<double>(fc);
+    A = scratch<double>(4 * fc);
+    ctot = scratch<double>(static_cast<size_t>(F));
+  }
   const double nn = static_cast<double>(n), scale = static_cast<double>(n * (n - 1));
   const double Ld = static_cast<double>(L);
   for (int64_t f = 0; f < F; ++f) {
