@@ -145,6 +145,45 @@ const T* readable(const py::array& a, const char* name, int64_t expected_size) {
   return static_cast<const T*>(a.data());
 }
 
+// An optional array argument: nullptr for None, else checked as writable / readable (the size
+// computed by the caller); `keep` holds the cast array for the call.
+template <typename T>
+T* optional_writable(const py::object& o, py::array& keep, const char* name, int64_t size) {
+  if (o.is_none()) return nullptr;
+  keep = o.cast<py::array>();
+  return writable<T>(keep, name, size);
+}
+
+template <typename T>
+const T* optional_readable(const py::object& o, py::array& keep, const char* name, int64_t size) {
+  if (o.is_none()) return nullptr;
+  keep = o.cast<py::array>();
+  return readable<T>(keep, name, size);
+}
+
+// The regression tail's tables and outputs, shared by regression_tail_cpu and
+// regression_finish_cpu: Tb [n, mw], X2 [n + 1, k], q [n + 1], mean, m2 [n, mw], m4 [n, mw] or None.
+struct TailIO {
+  int64_t cells, xsize;
+  const double *Tb, *X2, *q;
+  double *mean, *m2, *m4;
+  py::array m4_keep;
+};
+
+TailIO tail_io(const py::array& Tb, const py::array& X2, const py::array& q, py::array& mean,
+               py::array& m2, const py::object& m4, int64_t n, int64_t k, int64_t mw) {
+  TailIO io;
+  io.cells = mul(n, mw, "cells");
+  io.xsize = mul(n + 1, k, "X2");
+  io.Tb = readable<double>(Tb, "Tb", io.cells);
+  io.X2 = readable<double>(X2, "X2", io.xsize);
+  io.q = readable<double>(q, "q", n + 1);
+  io.mean = writable<double>(mean, "mean", io.cells);
+  io.m2 = writable<double>(m2, "m2", io.cells);
+  io.m4 = optional_writable<double>(m4, io.m4_keep, "m4", io.cells);
+  return io;
+}
+
 // Every id of the player map must name a player: an id outside [0, n) would index past a rank row.
 void check_player_ids(const int32_t* players, int64_t inner, int64_t n) {
   for (int64_t j = 0; j < inner; ++j) {
@@ -301,11 +340,9 @@ PYBIND11_MODULE(_C, m) {
         check_range(k0, k1, "permutations [k0, k1)");
         check_n(n, 1);
         const int64_t size = mul(k1 - k0, n, "perm/rank");
-        int32_t* pp = nullptr;
-        int32_t* rp = nullptr;
         py::array pa, ra;
-        if (!perm.is_none()) { pa = perm.cast<py::array>(); pp = writable<int32_t>(pa, "perm", size); }
-        if (!rank.is_none()) { ra = rank.cast<py::array>(); rp = writable<int32_t>(ra, "rank", size); }
+        int32_t* pp = optional_writable<int32_t>(perm, pa, "perm", size);
+        int32_t* rp = optional_writable<int32_t>(rank, ra, "rank", size);
         if (pp && rp) check_disjoint(span("rank", rp, size), {span("perm", pp, size)});
         py::gil_scoped_release nogil;
         cpu::permutations(seed, k0, k1, n, group, pp, rp);
@@ -493,8 +530,7 @@ PYBIND11_MODULE(_C, m) {
         const double* dp = readable<double>(dt, "dt", mul(B, mw, "dt"));
         const int64_t gsize = G.is_none() ? 0 : mul(F, mul(p, p, "G"), "G");
         py::array ga;
-        double* gp = nullptr;
-        if (!G.is_none()) { ga = G.cast<py::array>(); gp = writable<double>(ga, "G", gsize); }
+        double* gp = optional_writable<double>(G, ga, "G", gsize);
         double* hp = writable<double>(h, "h", mul(F, mul(p, mw, "h"), "h"));
         check_outputs({span("G", gp, gsize), span("h", hp, F * p * mw)},
                       {span("packed", pp, B * nb), span("sizefeat", fp, fsize), span("wt", wp, n + 1),
@@ -548,7 +584,6 @@ PYBIND11_MODULE(_C, m) {
                 "regression_tail: need n >= 2, M >= 0, F >= 1, k >= 0, mw >= 1, PB >= 1, L >= 0");
         const int64_t nb = (n + 7) / 8;
         const int64_t p = n - 1 + k;
-        const int64_t cells = mul(n, mw, "cells");
         mul(mul(F, n + 1, "sterm"), mw, "sterm");
         const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(M, nb, "packed"));
         const int64_t psize = mul(mul(M, 2, "P"), mw, "P");
@@ -556,22 +591,17 @@ PYBIND11_MODULE(_C, m) {
         const int64_t ssize = mul(mul(F, p, "sol"), mw, "sol");
         const double* sp = readable<double>(sol, "sol", ssize);
         const double* dp = readable<double>(D, "D", mw);
-        const double* tp = readable<double>(Tb, "Tb", cells);
-        const int64_t xsize = mul(n + 1, k, "X2");
-        const double* xp = readable<double>(X2, "X2", xsize);
-        const double* qp = readable<double>(q, "q", n + 1);
-        double* mp = writable<double>(mean, "mean", cells);
-        double* m2p = writable<double>(m2, "m2", cells);
-        py::array m4a;
-        double* m4p = nullptr;
-        if (!m4.is_none()) { m4a = m4.cast<py::array>(); m4p = writable<double>(m4a, "m4", cells); }
-        check_sampled_sizes(pp, M, n, qp);
-        check_outputs({span("mean", mp, cells), span("m2", m2p, cells), span("m4", m4p, m4p ? cells : 0)},
+        TailIO io = tail_io(Tb, X2, q, mean, m2, m4, n, k, mw);
+        const int64_t cells = io.cells;
+        check_sampled_sizes(pp, M, n, io.q);
+        check_outputs({span("mean", io.mean, cells), span("m2", io.m2, cells),
+                       span("m4", io.m4, io.m4 ? cells : 0)},
                       {span("packed", pp, M * nb), span("P", Pp, psize), span("sol", sp, ssize),
-                       span("D", dp, mw), span("Tb", tp, cells), span("X2", xp, xsize),
-                       span("q", qp, n + 1)});
+                       span("D", dp, mw), span("Tb", io.Tb, cells), span("X2", io.X2, io.xsize),
+                       span("q", io.q, n + 1)});
         py::gil_scoped_release nogil;
-        cpu::regression_tail(pp, M, n, F, k, mw, PB, Pp, sp, dp, tp, L, xp, qp, mp, m2p, m4p);
+        cpu::regression_tail(pp, M, n, F, k, mw, PB, Pp, sp, dp, io.Tb, L, io.X2, io.q, io.mean, io.m2,
+                             io.m4);
       },
       "The regression estimate's tail (ops_cpu.h): mean, m2 [n, mw] over the M pairs' estimates "
       "from the folds' solutions sol [F, n-1+k, mw], packed [M, ceil(n/8)], P [2M, mw], D [mw], "
@@ -599,9 +629,8 @@ PYBIND11_MODULE(_C, m) {
         const int64_t tsize = mul(n, mw, "Tb");
         double* tp = writable<double>(Tb, "Tb", tsize);
         py::array hEa;
-        double* hp = nullptr;
         const int64_t hsize = mul(p, mw, "hE");
-        if (!hE.is_none()) { hEa = hE.cast<py::array>(); hp = writable<double>(hEa, "hE", hsize); }
+        double* hp = optional_writable<double>(hE, hEa, "hE", hsize);
         check_outputs({span("Tb", tp, tsize), span("hE", hp, hp ? hsize : 0)},
                       {span("Y", yp, ysize), span("W", wp, wsize), span("AW", ap, asize),
                        span("last", lp, R), span("v0", v0p, mw), span("D", dp, mw)});
@@ -624,7 +653,6 @@ PYBIND11_MODULE(_C, m) {
                 "regression_finish: need 0 <= W <= M, F >= 1, k >= 0, mw >= 1, PB >= 1, L >= 0");
         const int64_t nb = (n + 7) / 8;
         const int64_t p = n - 1 + k;
-        const int64_t cells = mul(n, mw, "cells");
         const int64_t hsize = mul(mul(F, p, "h"), mw, "h");
         mul(mul(F, n + 1, "sterm"), mw, "sterm");
         const uint8_t* pp = readable<uint8_t>(packed, "packed", mul(M, nb, "packed"));
@@ -636,28 +664,21 @@ PYBIND11_MODULE(_C, m) {
         const double* wp = readable<double>(wt, "wt", n + 1);
         const double* ep = readable<double>(hE, "hE", p * mw);
         py::array hWa;
-        const double* hwp = nullptr;
-        if (!hW.is_none()) { hWa = hW.cast<py::array>(); hwp = readable<double>(hWa, "hW", hsize); }
+        const double* hwp = optional_readable<double>(hW, hWa, "hW", hsize);
         const int64_t usize = mul(F, mul(p, p, "U"), "U");
         const double* up = readable<double>(U, "U", usize);
-        const double* tp = readable<double>(Tb, "Tb", cells);
-        const int64_t xsize = mul(n + 1, k, "X2");
-        const double* xp = readable<double>(X2, "X2", xsize);
-        const double* qp = readable<double>(q, "q", n + 1);
-        double* mp = writable<double>(mean, "mean", cells);
-        double* m2p = writable<double>(m2, "m2", cells);
-        py::array m4a;
-        double* m4p = nullptr;
-        if (!m4.is_none()) { m4a = m4.cast<py::array>(); m4p = writable<double>(m4a, "m4", cells); }
-        check_sampled_sizes(pp, M, n, qp);
-        check_outputs({span("mean", mp, cells), span("m2", m2p, cells), span("m4", m4p, m4p ? cells : 0)},
+        TailIO io = tail_io(Tb, X2, q, mean, m2, m4, n, k, mw);
+        const int64_t cells = io.cells;
+        check_sampled_sizes(pp, M, n, io.q);
+        check_outputs({span("mean", io.mean, cells), span("m2", io.m2, cells),
+                       span("m4", io.m4, io.m4 ? cells : 0)},
                       {span("packed", pp, M * nb), span("P", Pp, psize), span("D", dp, mw),
                        span("sizefeat", fp, fsize), span("wt", wp, n + 1), span("hE", ep, p * mw),
-                       span("hW", hwp, hwp ? hsize : 0), span("U", up, usize), span("Tb", tp, cells),
-                       span("X2", xp, xsize), span("q", qp, n + 1)});
+                       span("hW", hwp, hwp ? hsize : 0), span("U", up, usize), span("Tb", io.Tb, cells),
+                       span("X2", io.X2, io.xsize), span("q", io.q, n + 1)});
         py::gil_scoped_release nogil;
-        cpu::regression_finish(pp, M, W, n, F, k, mw, PB, Pp, dp, fp, wp, ep, hwp, up, tp, L, xp, qp,
-                               mp, m2p, m4p);
+        cpu::regression_finish(pp, M, W, n, F, k, mw, PB, Pp, dp, fp, wp, ep, hwp, up, io.Tb, L, io.X2,
+                               io.q, io.mean, io.m2, io.m4);
       },
       "The regression estimate from the right sides on, where the folds' factors U are known "
       "(ops_cpu.h): the right sides of pairs W..M-1 added to hW [F, p, mw] (or None), the folds' "
