@@ -80,10 +80,11 @@ class ShapleyResult:
         return a.astype(dtype) if dtype is not None else a
 
     def interval(self, level: float = 0.95):
-        """(low, high): values -+ q * stderr with q the Student-t quantile on n_samples - 1
-        degrees of freedom, or ``dof`` where set (the samples are independent groups, so their
-        mean is t-distributed when the marginals are near normal; with few samples this is much
-        wider than 1.96 SE, which covers only ~70% at 2 samples). NaN with fewer than 2 samples."""
+        """(low, high): values -+ q * stderr with q the Student-t quantile on ``dof`` degrees of
+        freedom (n_samples - 1; fewer for the regression sampler's heavy-tailed pairs). The
+        samples are independent groups, so their mean is t-distributed when the marginals are
+        near normal; with few samples this is much wider than 1.96 SE, which covers only ~70% at
+        2 samples. NaN with fewer than 2 samples."""
         if not (isinstance(level, (float, int)) and 0 < level < 1):
             raise ValueError(f"level: expected a probability in (0, 1), got {level!r}")
         q = t_quantile(0.5 + level / 2, self.dof) if self.n_samples >= 2 else float("nan")
