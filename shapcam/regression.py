@@ -807,8 +807,12 @@ class PendingDof:
 def _other_folds(x):
     """[F, ...]: each fold's fit's sums over the pairs of the other folds (a Gram matrix or a right
     side), from each fold's own x [F, ...] (linear in the pairs): the folds' total, summed in fold
-    order, less its own (the native estimate_finish makes the right sides' the same way)."""
-    return np.cumsum(x, axis=0)[-1][None] - x
+    order, less its own (the native estimate_finish makes the right sides' the same way). A loop
+    over the folds, not np.cumsum along axis 0: the same adds, 40 -> 10 us for 8 x 33 x 33."""
+    total = x[0].copy()
+    for f in range(1, x.shape[0]):
+        total += x[f]
+    return total[None] - x
 
 
 def _pair_dt(packed, Y, n, D):
