@@ -168,6 +168,18 @@ struct TailIO {
   const double *Tb, *X2, *q;
   double *mean, *m2, *m4;
   py::array m4_keep;
+
+  // Every pair's size sampled (packed [M, ceil(n / 8)]), and the outputs apart from each other,
+  // from the tables and packed, and from the op's other inputs `ins`.
+  void check(const uint8_t* packed, int64_t M, int64_t n, std::initializer_list<Span> ins) const {
+    check_sampled_sizes(packed, M, n, q);
+    const int64_t nb = (n + 7) / 8;
+    check_outputs({span("mean", mean, cells), span("m2", m2, cells), span("m4", m4, m4 ? cells : 0)},
+                  {span("packed", packed, M * nb), span("Tb", Tb, cells), span("X2", X2, xsize),
+                   span("q", q, n + 1)});
+    check_outputs({span("mean", mean, cells), span("m2", m2, cells), span("m4", m4, m4 ? cells : 0)},
+                  ins);
+  }
 };
 
 TailIO tail_io(const py::array& Tb, const py::array& X2, const py::array& q, py::array& mean,
@@ -592,13 +604,7 @@ PYBIND11_MODULE(_C, m) {
         const double* sp = readable<double>(sol, "sol", ssize);
         const double* dp = readable<double>(D, "D", mw);
         TailIO io = tail_io(Tb, X2, q, mean, m2, m4, n, k, mw);
-        const int64_t cells = io.cells;
-        check_sampled_sizes(pp, M, n, io.q);
-        check_outputs({span("mean", io.mean, cells), span("m2", io.m2, cells),
-                       span("m4", io.m4, io.m4 ? cells : 0)},
-                      {span("packed", pp, M * nb), span("P", Pp, psize), span("sol", sp, ssize),
-                       span("D", dp, mw), span("Tb", io.Tb, cells), span("X2", io.X2, io.xsize),
-                       span("q", io.q, n + 1)});
+        io.check(pp, M, n, {span("P", Pp, psize), span("sol", sp, ssize), span("D", dp, mw)});
         py::gil_scoped_release nogil;
         cpu::regression_tail(pp, M, n, F, k, mw, PB, Pp, sp, dp, io.Tb, L, io.X2, io.q, io.mean, io.m2,
                              io.m4);
@@ -668,14 +674,9 @@ PYBIND11_MODULE(_C, m) {
         const int64_t usize = mul(F, mul(p, p, "U"), "U");
         const double* up = readable<double>(U, "U", usize);
         TailIO io = tail_io(Tb, X2, q, mean, m2, m4, n, k, mw);
-        const int64_t cells = io.cells;
-        check_sampled_sizes(pp, M, n, io.q);
-        check_outputs({span("mean", io.mean, cells), span("m2", io.m2, cells),
-                       span("m4", io.m4, io.m4 ? cells : 0)},
-                      {span("packed", pp, M * nb), span("P", Pp, psize), span("D", dp, mw),
-                       span("sizefeat", fp, fsize), span("wt", wp, n + 1), span("hE", ep, p * mw),
-                       span("hW", hwp, hwp ? hsize : 0), span("U", up, usize), span("Tb", io.Tb, cells),
-                       span("X2", io.X2, io.xsize), span("q", io.q, n + 1)});
+        io.check(pp, M, n, {span("P", Pp, psize), span("D", dp, mw), span("sizefeat", fp, fsize),
+                            span("wt", wp, n + 1), span("hE", ep, p * mw),
+                            span("hW", hwp, hwp ? hsize : 0), span("U", up, usize)});
         py::gil_scoped_release nogil;
         cpu::regression_finish(pp, M, W, n, F, k, mw, PB, Pp, dp, fp, wp, ep, hwp, up, io.Tb, L, io.X2,
                                io.q, io.mean, io.m2, io.m4);
