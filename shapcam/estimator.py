@@ -707,7 +707,7 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         cap = np.iinfo(np.int64).max // (4 * per_sample)
     if cap < start:
         raise ValueError(f"resume: the earlier run already has {start} samples, more than "
-                         f"this call's K / max_evals allow ({cap})")
+                         f"this call's K / max_evals allow ({cap}); ask for a larger K or max_evals")
     # An absolute schedule (not relative to a resumed run's count), so a resumed run checks where
     # a single run would have.
     sched = _Schedule(min_samples, cap, anytime)
@@ -791,7 +791,8 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
                              f"regression sampler's {nE} border coalitions and two pairs")
     if cap < start:
         raise ValueError(f"resume: the earlier run already has {start} pairs, more than this call's "
-                         f"K / max_evals allow ({cap})")
+                         f"K / max_evals allow ({cap} pairs: {cap_evals} evaluations); ask for a "
+                         f"larger K or max_evals")
     fit = rg.Fit(plan, seed, eng, v0, vN)
 
     def values_of(masks, where):
@@ -948,8 +949,10 @@ def _resumable(prev, seed, sampler, n, m, v_empty, v_full):
         raise ValueError(f"resume: the earlier run used seed={prev.seed}, sampler={prev_sampler!r}; "
                          f"this one seed={seed}, sampler={sampler!r}")
     if state["n"] != n or state["m"] != m:
-        raise ValueError(f"resume: the earlier run had {state['n']} players and {state['m']} outputs; "
-                         f"this game has {n} and {m}")
+        def outs(k):
+            return f"{k} output{'' if k == 1 else 's'}" if k else "scalar values"
+        raise ValueError(f"resume: the earlier run had {state['n']} players and {outs(state['m'])}; "
+                         f"this game has {n} players and {outs(m)}")
     same = np.array_equal(host_numpy(v_empty).reshape(-1), host_numpy(_as_2d(prev.v_empty)).reshape(-1)) and \
         np.array_equal(host_numpy(v_full).reshape(-1), host_numpy(_as_2d(prev.v_full)).reshape(-1))
     if not same:

@@ -536,6 +536,21 @@ def _fold_rows(B):
     return c
 
 
+@functools.lru_cache(maxsize=16)
+def _strict_upper(p):
+    """[p, p] bool, read-only: True above the diagonal."""
+    m = np.triu(np.ones((p, p), dtype=bool), 1)
+    m.setflags(write=False)
+    return m
+
+
+def _mirror_upper(G):
+    """G [..., p, p] with zeros below the diagonal (the Gram sums fill the upper triangle) made
+    symmetric: the same numbers as triu(G) + triu(G, 1)^T, at half the cost (8 vs 18 us for
+    8 x 33 x 33: a first run's fixed cost)."""
+    return G + np.swapaxes(np.where(_strict_upper(G.shape[-1]), G, 0.0), -1, -2)
+
+
 def size_features(n, s):
     """[len(s), size_terms(n)] float64: P_1, P_3, ... (odd Legendre) of x = (2 s - n) / n."""
     k = size_terms(n)
@@ -940,7 +955,7 @@ def counts_gram(stats, wt, sizefeat):
     x = sizefeat[:T]
     pz = N.shape[-1]
     up = (w @ N.astype(np.float64).reshape(N.shape[:-2] + (pz * pz,))).reshape(N.shape[:-3] + (pz, pz))
-    zz = up + np.swapaxes(np.triu(up, 1), -1, -2)
+    zz = _mirror_upper(up)
     zl = np.einsum("...tj,t->...j", SL.astype(np.float64), w)
     cl = np.einsum("...t,t->...", CL.astype(np.float64), w)
     zz = zz - zl[..., :, None] - zl[..., None, :] + cl[..., None, None]
@@ -1090,7 +1105,7 @@ class Fit:
         if "N" in stats:
             return counts_gram(stats, self.plan.pair_weights, _size_table(self.n)), stats["h"]
         G = stats["G"]
-        return np.triu(G) + np.swapaxes(np.triu(G, 1), 1, 2), stats["h"]  # pairs fill the upper triangle
+        return _mirror_upper(G), stats["h"]
 
     @staticmethod
     def _share(key, value):
