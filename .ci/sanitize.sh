@@ -27,7 +27,8 @@ cd "$WORK"
     "$ROOT/tests/test_exact.py" "$ROOT/tests/test_binding_fuzz.py" \
     "$ROOT/tests/test_hardening.py" "$ROOT/tests/test_incremental.py" \
     -k "not cli and not evaluate and not half and not thread and not incremental_equals_fused"
-# the regression sampler's native ops (draws, fit statistics, moments) against their twins
+# the regression sampler's native ops (draws, 8 at a time and one at a time; fit statistics, moments)
+# against their twins
 "$PY" -m pytest -q -p no:cacheprovider -c "$ROOT/pytest.ini" --rootdir "$ROOT" \
     "$ROOT/tests/test_regression.py" \
-    -k "contract or tail or finish or enumerated_terms or twins or past_a_word or past_the or bit_identical or fit_cache or efficiency"
+    -k "contract or tail or finish or enumerated_terms or twins or past_a_word or past_the or bit_identical or fit_cache or efficiency or pair_draws or stay_in"

@@ -70,7 +70,7 @@ def test_pair_is_the_tail_of_a_plain_permutation():
     2 s <= n; every S_j of a size is equally likely (chi-square over the 12 subsets of size 2 of
     4 ... here: each player's frequency in S_j matches s / n)."""
     from shapcam import ops
-    for n in (7, 8, 30, 65):
+    for n in (5, 7, 8, 17, 30, 33, 64, 65):
         p = rg.make_plan(n, None)
         j0, j1 = 3, 403
         perm = ops.permutations(5, j0, j1, n, antithetic=False, engine="reference")
@@ -798,14 +798,27 @@ def test_design_cache_in_a_child_forked_while_its_lock_was_held():
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+def _vector_and_scalar(code):
+    """What code prints (split in words) with the CPU ops' AVX2 paths, where the CPU has AVX2, and
+    with their scalar loops (SHAPCAM_NO_AVX2=1), each in a process of its own."""
+    if _engine.native() is None:
+        pytest.skip("no native engine")
+    outs = []
+    for extra in ({}, {"SHAPCAM_NO_AVX2": "1"}):
+        env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
+        res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs.append(res.stdout.split())
+    return outs
+
+
 def test_vector_and_scalar_pair_loops_give_the_same_bits():
     """The per-pair loops' AVX2 path (csrc/cpu/select_add.h, taken where the CPU has AVX2) and
     their scalar loops (SHAPCAM_NO_AVX2=1) give the same estimates bit for bit: several n (a
     partial last vector of players, more than one byte of them), outputs, a whole block of pairs
     and the groups of 16, 8 and 1 rows."""
-    if _engine.native() is None:
-        pytest.skip("no native engine")
-    code = textwrap.dedent("""
+    outs = _vector_and_scalar("""
         import numpy as np, shapcam
         for n, mw, K in ((5, 1, 40), (12, 1, 64), (20, 3, 50), (30, 1, 300), (33, 2, 200), (64, 1, 90)):
             w = np.random.default_rng(n).normal(size=(n, mw))
@@ -813,11 +826,46 @@ def test_vector_and_scalar_pair_loops_give_the_same_bits():
             r = shapcam.estimate_shapley(f, n, K, sampler="regression", engine="native", seed=3)
             print(np.concatenate([r.values.ravel(), r.stderr.ravel()]).tobytes().hex())
     """)
-    outs = []
-    for extra in ({}, {"SHAPCAM_NO_AVX2": "1"}):
-        env = dict(os.environ, OMP_NUM_THREADS="1", **extra)
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                             timeout=300)
-        assert res.returncode == 0, res.stderr[-3000:]
-        outs.append(res.stdout.split())
     assert len(outs[0]) == 6 and outs[0] == outs[1]
+
+
+def test_vector_and_scalar_pair_draws_give_the_same_sets():
+    """The pairs drawn 8 at a time with AVX2 (csrc/cpu/pairs_x8.h: Philox 8 counters a vector,
+    the Fisher-Yates swaps composed in registers; n <= 64) and one at a time (pairs.h; without
+    AVX2) are the same sets: n around the bytes' and the vectors' edges, counters past 2^32 and
+    near 2^63, runs of pairs that end inside a group of 8."""
+    outs = _vector_and_scalar("""
+        import hashlib
+        from shapcam import regression as rg
+        for n in (3, 4, 5, 7, 8, 9, 15, 16, 17, 30, 31, 32, 33, 48, 63, 64, 65):
+            plan = rg.make_plan(n, None)
+            if not plan.mid:
+                continue
+            for seed, j0, B in ((5, 0, 1001), (2**64 - 1, 2**32 - 5, 42), (123, 2**63 - 50, 49),
+                                (7, 3, 1), (8, 0, 9)):
+                m, pk = rg.pair_masks(seed, j0, j0 + B, plan, "native", packed=True)
+                print(n, j0, hashlib.sha256(m.tobytes() + pk.tobytes()).hexdigest())
+    """)
+    assert len(outs[0]) >= 70 and outs[0] == outs[1]
+
+
+def test_pair_masks_stay_in_their_rows():
+    """The draw writes a mask row 8 bytes a store, the last one running into the next row, which
+    is written after it (csrc/cpu/regression_cpu.cpp, write_pair): nothing lands past the last
+    row, and every row is the reference engine's, whatever n and however many pairs (groups of
+    8 and a partial last one)."""
+    mod = _engine.native()
+    if mod is None:
+        pytest.skip("no native engine")
+    for n in range(3, 71):
+        plan = rg.make_plan(n, None)
+        if not plan.mid:
+            continue
+        for B in (1, 2, 7, 8, 9, 17):
+            buf = np.full((2 * B + 2) * n, 0xAA, np.uint8)
+            out = buf[:2 * B * n].view(bool).reshape(2 * B, n)
+            mod.regression_pairs_cpu(11, 5, 5 + B, n, plan.thresholds, rg._mid_array(plan), out,
+                                     None, None)
+            assert (buf[2 * B * n:] == 0xAA).all(), (n, B)
+            np.testing.assert_array_equal(out.view(np.uint8) != 0, rg.pair_masks(11, 5, 5 + B, plan, "reference"))
+            assert set(np.unique(out.view(np.uint8))) <= {0, 1}

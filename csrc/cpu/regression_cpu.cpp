@@ -9,6 +9,7 @@
 
 #include "ops_cpu.h"
 #include "packed.h"
+#include "pairs_x8.h"
 #include "select_add.h"
 #include "threads.h"
 #include "shapcam/accumulate.h"
@@ -49,11 +50,87 @@ std::unique_ptr<T[]> scratch(size_t count) {
 
 }  // namespace
 
+namespace {
+// One pair's outputs from its size s and its smaller side T as a word (player p at bit p ^ 7,
+// n <= 64): S = T when 2 s <= n, else the other players; row b of sizes, of packed (S) and of
+// masks (S, then its complement), each where not null. A mask row is written 8 bytes a store
+// (packed.h's spread of a byte). With n >= 8 a row's last store runs the 8 nb - n < 8 <= n bytes
+// past its end into the next row, which is written after it; the last row of a run of pairs
+// (last = true; the next may be another thread's, or past the buffer) ends exactly, as every row
+// does with n < 8.
+inline void write_pair(int64_t b, int64_t n, int64_t s, uint64_t small_side, uint64_t all,
+                       bool* masks, uint8_t* packed, int64_t* sizes, bool last) {
+  const int64_t nb = (n + 7) / 8;
+  const uint64_t S = 2 * s <= n ? small_side : ~small_side & all;
+  uint8_t bytes[8];
+  std::memcpy(bytes, &S, 8);  // little-endian: byte k holds players 8k .. 8k + 7
+  if (sizes) sizes[b] = s;
+  if (packed) std::memcpy(packed + b * nb, bytes, size_t(nb));
+  if (!masks) return;
+  const int64_t k = nb - 1;  // the rows' last store
+  const size_t tail = size_t(n - 8 * k);
+  const bool spill = n >= 8;
+  bool* rs = masks + 2 * b * n;
+  bool* rc = rs + n;
+  for (int64_t c = 0; c < k; ++c) std::memcpy(rs + 8 * c, &kPacked.spread[bytes[c]], 8);
+  std::memcpy(rs + 8 * k, &kPacked.spread[bytes[k]], spill ? size_t(8) : tail);
+  for (int64_t c = 0; c < k; ++c)
+    std::memcpy(rc + 8 * c, &kPacked.spread[static_cast<uint8_t>(~bytes[c])], 8);
+  const uint64_t out = kPacked.spread[static_cast<uint8_t>(~bytes[k])];
+  std::memcpy(rc + 8 * k, &out, spill && !last ? size_t(8) : tail);
+}
+
+#ifdef SHAPCAM_SELECT_AVX2
+// regression_pairs for n <= kComposedPlayers with AVX2 (pairs_x8.h): 8 pairs at a time, their
+// sizes' and sides' Philox blocks as vectors, the sides composed in registers. The same words,
+// hence the same sets, as the loop one pair at a time.
+__attribute__((target("avx2"))) void pairs_x8(uint64_t seed, int64_t j0, int64_t B, int64_t n,
+                                              const uint64_t* thresholds, int64_t n_thr,
+                                              const int64_t* mid, bool* masks, uint8_t* packed,
+                                              int64_t* sizes) {
+  uint64_t all = 0;  // the n players' bits
+  for (int64_t p = 0; p < n; ++p) all |= uint64_t(1) << (p ^ 7);
+  const int64_t chunks = (B + kPairLanes - 1) / kPairLanes;
+#pragma omp parallel for schedule(static) if (B * n > kFanOut)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t b0 = c * kPairLanes;
+    const int64_t L = std::min<int64_t>(kPairLanes, B - b0);
+    uint32_t lo[kPairLanes], hi[kPairLanes];
+    for (int l = 0; l < kPairLanes; ++l) {  // lanes past the last pair repeat it
+      const uint64_t j = static_cast<uint64_t>(j0) + static_cast<uint64_t>(b0 + std::min<int64_t>(l, L - 1));
+      lo[l] = static_cast<uint32_t>(j);
+      hi[l] = static_cast<uint32_t>(j >> 32);
+    }
+    uint32_t size_words[4][kPairLanes];
+    philox_x8(0u, lo, hi, 1u, seed, size_words);  // pair_size's counters
+    int64_t s[kPairLanes], t[kPairLanes], tmax = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      s[l] = pair_size_of_word(size_words[0][l], thresholds, n_thr, mid);
+      t[l] = std::min(s[l], n - s[l]);
+      tmax = std::max(tmax, t[l]);
+    }
+    // words[d][l]: draw d of lane l (draw_block(seed, j, d / 4), word d % 4)
+    uint32_t words[kComposedPlayers / 2][kPairLanes];
+    for (int64_t k = 0; 4 * k < tmax; ++k)
+      philox_x8(static_cast<uint32_t>(k), lo, hi, 0u, seed, &words[4 * k]);
+    uint64_t side[kPairLanes];
+    small_sides_x8(words, n, t, tmax, L, side);
+    for (int64_t l = 0; l < L; ++l)  // a chunk's last row ends exactly (the next chunk may be another thread's)
+      write_pair(b0 + l, n, s[l], side[l], all, masks, packed, sizes, l == L - 1);
+  }
+}
+#endif
+}  // namespace
+
 void regression_pairs(uint64_t seed, int64_t j0, int64_t j1, int64_t n, const uint64_t* thresholds,
                       int64_t n_thr, const int64_t* mid, bool* masks, uint8_t* packed,
                       int64_t* sizes) {
   const int64_t B = j1 - j0;
   if (B <= 0) return;
+#ifdef SHAPCAM_SELECT_AVX2
+  if (n <= kComposedPlayers && have_avx2())
+    return pairs_x8(seed, j0, B, n, thresholds, n_thr, mid, masks, packed, sizes);
+#endif
   const int64_t nb = (n + 7) / 8;
   const int team = num_threads();
   const auto scratch_all = scratch<int32_t>(static_cast<size_t>(team) * 3 * n);

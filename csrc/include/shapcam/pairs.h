@@ -16,14 +16,10 @@
 
 namespace shapcam {
 
-// Size of pair j: thresholds [n_thr] ascending (uint64 thresholds of a 32-bit word), mid [n_thr + 1].
-SHAPCAM_HD int64_t pair_size(uint64_t seed, uint64_t j, const uint64_t* thresholds, int64_t n_thr,
-                             const int64_t* mid) {
-  const uint32_t key[2] = {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
-  const uint32_t ctr[4] = {0u, static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32), 1u};
-  uint32_t out[4];
-  philox4x32_10(ctr, key, out);
-  const uint64_t word = out[0];
+// The size a pair's size word gives: mid[#{thresholds <= word}]; thresholds [n_thr] ascending
+// (uint64 thresholds of a 32-bit word), mid [n_thr + 1].
+SHAPCAM_HD int64_t pair_size_of_word(uint64_t word, const uint64_t* thresholds, int64_t n_thr,
+                                     const int64_t* mid) {
   // #{thresholds <= word} by bisection over the candidates [lo, lo + len): a trip count fixed by
   // n_thr and a select instead of a branch on the (random) word
   int64_t lo = 0, len = n_thr + 1;
@@ -33,6 +29,16 @@ SHAPCAM_HD int64_t pair_size(uint64_t seed, uint64_t j, const uint64_t* threshol
     len -= half;
   }
   return mid[lo];
+}
+
+// Size of pair j (its size word: word 0 of the Philox block at counter (0, j, 1)).
+SHAPCAM_HD int64_t pair_size(uint64_t seed, uint64_t j, const uint64_t* thresholds, int64_t n_thr,
+                             const int64_t* mid) {
+  const uint32_t key[2] = {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
+  const uint32_t ctr[4] = {0u, static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32), 1u};
+  uint32_t out[4];
+  philox4x32_10(ctr, key, out);
+  return pair_size_of_word(out[0], thresholds, n_thr, mid);
 }
 
 // The smaller side T_j of pair j: its t players into side[0..t), in the order Fisher–Yates fixes
