@@ -114,3 +114,52 @@ def host_numpy(x) -> np.ndarray:
             return x.get()  # CuPy
         raise TypeError("cannot copy this __cuda_array_interface__ array to the host")
     return np.asarray(x)
+
+
+def values_2d(v, B, m, where):
+    """value_fn's output as float64 [B, m'] (torch stays torch, on its device), and m' (0 for
+    values [B]); m: the number of outputs expected (None: any). Raises a TypeError or ValueError
+    naming `where` for complex, boolean or non-numeric values and for a shape other than [B] or
+    [B, m] (m >= 1)."""
+    if is_torch(v):
+        import torch
+
+        if v.dtype == torch.bool or v.is_complex():
+            raise TypeError(f"value_fn returned {v.dtype} values for {where}; expected real numbers")
+        v = v.detach().to(torch.float64).contiguous()
+    else:
+        raw = host_numpy(v) if hasattr(v, "__cuda_array_interface__") else v
+        kind = raw.dtype.kind if isinstance(raw, np.ndarray) else None
+        if kind == "c" or (kind is None and np.iscomplexobj(raw)):  # NumPy would drop the imaginary part
+            raise TypeError(f"value_fn returned complex values for {where}; expected real numbers")
+        try:
+            v = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"value_fn returned something that is not an array of numbers for "
+                            f"{where}: {exc}") from None
+    shape = tuple(v.shape)
+    if len(shape) == 2 and shape[1] == 0:
+        raise ValueError(f"value_fn returned shape {shape} for {where}: no outputs; expected "
+                         f"[{B}] or [{B}, m] with m >= 1")
+    got_m = shape[1] if len(shape) == 2 else 0
+    if len(shape) not in (1, 2) or shape[0] != B or (m is not None and got_m != m):
+        exp = f"[{B}] or [{B}, m]" if m is None else (f"[{B}]" if m == 0 else f"[{B}, {m}]")
+        raise ValueError(f"value_fn returned shape {shape} for {where} ({B} coalitions); "
+                         f"expected {exp}")
+    return (v.reshape(B, 1) if len(shape) == 1 else v), got_m
+
+
+def check_finite_host(v, e0, n):
+    """Raise a ValueError naming the coalition of the first non-finite row of v [B, m] (e0: the
+    evaluation index of row 0, None for the endpoints [empty, full])."""
+    if np.isfinite(v).all():
+        return
+    bad = ~np.isfinite(v).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        if e0 is None:
+            which = "the empty coalition" if i == 0 else "the full coalition"
+        else:
+            k, t = (e0 + i) // (n - 1), (e0 + i) % (n - 1) + 1
+            which = f"evaluation {e0 + i} (permutation {k}, coalition of its first {t} players)"
+        raise ValueError(f"value_fn returned a non-finite value ({v[i].tolist()}) for {which}")

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import bisect
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import ops, reference
 from . import regression as rg
-from ._arrays import host_numpy, is_cuda_array, is_torch
+from ._arrays import check_finite_host, host_numpy, is_cuda_array, is_torch, values_2d
 from ._progress import progress_bar
 from .games import Game, as_game
 
 
-@dataclass
+@dataclass(eq=False)
 class ShapleyResult:
     """Shapley estimates and what they rest on.
 
@@ -26,11 +27,13 @@ class ShapleyResult:
     n_evals: value evaluations spent (2 endpoints + n_permutations * (n - 1)).
     n_permutations, n_samples: permutations drawn, and independent samples they form.
     v_full, v_empty: v(all players) and v(no player), scalars or [m].
-    stop_reason: why sampling stopped — "K", "tol", "max_evals" or "max_seconds" ("exact" for
-        exact_shapley).
+    stop_reason: why sampling stopped — "K", "tol", "max_evals", "max_seconds", "memory" (a
+        regression run bounded by tol / max_seconds alone reached what it may keep:
+        shapcam.regression.MAX_KEPT_BYTES) or "exact" (no sampling error: exact_shapley, one
+        player, or a budget that covered every coalition).
     state: the running (mean, M2, count) that ``estimate_shapley(..., resume=result)`` continues.
     sampler: the sampling design ("plain", "antithetic", "stratified", "regression"; see
-        SAMPLERS, COALITION_SAMPLERS).
+        SAMPLERS, COALITION_SAMPLERS), or "exact" for exact_shapley.
     dof (property): the degrees of freedom of ``interval``'s t quantile: n_samples - 1; fewer for
         the regression sampler where its pair estimates are heavy-tailed
         (shapcam.regression.interval_dof).
@@ -74,10 +77,31 @@ class ShapleyResult:
         return d
 
     def __array__(self, dtype=None, copy=None):
-        from ._arrays import host_numpy
+        """``np.asarray(result)``: the values as a NumPy array. NumPy's ``copy`` contract: a
+        copy unless copy=False is asked (a write to ``np.array(result)`` never reaches the
+        result); copy=False raises where a copy cannot be avoided (values on a GPU)."""
+        host = host_numpy(self.values)
+        if copy is False:
+            if host is not self.values and not isinstance(self.values, np.ndarray) and \
+                    is_cuda_array(self.values):
+                raise ValueError("np.asarray(result, copy=False): the values are on a GPU; a "
+                                 "copy to the host cannot be avoided")
+            return np.asarray(host, dtype=dtype)
+        return np.array(host, dtype=dtype, copy=True)
 
-        a = np.asarray(host_numpy(self.values))
-        return a.astype(dtype) if dtype is not None else a
+    def __eq__(self, other):
+        """Same type and the same numbers in every public field (arrays compared whole, NaN equal
+        to NaN): ``a == b`` is a bool, as for any value."""
+        if not isinstance(other, ShapleyResult):
+            return NotImplemented
+        for name in ("n_evals", "n_permutations", "n_samples", "seed", "antithetic", "engine",
+                     "stop_reason", "sampler"):
+            if getattr(self, name) != getattr(other, name):
+                return False
+        return all(_same_numbers(getattr(self, k), getattr(other, k))
+                   for k in ("values", "stderr", "v_full", "v_empty"))
+
+    __hash__ = None  # mutable, compared by value
 
     def interval(self, level: float = 0.95):
         """(low, high): values -+ q * stderr with q the Student-t quantile on ``dof`` degrees of
@@ -85,8 +109,11 @@ class ShapleyResult:
         samples are independent groups, so their mean is t-distributed when the marginals are
         near normal; with few samples this is much wider than 1.96 SE, which covers only ~70% at
         2 samples. NaN with fewer than 2 samples."""
-        if not (isinstance(level, (float, int)) and 0 < level < 1):
+        if isinstance(level, (bool, np.bool_)) or \
+                not (isinstance(level, (float, int, np.floating, np.integer)) and 0 < level < 1):
             raise ValueError(f"level: expected a probability in (0, 1), got {level!r}")
+        if self.stop_reason == "exact":  # no sampling error: the interval is the value itself
+            return self.values - 0 * self.stderr, self.values + 0 * self.stderr
         q = t_quantile(0.5 + level / 2, self.dof) if self.n_samples >= 2 else float("nan")
         return self.values - q * self.stderr, self.values + q * self.stderr
 
@@ -94,6 +121,18 @@ class ShapleyResult:
     def efficiency_gap(self):
         """sum(values) - (v_full - v_empty): zero up to float rounding for every estimate."""
         return self.values.sum(0) - (self.v_full - self.v_empty)
+
+
+def _same_numbers(a, b) -> bool:
+    """a and b hold the same numbers in the same shape (NaN equals NaN), on the host or a device."""
+    if is_torch(a) or is_torch(b):
+        if not (is_torch(a) and is_torch(b)) or a.device != b.device or a.shape != b.shape:
+            return False
+        import torch
+
+        return bool(torch.equal(a, b) or (torch.isnan(a) & torch.isnan(b) | (a == b)).all())
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
 
 
 def _t_two_sided(t: float, df: int) -> float:
@@ -139,47 +178,6 @@ def t_quantile(p: float, df: int) -> float:
         if hi - lo <= 1e-13 * hi:
             break
     return (lo + hi) / 2
-
-
-def _values_2d(v, B, m, where):
-    """Normalise value_fn's output to a float64 [B, m'] array (torch stays torch, on its device)."""
-    if is_torch(v):
-        import torch
-
-        if v.dtype == torch.bool or v.is_complex():
-            raise TypeError(f"value_fn returned {v.dtype} values for {where}; expected real numbers")
-        v = v.detach().to(torch.float64).contiguous()
-    else:
-        raw = host_numpy(v) if hasattr(v, "__cuda_array_interface__") else v
-        kind = raw.dtype.kind if isinstance(raw, np.ndarray) else None
-        if kind == "c" or (kind is None and np.iscomplexobj(raw)):  # NumPy would drop the imaginary part
-            raise TypeError(f"value_fn returned complex values for {where}; expected real numbers")
-        try:
-            v = np.asarray(raw, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"value_fn returned something that is not an array of numbers for "
-                            f"{where}: {exc}") from None
-    shape = tuple(v.shape)
-    got_m = shape[1] if len(shape) == 2 else 0
-    if len(shape) not in (1, 2) or shape[0] != B or (m is not None and got_m != m):
-        exp = f"[{B}] or [{B}, m]" if m is None else (f"[{B}]" if m == 0 else f"[{B}, {m}]")
-        raise ValueError(f"value_fn returned shape {shape} for {where} ({B} coalitions); "
-                         f"expected {exp}")
-    return (v.reshape(B, 1) if len(shape) == 1 else v), got_m
-
-
-def _check_finite_host(v, e0, n):
-    if np.isfinite(v).all():
-        return
-    bad = ~np.isfinite(v).all(axis=1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        if e0 is None:
-            which = "the empty coalition" if i == 0 else "the full coalition"
-        else:
-            k, t = (e0 + i) // (n - 1), (e0 + i) % (n - 1) + 1
-            which = f"evaluation {e0 + i} (permutation {k}, coalition of its first {t} players)"
-        raise ValueError(f"value_fn returned a non-finite value ({v[i].tolist()}) for {which}")
 
 
 # Anytime stopping: the rule is checked only at these sample counts (a geometric schedule from
@@ -243,8 +241,11 @@ def regression_applies(game, K, max_evals, executor) -> str | None:
     if n >= 2:
         cap = _budget(n, K, max_evals)
         plan = rg.make_plan(n, None if cap is None else cap - 2)
+        if cap is not None and plan.exact and cap - 2 < plan.n_enumerated:
+            return (f"a budget of {cap} evaluations (K / max_evals) does not hold the {plan.n_enumerated} "
+                    f"coalitions besides the endpoints that it enumerates for {n} players")
         if cap is not None and not plan.exact and cap - 2 < plan.n_enumerated + 4:
-            return (f"a budget of {cap} evaluations does not hold its {plan.n_enumerated} border "
+            return (f"a budget of {cap} evaluations (K / max_evals) does not hold its {plan.n_enumerated} border "
                     f"coalitions and two pairs")
     return None
 
@@ -335,10 +336,10 @@ class _Sampler:
                 exc.add_note(f"shapcam: raised by the value function on evaluations [{e0}, {e1}) "
                              f"(permutations {k0}..{k1}, seed {self.seed})")
             raise
-        v, _ = _values_2d(raw, e1 - e0, self.m, f"evaluations [{e0}, {e1})")
+        v, _ = values_2d(raw, e1 - e0, self.m, f"evaluations [{e0}, {e1})")
         if not self.on_device:
             v = host_numpy(v)
-            _check_finite_host(v, e0, n)
+            check_finite_host(v, e0, n)
         return v
 
 
@@ -628,6 +629,9 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     tol, rtol = _positive_or_none(tol, "tol"), _positive_or_none(rtol, "rtol")
     max_seconds = _positive_or_none(max_seconds, "max_seconds")
     max_evals = _int_or_none(max_evals, "max_evals", 1)
+    if max_evals is not None and max_evals < 2:
+        raise ValueError(f"max_evals={max_evals}: every run evaluates v(none) and v(all), 2 "
+                         f"evaluations; give max_evals >= 2")
     min_samples = _int_or_none(min_samples, "min_samples", 2) or DEFAULT_MIN_SAMPLES
     if K is None and tol is None and rtol is None and max_evals is None and max_seconds is None:
         raise ValueError("K=None samples until a rule fires: give tol, rtol, max_evals or max_seconds")
@@ -653,7 +657,7 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
                              f"sampler ('stratified')")
     t_start = time.perf_counter()
 
-    ends, m = _values_2d(game.endpoints(), 2, None, "the empty and full coalitions")
+    ends, m = values_2d(game.endpoints(), 2, None, "the empty and full coalitions")
     # Kept for the whole run: a copy, so a value_fn that returns a view of a buffer it reuses
     # cannot change v(none) / v(all) under us.
     ends = ends.clone() if is_torch(ends) else np.array(ends, copy=True)
@@ -662,7 +666,7 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     rt = ops.route(engine, is_cuda_array(ends))
     eng, on_device = rt.engine, rt.cuda
     if not on_device:
-        _check_finite_host(host_numpy(ends), None, n)
+        check_finite_host(host_numpy(ends), None, n)
     v_empty, v_full = ends[0], ends[1]
     mw = max(m, 1)
 
@@ -671,8 +675,9 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         K_eff = -(-int(K) // pps) * pps if K is not None else pps
         values = (v_full - v_empty).reshape(1, mw)
         stderr = values * 0
+        # one player: v(all) - v(none) is its Shapley value, exactly
         return _result(values, stderr, m, 2, K_eff, K_eff // pps, v_full, v_empty, seed, pps > 1,
-                       eng, game, "K", None, sampler)
+                       eng, game, "exact", None, sampler)
 
     if sampler in COALITION_SAMPLERS:
         return _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol,
@@ -698,8 +703,10 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
     if max_evals is not None:
         by_evals = (max_evals - 2) // per_sample
         if by_evals < max(start, 1):
-            raise ValueError(f"max_evals={max_evals}: not even one more sample fits (each costs "
-                             f"{per_sample} evaluations, plus 2 for the endpoints)")
+            raise ValueError(f"max_evals={max_evals}: not even one more sample fits (a sample of "
+                             f"sampler={design!r} costs {per_sample} evaluations, plus 2 for the "
+                             f"endpoints); give max_evals >= {2 + per_sample * max(start + 1, 1)}"
+                             + (", or sampler='plain'" if pps > 1 else ""))
         cap = by_evals if cap is None else min(cap, by_evals)
     anytime = tol is not None or rtol is not None or max_seconds is not None
     bounded = cap is not None
@@ -782,8 +789,8 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
     nE = plan.n_enumerated
     if plan.exact:
         cap = 0
-    elif cap_evals is None:
-        cap = np.iinfo(np.int64).max // 4
+    elif cap_evals is None:  # unbounded but for tol / max_seconds: bounded by what it keeps
+        cap = rg.pairs_within(n, mw)
     else:
         cap = (cap_evals - 2 - nE) // 2
         if cap < 2:
@@ -797,8 +804,10 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
 
     def values_of(masks, where):
         raw = game.evaluate_masks(masks)
-        v, _ = _values_2d(raw, masks.shape[0], m, where)
-        v = np.asarray(host_numpy(v), dtype=np.float64)
+        v, _ = values_2d(raw, masks.shape[0], m, where)
+        # A copy: the run keeps every pair's values, and a value_fn may return a view of a
+        # buffer it writes again on its next call.
+        v = np.array(host_numpy(v), dtype=np.float64, copy=True)
         if np.isfinite(v).all():
             return v
         bad = ~np.isfinite(v).all(axis=1)
@@ -873,9 +882,16 @@ def _run_regression(game, seed, eng, m, v_empty, v_full, K, max_evals, tol, rtol
     else:
         stderr = _stderr_of(*st)
         dof = rg.PendingDof(plan, seed, eng, v0, vN, E_vals, P_vals[:2 * M], M)  # when first asked
-        stop_reason = reason or ("K" if K is not None and (max_evals is None or
+        stop_reason = reason or ("memory" if cap_evals is None else
+                                 "K" if K is not None and (max_evals is None or
                                                            2 + int(K) * (n - 1) <= max_evals)
                                  else "max_evals")
+        if stop_reason == "memory":
+            warnings.warn(f"the regression sampler stopped at {M} pairs: it keeps every pair's "
+                          f"values, and more would hold over {rg.MAX_KEPT_BYTES / 2**20:.0f} MiB "
+                          f"(shapcam.regression.MAX_KEPT_BYTES); give K or max_evals, or a "
+                          f"permutation sampler, whose memory does not grow", RuntimeWarning,
+                          stacklevel=3)
     state = {"n": n, "m": m, "count": M, "sampler": "regression", "plan": plan.as_state(),
              "enum": E_vals, "pairs": P_vals[:2 * M]}
     return _result(values, stderr, m, 2 + nE + 2 * M, 0, M, v_full, v_empty, seed, True, eng, game,
@@ -908,6 +924,12 @@ def _se_met(st: _Welford, tol, rtol) -> bool:
     range of the values (the largest over outputs)."""
     se = host_numpy(_stderr(st))
     worst = float(np.max(se))
+    if not np.isfinite(worst) and st.count >= 2 and np.isfinite(host_numpy(st.mean)).all():
+        # squared deviations past ~1e308 (values around 1e154 and beyond): no tolerance can ever
+        # be met, and a run bounded by tol alone would never stop
+        raise ValueError(f"tol / rtol: the standard error overflows float64 at this scale of "
+                         f"values (largest |value| {float(np.max(np.abs(host_numpy(st.mean)))):.3g}); "
+                         f"rescale the value function (e.g. divide its output by a constant)")
     if not np.isfinite(worst):
         return False
     if tol is not None and worst <= tol:
@@ -967,6 +989,11 @@ def _as_2d(v):
 
 def _result(values, stderr, m, n_evals, K_eff, count, v_full, v_empty, seed, antithetic, eng, game,
             stop_reason="K", state=None, sampler=None, dof=None):
+    if count >= 2 and not is_torch(stderr) and not np.isfinite(stderr).all() and \
+            np.isfinite(values).all():
+        warnings.warn("the standard errors overflow float64 at this scale of values (squared "
+                      "deviations past ~1e308): they are not finite; rescale the value function "
+                      "(e.g. divide its output by a constant)", RuntimeWarning, stacklevel=3)
     values, stderr = _to_game_type(values, game), _to_game_type(stderr, game)
     v_full, v_empty = _to_game_type(v_full, game), _to_game_type(v_empty, game)
     if m == 0:

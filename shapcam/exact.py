@@ -5,7 +5,7 @@ from math import factorial
 
 import numpy as np
 
-from ._arrays import host_numpy
+from ._arrays import host_numpy, values_2d
 
 MAX_EXACT_PLAYERS = 24
 
@@ -46,7 +46,7 @@ def exact_shapley(value_fn, n_players, *, batch_size=65536, max_players=MAX_EXAC
             f"{2**n * 8 / 2**30:.1f} GiB per output for the values; the limit is {max_players} "
             f"(raise max_players if you mean it) — use estimate_shapley for larger games")
     total = 1 << n
-    vals = None
+    vals, m = None, None
     single = False
     for s in range(0, total, batch_size):
         e = min(total, s + batch_size)
@@ -55,15 +55,14 @@ def exact_shapley(value_fn, n_players, *, batch_size=65536, max_players=MAX_EXAC
             import torch
 
             masks = torch.from_numpy(masks).to(device)
-        v = np.asarray(host_numpy(value_fn(masks)), dtype=np.float64)
-        if v.ndim not in (1, 2) or v.shape[0] != e - s:
-            raise ValueError(f"value_fn returned shape {v.shape} for {e - s} coalitions; "
-                             f"expected [{e - s}] or [{e - s}, m]")
+        # the estimator's checks: real numbers, [B] or [B, m] with the first call's m throughout
+        v, got_m = values_2d(value_fn(masks), e - s, m, f"coalitions [{s}, {e})")
+        v = host_numpy(v)
         if not np.isfinite(v).all():
             raise ValueError("value_fn returned a non-finite value (NaN or inf)")
         if vals is None:
-            single = v.ndim == 1
-            vals = np.empty((total,) + v.shape[1:], dtype=np.float64)
+            m, single = got_m, got_m == 0
+            vals = np.empty((total, v.shape[1]), dtype=np.float64)
         vals[s:e] = v
     sizes = np.array([bin(i).count("1") for i in range(1 << min(n, 16))], dtype=np.int64)
     if n > 16:  # popcount of a 2^n range from the 16-bit table
@@ -85,4 +84,4 @@ def exact_shapley(value_fn, n_players, *, batch_size=65536, max_players=MAX_EXAC
         v_full, v_empty = v2[-1].copy(), v2[0].copy()
     return ShapleyResult(values=phi, stderr=np.zeros_like(phi), n_evals=total, n_permutations=0,
                          n_samples=0, v_full=v_full, v_empty=v_empty, seed=0, antithetic=False,
-                         engine="exact", stop_reason="exact")
+                         engine="exact", stop_reason="exact", sampler="exact")

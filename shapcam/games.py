@@ -592,7 +592,8 @@ class CellTableGame(Game):
         v_full, v_empty = self._full_z(), self.z_empty
         return ShapleyResult(values=values, stderr=values * 0, n_evals=self.n_cells << self.cell_size,
                              n_permutations=0, n_samples=0, v_full=v_full, v_empty=v_empty,
-                             seed=0, antithetic=False, engine="exact", stop_reason="exact")
+                             seed=0, antithetic=False, engine="exact", stop_reason="exact",
+                             sampler="exact")
 
 
 class TruncatedGame(Game):
@@ -628,17 +629,39 @@ class TruncatedGame(Game):
         self.inner = MaskGame(value_fn, n_players)
         self.n_players = self.inner.n_players
         self.tol, self.step = float(tol), int(step)
-        self._v_full = None
-        self._walk = None  # (permutation, value it was cut at or None) of the permutation in progress
+        self._v_full = self._v_shape = None
+        self._local = threading.local()  # the walk in progress, one per thread
         self.evaluated = self.skipped = 0
+
+    @property
+    def _walk(self):
+        """((seed, antithetic, permutation), the value it was cut at or None) of this thread's
+        permutation in progress: keyed by the run's seed and design, so a second run on this game
+        (another seed) never takes the first run's cut, and per thread, so runs on several
+        threads do not take each other's."""
+        return getattr(self._local, "walk", None)
+
+    @_walk.setter
+    def _walk(self, value):
+        self._local.walk = value
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_local"]  # a walk in progress belongs to this process's run, not a copy's
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def default_batch_size(self) -> int:
         return self.inner.default_batch_size()
 
     def endpoints(self):
         ends = self.inner.endpoints()
-        v = np.asarray(host_numpy(ends), dtype=np.float64)
-        self._v_full = v[1].reshape(-1)
+        # a copy: value_fn may return a view of a buffer it writes again on its next call
+        ends_np = np.array(host_numpy(ends), dtype=np.float64)
+        self._v_full, self._v_shape = ends_np[1].reshape(-1), ends_np.shape[1:]
         return ends
 
     def evaluate(self, seed, e0, e1, antithetic, engine):
@@ -649,8 +672,9 @@ class TruncatedGame(Game):
         e = e0
         while e < e1:
             k = e // per
-            if self._walk is None or self._walk[0] != k:
-                self._walk = (k, None)
+            key = (seed, antithetic, k)
+            if self._walk is None or self._walk[0] != key:
+                self._walk = (key, None)
                 if e != k * per:  # entered mid-permutation: replay its prefixes to find the cut
                     self._values(seed, k * per, e, antithetic, engine)
             end = min(e1, (k + 1) * per)
@@ -668,15 +692,20 @@ class TruncatedGame(Game):
                 rows.append(np.broadcast_to(cut, (b - a,) + cut.shape))
                 self.skipped += b - a
                 continue
-            v = np.asarray(host_numpy(self.inner.evaluate(seed, a, b, antithetic, engine)),
-                           dtype=np.float64)
+            # a copy: the steps are kept until the chunk is whole, and value_fn may return a
+            # view of a buffer it writes again on the next step
+            v = np.array(host_numpy(self.inner.evaluate(seed, a, b, antithetic, engine)),
+                         dtype=np.float64, copy=True)
             self.evaluated += b - a
+            want = (b - a,) + self._v_shape
+            if v.shape != want:  # checked here: the steps are joined before the estimator sees them
+                raise ValueError(f"value_fn returned shape {v.shape} for evaluations [{a}, {b}); "
+                                 f"expected {list(want)} (the shape of its first values)")
             v2 = v.reshape(b - a, -1)
             close = np.abs(v2 - self._v_full).max(axis=1) <= self.tol
             if close.any():
                 i = int(np.argmax(close))
                 cut = v[i].copy()
-                v = v.copy()
                 v[i + 1:] = cut
                 self._walk = (self._walk[0], cut)
             rows.append(v)

@@ -86,6 +86,17 @@ SIZE_TERMS = 4
 # all (their masks are kept, bit-packed; every coalition is enumerated only up to this many).
 ENUM_BLOCK = 1 << 14
 ENUM_MAX = 1 << 22
+# What a run keeps of its pairs (their values and sets: the estimate is recomputed from all of
+# them) when nothing bounds its budget (K=None with tol / rtol / max_seconds only): it stops,
+# stop_reason "memory", before the pairs would hold more than this.
+MAX_KEPT_BYTES = 1 << 30
+
+
+def pairs_within(n: int, mw: int, max_bytes: int = None) -> int:
+    """Pairs whose kept values ([2, mw] float64) and sets (n bits) fit in max_bytes
+    (MAX_KEPT_BYTES by default)."""
+    per_pair = 16 * mw + (n + 7) // 8
+    return max(MIN_PAIRS, (MAX_KEPT_BYTES if max_bytes is None else max_bytes) // per_pair)
 # Players up to which the fit's Gram matrices are made of integer counts per fold and coalition size
 # (pair_counts: exact in any order, a few adds per pair instead of p^2 / 2 multiply-adds; the
 # counts hold FOLDS (n / 2 + 1) (n - 1)^2 int64, 8.4 MB at 64 players); beyond, the Gram matrices are
@@ -814,8 +825,16 @@ class PendingDof:
         self.E_vals, self.P_vals, self.M = E_vals, P_vals, M
 
     def __call__(self):
-        fit = Fit(self.plan, self.seed, self.engine, self.v0, self.vN)
-        _, st, m4 = fit.estimate(self.E_vals, self.P_vals, self.M, m4=True)
+        # The estimate is linear in the values, so scaling them all by a power of two scales its
+        # squares and fourth powers exactly and leaves the kurtosis as it was: values near 1 keep
+        # the fourth powers inside float64 whatever the game's units (at 1e+-80 they would
+        # overflow or underflow, and the degrees of freedom would change with the units).
+        parts = (self.E_vals, self.P_vals, self.v0, self.vN)
+        big = max((float(np.max(np.abs(a))) for a in parts if np.size(a)), default=0.0)
+        e = int(np.frexp(big)[1]) if big > 0 and math.isfinite(big) else 0
+        E, P, v0, vN = (np.ldexp(np.asarray(a, dtype=np.float64), -e) for a in parts)
+        fit = Fit(self.plan, self.seed, self.engine, v0, vN)
+        _, st, m4 = fit.estimate(E, P, self.M, m4=True)
         return interval_dof(st[1], m4, self.M)
 
 
