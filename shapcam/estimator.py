@@ -650,7 +650,9 @@ def estimate_shapley(value_fn, n_players=None, K=64, *, seed=0, antithetic=True,
         else:
             sampler = DEFAULT_SAMPLER
     sampler, pps = resolve_sampler(sampler, antithetic)
-    if sampler in COALITION_SAMPLERS and not auto:
+    if sampler in COALITION_SAMPLERS and (not auto or resume is not None):
+        # chosen by name, or by the run resumed: a sampler that cannot run here is an error,
+        # never a silent switch (nor a silently ignored executor=)
         why = regression_applies(game, K, max_evals, executor)
         if why is not None:
             raise ValueError(f"sampler={sampler!r} cannot run here: {why}; use a permutation "

@@ -177,7 +177,14 @@ class _Dask(_Engine):
     def wait_any(self, handles):
         from distributed import wait
 
-        done, _ = wait(list(handles), return_when="FIRST_COMPLETED")
+        try:
+            done, _ = wait(list(handles), return_when="FIRST_COMPLETED")
+        except Exception:  # noqa: BLE001 - FuturesCancelledError: a worker or the game's data died
+            # the cancelled ones are done; their result() raises, and the run retries them (then
+            # raises WorkerLost), as for any task lost to the infrastructure
+            done = [h for h in handles if h.status != "pending"]
+            if not done:
+                raise
         return done
 
 
@@ -336,8 +343,10 @@ def run_blocks(executor, sampler, sched, start, partial, bar):
                     out = eng.result(h)
                 except Exception as exc:  # noqa: BLE001 - lost to the infrastructure: retry
                     if attempts >= RETRIES:
-                        raise WorkerLost(f"blocks from {task[0]} were lost {attempts + 1} times; "
-                                         f"last: {exc!r}") from exc
+                        raise WorkerLost(f"blocks from {task[0]} were lost {attempts + 1} times "
+                                         f"(their worker died, or the game's data with it: does "
+                                         f"the value function end its process?); last: "
+                                         f"{exc!r}") from exc
                     submit(attempts + 1, task)
                     continue
                 if out[0] == "error":

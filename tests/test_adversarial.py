@@ -293,3 +293,14 @@ def test_values_with_no_outputs_and_shrinking_widths_are_refused():
         shapcam.exact_shapley(shrinking, 4, batch_size=4)
     with pytest.raises(TypeError, match="complex"):
         shapcam.exact_shapley(lambda m: np.asarray(m, float).sum(1) + 1j, 3)
+
+
+def test_resuming_a_regression_run_with_an_executor_is_refused_not_ignored():
+    f = lambda m: np.tanh(np.asarray(m, float) @ np.linspace(-1, 1, 12))  # noqa: E731
+    first = shapcam.estimate_shapley(f, 12, K=32)
+    assert first.sampler == "regression"
+    with cf.ThreadPoolExecutor(2) as ex:
+        with pytest.raises(ValueError, match="executor"):
+            shapcam.estimate_shapley(f, 12, K=64, resume=first, executor=ex)
+        with pytest.raises(ValueError, match="executor"):  # as the explicit call did already
+            shapcam.estimate_shapley(f, 12, K=64, resume=first, executor=ex, sampler="regression")

@@ -194,6 +194,26 @@ def test_dask_killed_worker_is_recomputed(dask_client, tmp_path):
     assert same(got, ref)
 
 
+def test_dask_game_that_kills_every_worker_raises_worker_lost():
+    # Not the module's cluster: this game takes every worker down (the nannies restart them, but
+    # the scattered game is lost with them), so the run must end in WorkerLost, not in Dask's
+    # FuturesCancelledError.
+    distributed = pytest.importorskip("distributed")
+    parent = os.getpid()
+
+    def deadly(masks):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return game(masks)
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=50) as cluster, \
+            distributed.Client(cluster) as client:
+        with pytest.raises(parallel.WorkerLost, match="worker died"):
+            shapcam.estimate_shapley(deadly, N, K=64, seed=1, batch_size=40, executor=client,
+                                     sampler="antithetic")
+
+
 def test_ray_is_bit_identical():
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
