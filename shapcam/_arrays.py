@@ -7,6 +7,11 @@ import sys
 import numpy as np
 
 
+def is_real_number(v) -> bool:
+    """A real scalar: a Python or NumPy int or float (not a bool, which is no number here)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def torch_or_none():
     """The torch module if it is already importable, else None (never a hard dependency)."""
     mod = sys.modules.get("torch")

@@ -77,6 +77,31 @@ def output_folder(path: str) -> str:
     return path
 
 
+def torch_device(spec: str):
+    """--device as a torch.device that exists here, or a one-line UsageError."""
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {spec!r}: not a device (cpu, cuda, cuda:0, ...)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {spec}: torch sees no CUDA device here")
+        if dev.index is not None and dev.index >= count:
+            raise UsageError(f"--device {spec}: torch sees {count} CUDA device"
+                             f"{'' if count == 1 else 's'} (cuda:0..cuda:{count - 1})")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise UsageError(f"--device {spec}: expected cpu or cuda[:N]")
+    else:
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            raise UsageError(f"--device {spec}: not usable here ({str(exc).splitlines()[0]})") from None
+    return dev
+
+
 def cam_options(args) -> dict:
     """The CAM options the command line sets, for shapcam.cam.make_cam."""
     return {"K": args.K, "seed": args.seed, "batch_size": args.batch_size, "score": args.score,
@@ -124,7 +149,7 @@ def cmd_explain(args) -> int:
 
     names = parse_methods(args.method)
     out_dir = output_folder(args.out)
-    device = torch.device(args.device)
+    device = torch_device(args.device)
     model, info = load_model(args.model, args.arch, args.pretrained, device,
                              trust_pickle=args.trust_pickle)
     x, raw = read_images(args.images, info, device)
@@ -286,12 +311,13 @@ def main(argv=None) -> int:
 
         print(json.dumps(engine_info(), indent=2))
         return 0
-    except (UsageError, ValueError, FileNotFoundError, ImportError) as exc:
-        # User errors (bad layer, target, file, model): one line, no traceback. Set
-        # SHAPCAM_DEBUG=1 for the traceback.
+    except (UsageError, ValueError, OSError, ImportError) as exc:
+        # User errors (bad layer, target, file, model, a folder where a file should be): one
+        # line, no traceback. Set SHAPCAM_DEBUG=1 for the traceback.
         if os.environ.get("SHAPCAM_DEBUG"):
             raise
-        print(f"shapcam {args.cmd}: error: {exc}", file=sys.stderr)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"shapcam {args.cmd}: error: {first}", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import ops, reference
 from . import regression as rg
-from ._arrays import check_finite_host, host_numpy, is_cuda_array, is_torch, values_2d
+from ._arrays import check_finite_host, host_numpy, is_cuda_array, is_real_number, is_torch, values_2d
 from ._progress import progress_bar
 from .games import Game, as_game
 
@@ -109,8 +109,7 @@ class ShapleyResult:
         samples are independent groups, so their mean is t-distributed when the marginals are
         near normal; with few samples this is much wider than 1.96 SE, which covers only ~70% at
         2 samples. NaN with fewer than 2 samples."""
-        if isinstance(level, (bool, np.bool_)) or \
-                not (isinstance(level, (float, int, np.floating, np.integer)) and 0 < level < 1):
+        if not (is_real_number(level) and 0 < level < 1):
             raise ValueError(f"level: expected a probability in (0, 1), got {level!r}")
         if self.stop_reason == "exact":  # no sampling error: the interval is the value itself
             return self.values - 0 * self.stderr, self.values + 0 * self.stderr

@@ -16,7 +16,6 @@ batched or sharded: a 2-process run equals a 1-process run exactly.
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import math
 import os
@@ -70,11 +69,26 @@ def _image_loader(path, spec):
     return load
 
 
+def image_files(root) -> list:
+    """The image files under root, sorted. Paths are taken as paths (brackets, stars and
+    question marks are characters, not patterns); a symlinked folder is followed once, and a
+    folder reached again (a link loop, or two links to one folder) is not listed again."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        found += [os.path.join(top, f) for f in files if f.lower().endswith(IMAGE_EXT)]
+    return sorted(found)
+
+
 def folder_dataset(root, info, n=None) -> Dataset:
     if not os.path.isdir(root):
         raise ValueError(f"--data {root}: not a folder")
-    paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-                   if p.lower().endswith(IMAGE_EXT))
+    paths = image_files(root)
     if not paths:
         raise ValueError(f"--data {root}: no images ({', '.join(IMAGE_EXT)})")
     paths = paths[:n] if n else paths
@@ -94,6 +108,9 @@ def parse_voc(xml_path):
             b = o.find("bndbox")
             x0, y0 = float(b.findtext("xmin")) - 1, float(b.findtext("ymin")) - 1
             x1, y1 = float(b.findtext("xmax")), float(b.findtext("ymax"))
+            if not all(map(math.isfinite, (x0, y0, x1, y1))):
+                raise ValueError(f"a box of {o.findtext('name')!r} has a coordinate that is not "
+                                 f"a finite number")
             objs.append((o.findtext("name").strip(), (x0, y0, x1, y1)))
     except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
         raise ValueError(f"{xml_path}: malformed Pascal-VOC XML ({type(exc).__name__}: {exc})") from None
@@ -113,20 +130,33 @@ def voc_dataset(images_dir, ann_dir, classes_file, info, n=None, max_area=0.5) -
     def skip(reason):
         skipped[reason] = skipped.get(reason, 0) + 1
 
-    for xml_path in sorted(glob.glob(os.path.join(ann_dir, "*.xml"))):
+    for what, folder in (("IMAGES", images_dir), ("ANNOTATIONS", ann_dir)):
+        if not os.path.isdir(folder):
+            raise ValueError(f"--data voc:IMAGES:ANNOTATIONS: {what} {folder!r} is not a folder")
+    # paths as paths: a folder or file name with brackets or stars is not a pattern
+    images = {f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_EXT)}
+    by_stem = {}
+    for f in sorted(images):
+        by_stem.setdefault(os.path.splitext(f)[0], f)
+    for xml_name in sorted(f for f in os.listdir(ann_dir) if f.lower().endswith(".xml")):
+        xml_path = os.path.join(ann_dir, xml_name)
         try:
             fname, (w, h), objs = parse_voc(xml_path)
         except ValueError:
             skip("malformed XML")
             continue
-        img_path = os.path.join(images_dir, fname)
-        if not os.path.exists(img_path):
-            stem = os.path.splitext(os.path.basename(xml_path))[0]
-            found = [p for p in glob.glob(os.path.join(images_dir, stem + ".*")) if p.lower().endswith(IMAGE_EXT)]
-            if not found:
+        if os.path.basename(fname) != fname or fname in (".", "..") or "\\" in fname:
+            # ../x.png or /etc/x.png would read outside IMAGES
+            skip("image name with a folder in it")
+            continue
+        if fname in images:
+            img_path = os.path.join(images_dir, fname)
+        else:  # the image of the annotation's own name (its stem exactly), whatever its extension
+            other = by_stem.get(os.path.splitext(xml_name)[0])
+            if other is None:
                 skip("image missing")
                 continue
-            img_path = found[0]
+            img_path = os.path.join(images_dir, other)
         known = [(nm, b) for nm, b in objs if nm in index]
         if not known:
             skip("no box of a known class")
@@ -155,11 +185,23 @@ def voc_dataset(images_dir, ann_dir, classes_file, info, n=None, max_area=0.5) -
 
 # --- the runner ---------------------------------------------------------------------------------
 
+def record_files(out_dir) -> list:
+    """The per-image record files in out_dir (per_image.jsonl, per_image.rankR.jsonl), by name,
+    not by pattern (out_dir may hold brackets or stars). One that is not a file is an error."""
+    paths = [os.path.join(out_dir, f) for f in sorted(os.listdir(out_dir))
+             if f.startswith("per_image") and f.endswith(".jsonl")]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise ValueError(f"--out {out_dir}: {os.path.basename(p)} is not a file; remove it or "
+                             f"choose another --out")
+    return paths
+
+
 def _read_done(out_dir, run_id):
     """Records of this run already written (any rank's file). A torn line (a crash mid-write), a
     line that is JSON but not a record, and records of another run (other settings) are ignored."""
     done = {}
-    for path in sorted(glob.glob(os.path.join(out_dir, "per_image*.jsonl"))):
+    for path in record_files(out_dir):
         with open(path, errors="replace") as f:
             for line in f:
                 try:
@@ -203,6 +245,8 @@ def check_run(out_dir, settings, resume, rank):
     path = os.path.join(out_dir, RUN_FILE)
     run_id = _run_id(settings)
     old = None
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"--out {out_dir}: {RUN_FILE} is not a file; remove it or choose another --out")
     if os.path.exists(path):
         try:
             with open(path) as f:
@@ -217,7 +261,7 @@ def check_run(out_dir, settings, resume, rank):
                          "pass --no-resume to start it afresh, or another --out")
     if rank == 0:
         if not resume:
-            for p in glob.glob(os.path.join(out_dir, "per_image*.jsonl")):
+            for p in record_files(out_dir):
                 os.remove(p)
         with open(path, "w") as f:
             json.dump({"run": run_id, "settings": settings}, f, indent=2)
@@ -384,18 +428,19 @@ def run(args) -> int:
     import torch
 
     from .cam import make_cam, parse_methods
-    from .cli import cam_options, output_folder
+    from .cli import cam_options, output_folder, torch_device
     from .loading import default_layer, load_model
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    device = torch_device(args.device)
     dist = None
     if world > 1:
         import torch.distributed as dist
 
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-    device = torch.device(args.device if not args.device.startswith("cuda") or world == 1
-                          else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     methods = parse_methods(args.methods)
     output_folder(args.out)
     model, info = load_model(args.model, args.arch, args.pretrained, device,

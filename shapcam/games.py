@@ -457,17 +457,35 @@ class CellTableGame(Game):
         w = np.asarray(weights, dtype=np.float64)
         w = w[:, None] if w.ndim == 1 else w
         x = np.asarray(x, dtype=np.float64)
-        b = np.broadcast_to(np.asarray(baseline, dtype=np.float64), x.shape)
         if w.ndim != 2 or x.ndim != 1 or w.shape[0] != x.shape[0]:
             raise ValueError(f"weights [p] or [p, m] and x [p]: got {w.shape} and {x.shape}")
+        p, m = w.shape
+        baseline = np.asarray(baseline, dtype=np.float64)
+        if baseline.shape not in ((), (p,)):
+            raise ValueError(f"baseline: expected a number or [p={p}], got shape {baseline.shape}")
+        intercept = np.asarray(intercept, dtype=np.float64)
+        if intercept.shape not in ((), (m,)):
+            raise ValueError(f"intercept: expected a number or [m={m}] (one per output), got shape "
+                             f"{intercept.shape}")
+        if link is not None and not callable(link):
+            raise TypeError(f"link: expected a callable or None, got {type(link).__name__}")
+        b = np.broadcast_to(baseline, x.shape)
         tables = np.stack([w * b[:, None], w * x[:, None]], 1)  # [p, 2, m]
-        z_empty = np.asarray(intercept, dtype=np.float64) + (w * b[:, None]).sum(0)
+        z_empty = intercept + (w * b[:, None]).sum(0)
         squeeze = np.asarray(weights).ndim == 1
         if link is None:
             readout = None  # additive: exact_shapley applies (values [p, m], m = 1 for 1-D weights)
         else:
-            readout = (lambda z: link(z)[:, 0]) if squeeze else link
-        return cls(tables, None, readout, z_empty=np.broadcast_to(z_empty, (w.shape[1],)).copy())
+            def readout(z):  # link on [B, m]: [B, m], or [B] for one output
+                out = link(z)
+                B, shape = z.shape[0], shape_of(out)
+                if shape == (B, m):
+                    return out[:, 0] if squeeze else out
+                if shape == (B,) and m == 1:
+                    return out if squeeze else out[:, None]
+                raise ValueError(f"link: returned shape {shape} for z of shape ({B}, {m}); "
+                                 f"expected ({B}, {m})" + (f" or ({B},)" if m == 1 else ""))
+        return cls(tables, None, readout, z_empty=np.broadcast_to(z_empty, (m,)).copy())
 
     def structure_on_device(self):
         """(members, cell_of) on the tables' device (copied once)."""

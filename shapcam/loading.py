@@ -85,18 +85,29 @@ def load_model(spec: str, arch: str | None = None, pretrained: bool = False, dev
     weights), or a file: TorchScript, a state dict (``arch`` names its architecture),
     a checkpoint dict holding one under ``"state_dict"`` or ``"model"``, or — only with
     ``trust_pickle=True`` — a whole pickled ``nn.Module`` (loading it executes code from the file).
+    A torchvision architecture's name is that architecture even where a file or folder of that
+    name is in the current folder (name the file ``./resnet18``). A path must be a regular file.
     """
-    import torch
+    import torch  # noqa: F401 - every model needs it: fail here, with its ImportError, if missing
 
     from .models import digits
 
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"model: expected a name or a file path, got {spec!r}")
     if spec in BUNDLED:
         return digits.load_model(device=device, arch=BUNDLED[spec]), DIGITS_INPUT
     if spec == "efficientnet-lite0":
         return _efficientnet_lite0(device), IMAGENET_INPUT
-    if os.path.exists(spec):
-        return _load_file(spec, arch, device, trust_pickle)
     names = _torchvision_names()
+    # An architecture's name is the architecture, whatever the current folder holds (a folder or
+    # file called resnet18 there); a file of that name is ./resnet18.
+    if names is not None and spec in names and os.sep not in spec and \
+            (os.altsep is None or os.altsep not in spec):
+        return _torchvision_model(spec, pretrained, device)
+    if os.path.exists(spec):
+        if not os.path.isfile(spec):  # a folder, /dev/zero, a pipe: torch.load would read forever
+            raise ValueError(f"model {spec!r}: exists but is not a regular file")
+        return _load_file(spec, arch, device, trust_pickle)
     if names is None:
         raise ImportError(f"model {spec!r}: not 'digits' or an existing file, and torchvision "
                           "(needed for architectures by name) is not installed")
@@ -104,10 +115,13 @@ def load_model(spec: str, arch: str | None = None, pretrained: bool = False, dev
         common = [n for n in names if n[:3] in ("res", "vgg", "den", "mob", "eff", "con")]
         raise ValueError(f"model {spec!r}: not 'digits', an existing file, or a torchvision "
                          f"architecture ({', '.join(common[:12])}, ...)")
+    return _torchvision_model(spec, pretrained, device)
+
+
+def _torchvision_model(name, pretrained, device):
     import torchvision
 
-    model = torchvision.models.get_model(spec, weights="DEFAULT" if pretrained else None)
-    del torch
+    model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
     return model.eval().to(device), IMAGENET_INPUT
 
 
@@ -127,8 +141,8 @@ def _load_file(path, arch, device, trust_pickle):
 
     import torch
 
-    if os.path.isdir(path):
-        raise ValueError(f"model {path!r}: a folder, not a model file")
+    if not os.path.isfile(path):
+        raise ValueError(f"model {path!r}: not a regular file")
     if _is_torchscript(path):
         try:
             return torch.jit.load(path, map_location=device).eval(), IMAGENET_INPUT
@@ -225,6 +239,8 @@ def read_image(path, spec: InputSpec):
         raise ValueError(f"{path}: image is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({exc})") from None
     except (OSError, SyntaxError, EOFError) as exc:
         raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if not np.isfinite(a).all():  # a float TIFF with NaN or inf pixels: no image to explain
+        raise ValueError(f"{path}: {int((~np.isfinite(a)).sum())} pixels are NaN or infinite")
     raw = torch.from_numpy(np.array(a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)))
     x = raw
     if spec.mean is not None:
@@ -239,6 +255,8 @@ def _to_float_pixels(im, channels, size):
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # High bit depth: scale to [0, 1] before any 8-bit conversion, which would saturate it.
         a = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(a).all():
+            return a  # refused by read_image, which names the file (resizing would spread it)
         top = 65535.0 if im.mode.startswith("I;16") or (im.mode == "I" and a.max() <= 65535) else max(float(a.max()), 1.0)
         g = Image.fromarray(np.clip(a / top, 0, 1).astype(np.float32), mode="F")
         g = g.resize((size, size), Image.BILINEAR)

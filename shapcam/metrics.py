@@ -41,9 +41,13 @@ def limit_positive(maps: torch.Tensor, keep: float | None) -> torch.Tensor:
 @torch.no_grad()
 def target_probabilities(model, images, targets, batch_size=64) -> torch.Tensor:
     """Softmax probability of targets[i] for images[i]: [N] float64."""
+    from .cam.base import check_logits
+
     out = []
     for s in range(0, images.shape[0], batch_size):
-        p = torch.softmax(model(images[s:s + batch_size]).double(), 1)
+        logits = model(images[s:s + batch_size])
+        check_logits(logits)
+        p = torch.softmax(logits.double(), 1)
         out.append(p.gather(1, targets[s:s + batch_size, None].to(p.device))[:, 0])
     return torch.cat(out)
 
@@ -110,13 +114,20 @@ def deletion_insertion(model, images, maps, targets, *, steps: int = 32, baselin
     Pixels are ranked by saliency (highest first). Deletion replaces them with ``baseline``
     step by step, insertion adds them to an all-``baseline`` image; each curve is the target's
     probability at steps+1 points (0, 1/steps, ..., 1 of the pixels), and its AUC the trapezoid
-    mean. Returns {"deletion", "insertion"} (means over images) and per-image arrays.
+    mean; steps is capped at H * W (more would repeat points), and the curve's images are made
+    batch_size at a time. Returns {"deletion", "insertion"} (means over images) and per-image
+    arrays.
     """
     _check_maps(images, maps)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int (points on each curve: steps + 1), got {steps!r}")
     targets = torch.as_tensor(targets, dtype=torch.long)
     N, C, H, W = images.shape
+    # More steps than pixels only repeats points of the curve: at most H * W steps, and the
+    # curve's images made batch_size at a time (never all steps + 1 at once).
+    steps = min(steps, H * W)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     order = maps.flatten(1).argsort(1, descending=True)  # [N, HW]
     fracs = torch.linspace(0, 1, steps + 1)
     counts = (fracs * H * W).round().long()
@@ -124,14 +135,16 @@ def deletion_insertion(model, images, maps, targets, *, steps: int = 32, baselin
     for i in range(N):
         rank = torch.empty(H * W, dtype=torch.long, device=order.device)
         rank[order[i]] = torch.arange(H * W, device=order.device)
-        shown = (rank[None, :] < counts.to(rank.device)[:, None]).view(steps + 1, 1, H, W)  # first c pixels
         img = images[i:i + 1]
         base = torch.full_like(img, baseline)
-        d = torch.where(shown, base, img)  # deletion: ranked pixels removed
-        s = torch.where(shown, img, base)  # insertion: ranked pixels added
-        t = targets[i].repeat(steps + 1)
-        pd = target_probabilities(model, d, t, batch_size)
-        ps = target_probabilities(model, s, t, batch_size)
+        pd, ps = [], []
+        for a in range(0, steps + 1, batch_size):
+            c = counts[a:a + batch_size].to(rank.device)
+            shown = (rank[None, :] < c[:, None]).view(-1, 1, H, W)  # the first c pixels
+            t = targets[i].repeat(shown.shape[0])
+            pd.append(target_probabilities(model, torch.where(shown, base, img), t, batch_size))
+            ps.append(target_probabilities(model, torch.where(shown, img, base), t, batch_size))
+        pd, ps = torch.cat(pd), torch.cat(ps)  # deletion: ranked pixels removed; insertion: added
         dele.append(torch.trapezoid(pd, fracs.to(pd).to(pd.device)).item())
         ins.append(torch.trapezoid(ps, fracs.to(ps).to(ps.device)).item())
     dele, ins = torch.tensor(dele, dtype=torch.float64), torch.tensor(ins, dtype=torch.float64)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .split import resolve_layer, split_model
+from .split import layer_output_error, resolve_layer, split_model
 
 
 @dataclass
@@ -135,13 +135,18 @@ class BaseCAM:
         target_layer: the layer whose output is the feature map: a submodule or its dotted name
             ("layer4", "features.29").
         split: how the network is cut at the layer: "auto" (torch.fx, else hooks), "fx", "hooks".
+        layout: how the layer's output is laid out: "auto" ([N, C, h, w], refused where the model
+            says otherwise: a channels-last map [N, h, w, C] such as Swin's stages is never read
+            as channels-first) or "nchw" (it is [N, C, h, w]: no check).
     """
 
     name = "cam"
 
-    def __init__(self, model: nn.Module, target_layer, *, split: str = "auto"):
+    def __init__(self, model: nn.Module, target_layer, *, split: str = "auto",
+                 layout: str = "auto"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.layout = check_layout(layout)
         self.model = model
         self.layer_name, self.layer = resolve_layer(model, target_layer)
         self._split_method = split
@@ -159,6 +164,11 @@ class BaseCAM:
         return self.explain(images, targets).maps
 
     supports_create_graph = False
+    # Images through the trunk at a time: explain keeps one pass's feature maps (and their
+    # graph), so a large batch is explained in passes of this many. Every method explains each
+    # image on its own, so the maps are those of one pass up to the trunk's float rounding
+    # (a convolution may order its sums by batch size).
+    images_per_pass = 16
 
     def explain(self, images, targets=None, *, create_graph: bool = False) -> CAMResult:
         """Explain images [N, C, H, W] (or one image [C, H, W]) for targets: None (the predicted
@@ -170,11 +180,15 @@ class BaseCAM:
         if create_graph and not self.supports_create_graph:
             raise ValueError(f"create_graph: {type(self).__name__} does not offer differentiable maps")
         images, squeeze_batch = self._check_images(images)
+        N = images.shape[0]
+        step = _check_positive_int(self.images_per_pass, "images_per_pass")
         # One explain at a time per model: eval_mode flips the model's training flags, which two
         # threads would race on (BatchNorm statistics would change mid-run).
         with model_lock(self.model), eval_mode(self.model):
             self._create_graph = bool(create_graph)
-            cams, tgt, multi, scores, fields = self._explain_batch(images, targets)
+            parts = [self._explain_batch(images[a:a + step], _targets_of(targets, N, a, a + step))
+                     for a in range(0, N, step)]
+        cams, tgt, multi, scores, fields = _concat_parts(parts)
         maps = normalize_maps(cams, images.shape[-2:])
         res = CAMResult(maps=maps, values=cams, targets=tgt.cpu(), scores=scores.cpu(),
                         method=self.name, seconds=0.0, **fields)
@@ -194,6 +208,14 @@ class BaseCAM:
         if A.dim() != 4:
             raise ValueError(f"target_layer {self.layer_name!r}: output has shape "
                              f"{tuple(A.shape)}; a CAM needs a [N, C, h, w] feature map")
+        if self.layout == "auto":
+            why = channels_last_evidence(A, self.split)
+            if why:
+                raise ValueError(
+                    f"target_layer {self.layer_name!r}: its output {tuple(A.shape)} looks "
+                    f"channels-last [N, h, w, C] ({why}), and a CAM reads [N, C, h, w]: target "
+                    f"the layer after the permute to channels-first (torchvision's Swin: "
+                    f"'permute'), or pass layout='nchw' if it is channels-first")
         tgt, multi = self._resolve_targets(targets, logits)
         scores = torch.softmax(logits.detach().double(), 1).gather(1, tgt)
         cams, fields = self._cams(images, A, extras, tgt)
@@ -207,6 +229,8 @@ class BaseCAM:
         before the layer (``bs = x.size(0)``) would see it stale for a batch of coalitions, so
         such a split is replaced by the hooks split (split="auto") or refused (split="fx")."""
         A, extras = self.split.trunk(images)
+        if not torch.is_tensor(A):
+            raise ValueError(layer_output_error(self.layer_name, A))
         stale = [type(e).__name__ for e in extras if not torch.is_tensor(e) and e is not None]
         if self.split.method == "fx" and stale:
             msg = (f"the head after {self.layer_name!r} uses non-tensor values computed before it "
@@ -247,8 +271,16 @@ class BaseCAM:
         return images, squeeze
 
     def _resolve_targets(self, targets, logits):
+        check_logits(logits)
         N, classes = logits.shape[0], logits.shape[1]
         multi = False
+
+        def _class_id(v):  # an int class id in [0, classes), checked before any int64 tensor
+            c = _int_class_id(v)
+            if not 0 <= c < classes:
+                raise ValueError(f"targets: class ids must lie in [0, {classes}), got {c}")
+            return c
+
         if targets is None:
             t = logits.argmax(1)[:, None]
         elif isinstance(targets, (bool, np.bool_, float, np.floating)):
@@ -282,11 +314,100 @@ class BaseCAM:
         return t.to(logits.device), multi
 
 
+LAYOUTS = ("auto", "nchw")
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r} (channels-last and "
+                         f"token maps: target a layer whose output is [N, C, h, w])")
+    return layout
+
+
+def channels_last_evidence(A, split) -> str | None:
+    """Why A [N, a, b, c] is likely [N, h, w, C] rather than [N, C, h, w], or None: the head
+    starts with a LayerNorm or Linear over its last axis (Swin's stages: norm, then a permute to
+    channels-first); or the map's shape is [N, s, s, c] with c != s (a square grid with its
+    channels last: read channels-first it would be C = h = s and w = c). A permute alone is no
+    evidence: MTCNN's ONet permutes a channels-first map before flattening it."""
+    a, b, c = A.shape[1:]
+    gm = getattr(split, "head_module", None)
+    if split.method == "fx" and isinstance(gm, torch.fx.GraphModule):
+        act = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
+        for user in (act.users if act is not None else ()):
+            if user.op == "call_module":
+                mod = gm.get_submodule(user.target)
+                if isinstance(mod, nn.LayerNorm) and tuple(mod.normalized_shape) == (c,) and c != a:
+                    return f"the head's first step is a LayerNorm over its last axis ({c})"
+                if isinstance(mod, nn.Linear) and mod.in_features == c and c != a:
+                    return f"the head's first step is a Linear on its last axis ({c})"
+    if a == b and c != b:
+        return f"a square {a}x{b} grid before its last axis of {c}"
+    return None
+
+
+def _check_positive_int(v, name):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    return int(v)
+
+
+def _targets_of(targets, N, a, b):
+    """The targets of images [a, b) of N: per-image targets sliced, a class for all as is
+    (checked in full by _resolve_targets)."""
+    if targets is None or isinstance(targets, (bool, np.bool_, float, np.floating, int, np.integer)) \
+            or (torch.is_tensor(targets) and targets.dim() == 0) or isinstance(targets, (str, bytes)) \
+            or not hasattr(targets, "__len__"):
+        return targets
+    if len(targets) != N:
+        raise ValueError(f"targets: expected one entry per image ({N}), got {len(targets)}")
+    return targets[a:b]
+
+
+def _concat_parts(parts):
+    """One (cams, targets, multi, scores, fields) from the passes' in image order."""
+    if len(parts) == 1:
+        return parts[0]
+    cams = torch.cat([p[0] for p in parts])
+    tgt = torch.cat([p[1] for p in parts])
+    scores = torch.cat([p[3] for p in parts])
+    multi = parts[0][2]
+    fields = {}
+    for key, first in parts[0][4].items():
+        vals = [p[4][key] for p in parts]
+        if torch.is_tensor(first):
+            fields[key] = torch.cat(vals)
+        elif isinstance(first, (int, float)) and not isinstance(first, bool):
+            fields[key] = sum(vals)
+        else:  # a label (Shap-CAM's path): the same for every pass
+            fields[key] = first if all(v == first for v in vals) else "mixed"
+    return cams, tgt, multi, scores, fields
+
+
+def check_logits(out):
+    """The model's output must be the logits, one tensor [N, classes]: anything else (a tuple of
+    logits and auxiliary outputs, a dict, an ImageNet model's [N, classes, 1, 1]) is refused in
+    one line that says what to do."""
+    if torch.is_tensor(out) and out.dim() == 2:
+        return
+    if torch.is_tensor(out):
+        got = f"a tensor of shape {tuple(out.shape)}"
+    elif isinstance(out, (tuple, list)):
+        got = f"a {type(out).__name__} of {len(out)}"
+    elif isinstance(out, dict):
+        got = f"a dict (keys {list(out)[:4]})"
+    else:
+        got = f"a {type(out).__name__}"
+    raise ValueError(f"model: its forward returned {got}; a CAM needs the logits as one tensor "
+                     f"[N, classes] (wrap the model so that it returns them, e.g. a module whose "
+                     f"forward is `return model(x)[0]` or `model(x)['logits']`)")
+
+
 def _is_class_id(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _class_id(v) -> int:
+def _int_class_id(v) -> int:
     """An int class id; bools and floats are refused (3.7 is not class 3, True is not class 1)."""
     if torch.is_tensor(v) and v.dim() == 0:
         if v.is_floating_point() or v.dtype == torch.bool or v.is_complex():

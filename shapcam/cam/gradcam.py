@@ -17,8 +17,9 @@ class GradCAM(BaseCAM):
     name = "gradcam"
     supports_create_graph = True  # explain(create_graph=True): maps differentiable (double backprop)
 
-    def __init__(self, model, target_layer, *, score: str = "logit", split: str = "auto"):
-        super().__init__(model, target_layer, split=split)
+    def __init__(self, model, target_layer, *, score: str = "logit", split: str = "auto",
+                 layout: str = "auto"):
+        super().__init__(model, target_layer, split=split, layout=layout)
         self.score = check_score(score)
 
     def _gradients(self, A, extras, targets):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._arrays import is_real_number
 from .._progress import progress_bar
 from .base import BaseCAM, check_score
 
@@ -78,7 +79,7 @@ class RISE(_BlackBoxCAM):
         super().__init__(model, target_layer, score=score)
         self.n_masks = _check_int(n_masks, "n_masks")
         self.cells = _check_int(cells, "cells")
-        if not (isinstance(p, (int, float)) and 0 < p <= 1):
+        if not (is_real_number(p) and 0 < p <= 1):
             raise ValueError(f"p: expected a keep probability in (0, 1], got {p!r}")
         self.p = float(p)
         self.batch_size = _check_int(batch_size, "batch_size")
@@ -174,10 +175,10 @@ class MeaningfulPerturbation(_BlackBoxCAM):
         self.mask_scale = _check_int(mask_scale, "mask_scale")
         for name, v in (("lr", lr), ("l1", l1), ("tv", tv), ("tv_beta", tv_beta), ("noise", noise),
                         ("blur_sigma", blur_sigma)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+            if not is_real_number(v) or not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
-        self.lr, self.l1, self.tv, self.tv_beta, self.noise = lr, l1, tv, tv_beta, noise
-        self.blur_sigma = blur_sigma
+        self.lr, self.l1, self.tv, self.tv_beta, self.noise = map(float, (lr, l1, tv, tv_beta, noise))
+        self.blur_sigma = float(blur_sigma)
         from .. import ops
 
         self.seed = ops.check_seed(seed)

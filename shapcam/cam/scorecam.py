@@ -24,8 +24,8 @@ class ScoreCAM(BaseCAM):
     supports_create_graph = True
 
     def __init__(self, model, target_layer, *, score: str = "logit", batch_size: int = 64,
-                 split: str = "auto", progress=None):
-        super().__init__(model, target_layer, split=split)
+                 split: str = "auto", progress=None, layout: str = "auto"):
+        super().__init__(model, target_layer, split=split, layout=layout)
         self.score = check_score(score)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")

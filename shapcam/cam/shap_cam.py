@@ -58,8 +58,8 @@ class ShapCAM(BaseCAM):
     def __init__(self, model, target_layer, K: int = 64, *, seed: int = 0, baseline: float = 0.0,
                  score: str = "probability", batch_size=None, antithetic: bool = True,
                  engine=None, split: str = "auto", progress=None, value: str | None = None,
-                 incremental=None, sampler=None):
-        super().__init__(model, target_layer, split=split)
+                 incremental=None, sampler=None, layout: str = "auto"):
+        super().__init__(model, target_layer, split=split, layout=layout)
         if incremental not in (None, True, False):
             raise ValueError(f"incremental: expected None, True or False, got {incremental!r}")
         self.incremental = incremental

@@ -170,6 +170,18 @@ def _hook(module, fn):
         handle.remove()
 
 
+def layer_output_error(name, out) -> str:
+    """The message for a target layer whose output is not one tensor."""
+    what = type(out).__name__
+    if isinstance(out, (tuple, list)):
+        what = f"a {what} of {len(out)} ({', '.join(type(o).__name__ for o in out[:4])})"
+    elif isinstance(out, dict):
+        what = f"a dict (keys {list(out)[:4]})"
+    return (f"target_layer {name!r} returns {what}; a CAM needs a layer whose output is the "
+            f"feature map as one tensor: pick the submodule that makes it (e.g. {name!r}'s last "
+            f"convolution)")
+
+
 def _hook_split(model, name, layer) -> Split:
     def trunk(images):
         store = {}
@@ -178,6 +190,8 @@ def _hook_split(model, name, layer) -> Split:
             if "a" in store:
                 raise SplitError(f"target_layer {name!r} is called more than once in the forward "
                                  "(a shared module); pick a layer that is called once")
+            if not torch.is_tensor(out):
+                raise SplitError(layer_output_error(name, out))
             store["a"] = out.clone()  # the rest of the forward may change `out` in place
 
         with _hook(layer, grab):
