@@ -278,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fraction of highest-saliency pixels kept for Average Drop (default 0.5; 1 = all)")
     ev.add_argument("--deletion", action="store_true", help="also RISE deletion / insertion AUC")
     ev.add_argument("--steps", type=positive_int, default=32, help="deletion / insertion steps")
+    ev.add_argument("--road", action="store_true",
+                    help="also ROAD (Rong et al. 2022): MoRF, LeRF and combined, noisy linear "
+                         "imputation at 10..90%% of the pixels kept")
+    ev.add_argument("--sanity", action="store_true",
+                    help="also the randomization sanity check (Adebayo et al. 2018): each map's "
+                         "rank correlation with the map of the model with its classifier, and "
+                         "with all its layers, re-initialised; for Shap-CAM the share of positions "
+                         "whose sign its error bars resolve and the rank correlation between two "
+                         "seeds")
     ev.add_argument("--no-resume", dest="resume", action="store_false", help="recompute finished images")
     ev.add_argument("--out", default="shapcam-eval")
     common(ev)

@@ -31,7 +31,15 @@ from ._progress import progress_bar
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 METRIC_LABELS = [("average_drop", "Average Drop (%) ↓"), ("increase_in_confidence", "Increase in Confidence (%) ↑"),
                  ("proportion", "Energy pointing game (%) ↑"), ("deletion", "Deletion AUC ↓"),
-                 ("insertion", "Insertion AUC ↑")]
+                 ("insertion", "Insertion AUC ↑"), ("road_morf", "ROAD MoRF ↓"),
+                 ("road_lerf", "ROAD LeRF ↑"), ("road_combined", "ROAD combined ↑"),
+                 ("sanity_top", "Randomization ρ, classifier ↓"),
+                 ("sanity_all", "Randomization ρ, all layers ↓"),
+                 ("sign_resolved", "Positions with |φ| > 2 SE (%)"),
+                 ("seed_stability", "Rank ρ between two seeds ↑")]
+# Metrics on a scale of about 1 (AUCs, score differences, correlations): three decimals.
+FINE_METRICS = {"deletion", "insertion", "road_morf", "road_lerf", "road_combined", "sanity_top",
+                "sanity_all", "seed_stability"}
 
 
 @dataclass
@@ -220,7 +228,8 @@ RUN_FILE = "run.json"
 SCORE_NOTE = ("each method's own (probability: Shap-CAM, RISE, Mask; logit: Grad-CAM, "
               "Grad-CAM++, Score-CAM)")
 SETTING_KEYS = ("model", "arch", "pretrained", "layer", "data", "classes", "keep", "deletion",
-                "steps", "K", "seed", "score", "rise_masks", "mask_steps", "sampler")
+                "steps", "K", "seed", "score", "rise_masks", "mask_steps", "sampler", "road",
+                "sanity")
 
 
 def run_settings(args, layer) -> dict:
@@ -278,10 +287,16 @@ def _drop_torn_tail(path):
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def evaluate_item(model, item, method, cam, keep, deletion, steps):
+def evaluate_item(model, item, method, cam, keep, deletion, steps, road=False, sanity=None):
     """One image, one method: its record (target, Y, O, Average Drop, Increase in Confidence,
     pointing game when it has boxes, deletion/insertion when asked, efficiency gap, seconds), or
-    {"skipped": reason} for an image that cannot be read."""
+    {"skipped": reason} for an image that cannot be read.
+
+    road: also ROAD MoRF, LeRF and combined (metrics.road: 9 percentiles, noise 0.01, the
+    probability). sanity: {"top": the method on the model with its classifier randomised,
+    "all": with every layer randomised, "seed": (Shap-CAM) the method with another seed or
+    None}: the Spearman correlation of this image's map with each (metrics.randomization_test's
+    two ends), and for Shap-CAM the share of positions whose sign its error bars resolve."""
     from . import metrics
 
     try:
@@ -303,6 +318,23 @@ def evaluate_item(model, item, method, cam, keep, deletion, steps):
     if deletion:
         d = metrics.deletion_insertion(model, x, maps, tgt, steps=steps)
         rec.update(deletion=d["deletion"], insertion=d["insertion"])
+    if road:
+        for order in ("morf", "lerf"):
+            rec[f"road_{order}"] = float(metrics.road(model, x, maps, tgt, order=order)[0])
+        rec["road_combined"] = (rec["road_lerf"] - rec["road_morf"]) / 2
+    if sanity:
+        flat = maps.reshape(1, -1)
+        t = [int(tgt[0])]
+        for key in ("top", "all"):
+            other = sanity[key].explain(x, targets=t).maps.to(x.dtype).reshape(1, -1)
+            rho = float(metrics.spearman(flat, other)[0])
+            # a map that became constant (all zero after ReLU) keeps no ranking: no agreement
+            rec[f"sanity_{key}"] = 0.0 if math.isnan(rho) else rho
+        if sanity.get("seed") is not None and res.stderr is not None:
+            vals, se = res.values.reshape(-1).double(), res.stderr.reshape(-1).double()
+            rec["sign_resolved"] = float((vals.abs() > 2 * se).double().mean()) * 100
+            again = sanity["seed"].explain(x, targets=t).values.reshape(1, -1)
+            rec["seed_stability"] = float(metrics.spearman(vals[None], again)[0])
     if res.efficiency_gap is not None:
         rec["efficiency_gap"] = float(res.efficiency_gap.abs().max())
     return rec
@@ -372,7 +404,7 @@ def paired_table(diffs, ref="shapcam"):
                 cells.append("—")
                 continue
             mean, half, _n = diffs[m][key]
-            digits = 3 if key in ("deletion", "insertion") else 2
+            digits = 3 if key in FINE_METRICS else 2
             star = "*" if np.isfinite(half) and abs(mean) > half else ""
             cells.append(f"{mean:+.{digits}f} ± {half:.{digits}f}{star}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -392,8 +424,8 @@ def markdown_table(summary, methods, title=""):
         for m in methods:
             if key in summary[m]:
                 mean, half, n = summary[m][key]
-                cells.append(f"{mean:.2f} ± {half:.2f}" if key not in ("deletion", "insertion")
-                             else f"{mean:.3f} ± {half:.3f}")
+                d = 3 if key in FINE_METRICS else 2
+                cells.append(f"{mean:.{d}f} ± {half:.{d}f}")
             else:
                 cells.append("—")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -405,7 +437,8 @@ def markdown_table(summary, methods, title=""):
 def write_outputs(out_dir, records, methods, header):
     records = sorted(records, key=lambda r: (r["id"], methods.index(r["method"])))
     keys = ["id", "method", "target", "Y", "O", "average_drop", "increase_in_confidence", "proportion",
-            "deletion", "insertion", "efficiency_gap", "seconds"]
+            "deletion", "insertion", "road_morf", "road_lerf", "road_combined", "sanity_top",
+            "sanity_all", "sign_resolved", "seed_stability", "efficiency_gap", "seconds"]
     with open(os.path.join(out_dir, "per_image.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
@@ -468,13 +501,27 @@ def run(args) -> int:
     done = _read_done(args.out, run_id)
     mine = [it for i, it in enumerate(ds.items) if i % world == rank]
     todo = [(it, m) for it in mine for m in methods if (it.id, m) not in done]
-    cams = {m: make_cam(m, model, layer, **cam_options(args)) for m in methods}
+    opts = cam_options(args)
+    cams = {m: make_cam(m, model, layer, **opts) for m in methods}
+    sanity = {}
+    if getattr(args, "sanity", False):
+        from . import metrics
+
+        names = metrics.parameter_layers(model)
+        top = metrics.randomized_copy(model, names[:1], seed=args.seed)
+        every = metrics.randomized_copy(model, names, seed=args.seed)
+        for m in methods:
+            sanity[m] = {"top": make_cam(m, top, layer, **opts),
+                         "all": make_cam(m, every, layer, **opts),
+                         "seed": make_cam(m, model, layer, **dict(opts, seed=args.seed + 1))
+                         if m == "shapcam" else None}
     bar = progress_bar(len(todo) * world, rank == 0 and bool(todo), desc="evaluate", unit="map")
     path = os.path.join(args.out, f"per_image.rank{rank}.jsonl" if world > 1 else "per_image.jsonl")
     _drop_torn_tail(path)
     with open(path, "a") as f:
         for it, m in todo:
-            rec = evaluate_item(model, it, m, cams[m], args.keep, args.deletion, args.steps)
+            rec = evaluate_item(model, it, m, cams[m], args.keep, args.deletion, args.steps,
+                                road=getattr(args, "road", False), sanity=sanity.get(m))
             rec["run"] = run_id
             f.write(json.dumps(rec) + "\n")
             f.flush()

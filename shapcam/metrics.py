@@ -150,3 +150,363 @@ def deletion_insertion(model, images, maps, targets, *, steps: int = 32, baselin
     dele, ins = torch.tensor(dele, dtype=torch.float64), torch.tensor(ins, dtype=torch.float64)
     return {"deletion": float(dele.mean()), "insertion": float(ins.mean()), "deletion_auc": dele,
             "insertion_auc": ins}
+
+
+# --- ROAD: RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci, ICML 2022) ------------
+
+# Noisy linear imputation's neighbours: each removed pixel is the weighted mean of its in-image
+# neighbours, 1/6 for the 4 edge neighbours and 1/12 for the 4 diagonal ones (the reference code,
+# which pytorch-grad-cam ships as NoisyLinearImputer).
+ROAD_NEIGHBOURS = ((1, 1, 1 / 12), (0, 1, 1 / 6), (-1, 1, 1 / 12), (1, -1, 1 / 12),
+                   (0, -1, 1 / 6), (-1, -1, 1 / 12), (1, 0, 1 / 6), (-1, 0, 1 / 6))
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
+def road_keep_masks(maps, percentiles=ROAD_PERCENTILES, order: str = "morf"):
+    """[N, P, H, W] bool: the pixels ROAD keeps for each map [N, H, W] and percentile p, as
+    pytorch-grad-cam defines them. "morf" (most relevant first removed) keeps the pixels below
+    the map's p-th percentile (p% of the image kept); "lerf" keeps those below the p-th
+    percentile of 1 - map (the p% most relevant kept). Computed in float32 NumPy, as theirs."""
+    import numpy as np
+
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"order: expected 'morf' or 'lerf', got {order!r}")
+    m = maps.detach().float().cpu().numpy()
+    if order == "lerf":
+        m = 1 - m
+    out = np.empty((m.shape[0], len(percentiles)) + m.shape[1:], dtype=bool)
+    for i in range(m.shape[0]):
+        for j, p in enumerate(percentiles):
+            out[i, j] = m[i] < np.percentile(m[i], p)
+    return torch.from_numpy(out)
+
+
+def _nested_dissection(rows, cols, leaf=64):
+    """An order of grid points (rows, cols) [U] that factors with little fill: split the points by
+    a line across their longer side, order each half recursively, the line last (for the 8-point
+    stencil a line of width 1 separates: points two rows apart are not neighbours)."""
+    import numpy as np
+
+    out, stack = [], [(np.arange(len(rows)), False)]
+    while stack:  # explicit stack: halves pushed right then left, a separator after its halves
+        ix, emit = stack.pop()
+        if emit or len(ix) <= leaf:
+            out.append(ix)
+            continue
+        r, c = rows[ix], cols[ix]
+        key = r if r.max() - r.min() >= c.max() - c.min() else c
+        mid = (int(key.min()) + int(key.max())) // 2
+        left, sep, right = ix[key < mid], ix[key == mid], ix[key > mid]
+        if not len(left) or not len(right):
+            out.append(ix)
+            continue
+        stack += [(sep, True), (right, False), (left, False)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _imputation_system(keep, image):
+    """The sparse system of one imputation: unknowns u (the removed pixels, row-major),
+    s_u x_u - sum_{removed v ~ u} w_uv x_v = sum_{kept k ~ u} w_uk image_k, s_u the weights of
+    u's in-image neighbours. keep [H, W] bool; image [C, H, W] float64 NumPy. Returns (A CSC
+    [U, U], b [U, C], removed flat indices [U])."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    H, W = keep.shape
+    flat_keep = keep.ravel()
+    removed = np.flatnonzero(~flat_keep)
+    U = len(removed)
+    var = np.full(H * W, -1, dtype=np.int64)
+    var[removed] = np.arange(U)
+    r, c = removed // W, removed % W
+    diag = np.zeros(U)
+    b = np.zeros((U, image.shape[0]))
+    img = image.reshape(image.shape[0], -1)
+    rows, cols, vals = [], [], []
+    for dr, dc, w in ROAD_NEIGHBOURS:
+        rr, cc = r + dr, c + dc
+        inside = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+        u = np.flatnonzero(inside)
+        nb = rr[u] * W + cc[u]
+        diag[u] += w
+        known = flat_keep[nb]
+        b[u[known]] += w * img[:, nb[known]].T
+        rows.append(u[~known])
+        cols.append(var[nb[~known]])
+        vals.append(np.full(int((~known).sum()), -w))
+    rows.append(np.arange(U))
+    cols.append(np.arange(U))
+    vals.append(diag)
+    A = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(U, U))
+    return A, b, removed
+
+
+def _solve_direct(keep, image):
+    """The removed pixels' values [U, C] and their flat indices: a sparse LU of the system in a
+    nested-dissection order (SPD and diagonally dominant: no pivoting needed)."""
+    import numpy as np
+    from scipy.sparse.linalg import splu
+
+    A, b, removed = _imputation_system(keep, image)
+    if not len(removed):
+        return b, removed
+    W = keep.shape[1]
+    perm = _nested_dissection(removed // W, removed % W)
+    lu = splu(A[perm][:, perm].tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0,
+              options=dict(SymmetricMode=True))
+    x = np.empty_like(b)
+    x[perm] = lu.solve(b[perm])
+    return x, removed
+
+
+def _solve_cg(keep, images, tol=1e-7, max_iter=None):
+    """Batched conjugate gradients on the device: keep [B, H, W] bool, images [B, C, H, W] ->
+    the imputed images [B, C, H, W] (float64). The same system as _imputation_system, applied as
+    an 8-point stencil on whole images (zero at kept pixels), Jacobi-preconditioned, until every
+    system's residual is at most tol times its right side (or max_iter: 4 (H + W) by default)."""
+    import torch.nn.functional as F
+
+    B, C, H, W = images.shape
+    x0 = images.double()
+    rem = (~keep).to(x0.dtype)[:, None]  # [B, 1, H, W]: 1 at unknowns
+    ones = F.pad(torch.ones((1, 1, H, W), dtype=x0.dtype, device=x0.device), (1, 1, 1, 1))
+
+    def shifted(t, dr, dc):  # t[..., i + dr, j + dc], zero outside the image
+        p = F.pad(t, (1, 1, 1, 1))
+        return p[..., 1 + dr:1 + dr + H, 1 + dc:1 + dc + W]
+
+    diag = sum(w * ones[..., 1 + dr:1 + dr + H, 1 + dc:1 + dc + W] for dr, dc, w in ROAD_NEIGHBOURS)
+    known = x0 * (1 - rem)
+    b = rem * sum(w * shifted(known, dr, dc) for dr, dc, w in ROAD_NEIGHBOURS)
+
+    def apply(x):  # x is zero at kept pixels
+        return rem * (diag * x - sum(w * shifted(x, dr, dc) for dr, dc, w in ROAD_NEIGHBOURS))
+
+    inv = rem / diag
+    x = torch.zeros_like(b)
+    res = b.clone()
+    z = inv * res
+    p = z.clone()
+    rz = (res * z).flatten(1).sum(1)
+    bnorm = b.flatten(1).norm(dim=1).clamp_min(1e-300)
+    for _ in range(max_iter or 4 * (H + W)):
+        if bool(((res.flatten(1).norm(dim=1) / bnorm) <= tol).all()):
+            break
+        Ap = apply(p)
+        alpha = rz / (p * Ap).flatten(1).sum(1).clamp_min(1e-300)
+        x += alpha[:, None, None, None] * p
+        res -= alpha[:, None, None, None] * Ap
+        z = inv * res
+        rz_new = (res * z).flatten(1).sum(1)
+        p = z + (rz_new / rz.clamp_min(1e-300))[:, None, None, None] * p
+        rz = rz_new
+    return known + rem * x
+
+
+def road_impute(images, keep, *, noise: float = 0.01, seed: int = 0, solver: str = "auto"):
+    """Noisy linear imputation (ROAD): images [B, C, H, W] with the pixels where keep [B, H, W]
+    is False replaced by the solution of the linear system that makes each the weighted mean of
+    its in-image neighbours (ROAD_NEIGHBOURS), plus Gaussian noise of sd ``noise`` (absolute,
+    seeded). solver: "direct" (a sparse LU per image, on the host), "cg" (batched
+    conjugate gradients on the images' device, to a relative residual of 1e-7), "auto" (cg on a
+    GPU, direct elsewhere). Returns [B, C, H, W] in the images' dtype and device."""
+    import numpy as np
+
+    if images.dim() != 4 or keep.shape != (images.shape[0],) + tuple(images.shape[2:]):
+        raise ValueError(f"images [B, C, H, W] and keep [B, H, W]: got {tuple(images.shape)} and "
+                         f"{tuple(keep.shape)}")
+    if solver not in ("auto", "direct", "cg"):
+        raise ValueError(f"solver: expected 'auto', 'direct' or 'cg', got {solver!r}")
+    if not (isinstance(noise, (int, float)) and noise >= 0 and noise == noise):
+        raise ValueError(f"noise: expected a number >= 0, got {noise!r}")
+    keep = keep.to(torch.bool)
+    if bool((keep.flatten(1).sum(1) == 0).any()):
+        raise ValueError("keep: an image keeps no pixel; there is nothing to impute from")
+    if solver == "auto":
+        solver = "cg" if images.is_cuda else "direct"
+    B, C, H, W = images.shape
+    if solver == "cg":
+        out = _solve_cg(keep.to(images.device), images)
+    else:
+        imgs = images.detach().double().cpu().numpy()
+        kp = keep.cpu().numpy()
+        out_np = imgs.copy().reshape(B, C, H * W)
+        for i in range(B):  # (threads gain nothing: SuperLU holds the GIL)
+            x, removed = _solve_direct(kp[i], imgs[i])
+            out_np[i][:, removed] = x.T
+        out = torch.from_numpy(out_np.reshape(B, C, H, W)).to(images.device)
+    if noise:
+        g = torch.Generator(device="cpu").manual_seed(int(seed) % 2**63)
+        eps = torch.randn((B, C, H, W), generator=g, dtype=torch.float64).to(out.device)
+        out = out + noise * eps * (~keep).to(out.dtype)[:, None].to(out.device)
+    return out.to(images.dtype)
+
+
+def _road_scores(model, images, targets, score, batch_size):
+    """[B] float64: the target's probability or logit on each image."""
+    from .cam.base import check_logits
+
+    out = []
+    for s in range(0, images.shape[0], batch_size):
+        logits = model(images[s:s + batch_size])
+        check_logits(logits)
+        z = logits.double()
+        z = torch.softmax(z, 1) if score == "probability" else z
+        out.append(z.gather(1, targets[s:s + batch_size, None].to(z.device))[:, 0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def road(model, images, maps, targets, *, order: str = "morf",
+         percentiles=ROAD_PERCENTILES, noise: float = 0.01, score: str = "probability",
+         seed: int = 0, solver: str = "auto", batch_size: int = 64) -> torch.Tensor:
+    """ROAD (Rong et al., ICML 2022): per image, the mean over ``percentiles`` of (the target's
+    score after imputation - its score on the image). For each percentile p the image keeps p%
+    of its pixels — below the map's p-th percentile for ``order="morf"`` (most relevant removed
+    first: lower is better), the p% most relevant for ``"lerf"`` (least relevant removed first:
+    higher is better) — and the rest is imputed by noisy linear imputation (road_impute), as
+    pytorch-grad-cam's ROADMostRelevantFirstAverage / ROADLeastRelevantFirstAverage define it
+    (with noise=0 the imputed images are theirs, up to the solver's rounding).
+
+    images [N, C, H, W] as the model takes them; maps [N, H, W]; targets [N]; score:
+    "probability" or "logit" (theirs with ClassifierOutputTarget). All (image, percentile)
+    imputations are solved as one batch. Returns [N] float64."""
+    from .cam.base import check_score
+
+    _check_maps(images, maps)
+    check_score(score)
+    percentiles = tuple(percentiles)
+    if not percentiles or not all(isinstance(p, (int, float)) and 0 < p < 100 for p in percentiles):
+        raise ValueError(f"percentiles: expected numbers in (0, 100), got {percentiles!r}")
+    targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+    N, C, H, W = images.shape
+    if targets.shape[0] != N:
+        raise ValueError(f"targets: expected one class per image ({N}), got {targets.shape[0]}")
+    P = len(percentiles)
+    keep = road_keep_masks(maps, percentiles, order).reshape(N * P, H, W)
+    reps = images.repeat_interleave(P, 0)
+    imputed = road_impute(reps, keep, noise=noise, seed=seed, solver=solver)
+    before = _road_scores(model, images, targets, score, batch_size)
+    after = _road_scores(model, imputed, targets.repeat_interleave(P), score, batch_size)
+    return (after.view(N, P) - before[:, None]).mean(1)
+
+
+def road_combined(model, images, maps, targets, **kw) -> torch.Tensor:
+    """(ROAD LeRF - ROAD MoRF) / 2 per image [N] (pytorch-grad-cam's ROADCombined): higher is
+    better. Keywords as for road (not order)."""
+    if "order" in kw:
+        raise TypeError("road_combined: order is both; pass the other keywords of road")
+    lerf = road(model, images, maps, targets, order="lerf", **kw)
+    morf = road(model, images, maps, targets, order="morf", **kw)
+    return (lerf - morf) / 2
+
+
+# --- sanity checks: model-parameter randomization (Adebayo et al., NeurIPS 2018) ----------------
+
+def parameter_layers(model) -> list:
+    """The model's layers that hold parameters of their own (convolutions, linear layers,
+    normalisations), named, from the output back to the input (the order of the test)."""
+    return [name for name, m in model.named_modules()
+            if name and any(True for _ in m.parameters(recurse=False))][::-1]
+
+
+def _randomize(module, seed):
+    """Re-initialise a layer's own parameters: its reset_parameters where it has one (the
+    framework's initialisation: Kaiming for convolutions and linear layers), else N(0, sd of the
+    parameter). Normalisation layers' affine parameters get N(1, 0.1) and N(0, 0.1), as a reset to
+    the identity would not randomise them. Seeded: the same seed, the same weights."""
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm,
+                     nn.InstanceNorm2d)
+            if isinstance(module, norms):
+                for name, p in module.named_parameters(recurse=False):
+                    p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name == "weight" else 0.0))
+            elif callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+            else:
+                for p in module.parameters(recurse=False):
+                    p.copy_(torch.randn_like(p) * float(p.detach().float().std().nan_to_num(0.02)))
+
+
+def randomized_copy(model, names, seed: int = 0):
+    """A copy of model with the layers ``names`` (parameter_layers' names) re-initialised,
+    layer k of the list with seed + k, as the cascading randomization test leaves them: the
+    model itself is not modified."""
+    import copy
+
+    out = copy.deepcopy(model)
+    for k, name in enumerate(names):
+        _randomize(out.get_submodule(name), seed + k)
+    return out
+
+
+def spearman(a, b) -> torch.Tensor:
+    """Spearman's rank correlation per row of a, b [N, D] (ties get their mean rank): [N]
+    float64; NaN for a constant row."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    ra = torch.from_numpy(rankdata(a.detach().double().cpu().numpy(), axis=1))
+    rb = torch.from_numpy(rankdata(b.detach().double().cpu().numpy(), axis=1))
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    den = (ra.norm(dim=1) * rb.norm(dim=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return torch.where(den > 0, (ra * rb).sum(1) / den.clamp_min(1e-300),
+                           torch.full_like(den, float("nan")))
+
+
+def randomization_test(make_cam, model, images, targets, *, layers="cascade", seed: int = 0,
+                       max_layers: int | None = None, progress=None) -> dict:
+    """The model-parameter randomization test (Adebayo et al., "Sanity checks for saliency maps",
+    NeurIPS 2018): a map that depends on what the model learnt must change when its weights are
+    randomised. Returns {layer name: [N] float64 Spearman rank correlation between each image's
+    map from the trained model and from the randomised one}, layers from the top (the classifier)
+    down — ``layers="cascade"``: that layer and every layer above it randomised;
+    ``"independent"``: that layer alone. Values near 1 mean the map ignores those weights.
+
+    make_cam: ``make_cam(model) -> a CAM`` (anything with ``explain(images, targets)`` returning
+    maps [N, H, W]), called on a copy of the model for each randomisation: ``model`` itself is
+    never modified. targets: as for the CAM's explain (fixed to the trained model's classes, so
+    both maps explain the same class). max_layers: test only the top this many layers. Seeded:
+    layer k of the list gets seed + k."""
+    import copy
+
+    from ._progress import progress_bar
+
+    if layers not in ("cascade", "independent"):
+        raise ValueError(f"layers: expected 'cascade' or 'independent', got {layers!r}")
+    names = parameter_layers(model)
+    if not names:
+        raise ValueError("model: has no layer with parameters to randomise")
+    if max_layers is not None:
+        if isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1:
+            raise ValueError(f"max_layers: expected a positive int or None, got {max_layers!r}")
+        names = names[:max_layers]
+
+    def maps_of(m):
+        cam = make_cam(m)
+        out = cam.explain(images, targets=targets).maps
+        return out.reshape(out.shape[0], -1).detach()
+
+    reference = maps_of(copy.deepcopy(model))
+    out = {}
+    work = copy.deepcopy(model) if layers == "cascade" else None
+    bar = progress_bar(len(names), progress, desc="randomization", unit="layer")
+    try:
+        for k, name in enumerate(names):
+            if layers == "cascade":  # one copy, randomised further down at each step
+                _randomize(work.get_submodule(name), seed + k)
+                target = work
+            else:
+                target = copy.deepcopy(model)
+                _randomize(target.get_submodule(name), seed + k)
+            out[name] = spearman(reference, maps_of(target))
+            bar.update(1)
+    finally:
+        bar.close()
+    return out

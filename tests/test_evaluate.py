@@ -165,3 +165,25 @@ def test_image_folder_recognition_only(tmp_path, capsys):
     assert len(rows) == 4 and all(r["proportion"] == "" for r in rows)
     assert cli.main(["evaluate", "--data", str(tmp_path / "out"), "--out", str(tmp_path / "o2")]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_evaluate_road_and_sanity_columns(tmp_path, capsys):
+    from shapcam import cli
+
+    out = tmp_path / "ev"
+    rc = cli.main(["evaluate", "--methods", "shapcam,gradcam++", "--limit", "2", "--road",
+                   "--sanity", "--K", "16", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    table = (out / "table.md").read_text()
+    for label in ("ROAD MoRF", "ROAD LeRF", "ROAD combined", "Randomization ρ, classifier",
+                  "Randomization ρ, all layers", "|φ| > 2 SE", "two seeds"):
+        assert label in table, label
+    recs = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
+    for r in recs:
+        assert r["road_combined"] == pytest.approx((r["road_lerf"] - r["road_morf"]) / 2)
+        assert -1 <= r["sanity_top"] <= 1 and -1 <= r["sanity_all"] <= 1
+        assert ("sign_resolved" in r) == (r["method"] == "shapcam")
+    # Grad-CAM++ barely changes when the classifier is re-initialised on this model (Adebayo
+    # et al.'s finding for gradient-times-activation maps); Shap-CAM's map does
+    top = {r["method"]: r["sanity_top"] for r in recs if r["id"] == recs[0]["id"]}
+    assert top["shapcam"] < top["gradcam++"]
