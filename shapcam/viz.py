@@ -1,6 +1,8 @@
 """Pictures: heatmap overlays and methods x images grids, written as PNG (Pillow)."""
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 
@@ -69,8 +71,11 @@ def grid(images, columns: dict, path: str, *, scale: int = 1, row_labels=None, b
             if boxes is not None and j == 0:
                 x0, y0, x1, y1 = [int(v) * scale for v in boxes[i]]
                 draw.rectangle([x + x0, y + y0, x + x1 - 1, y + y1 - 1], outline=(0, 255, 0))
-        if row_labels is not None:
-            draw.text((2, y + h // 2 - 6), str(row_labels[i])[:14], fill=(0, 0, 0))
+        if row_labels is not None:  # whole, wrapped to the label column (11 px a line)
+            lines = textwrap.wrap(str(row_labels[i]), width=14) or [""]
+            top = y + max(0, (h - 11 * len(lines)) // 2)
+            for k, line in enumerate(lines[: max(1, h // 11)]):
+                draw.text((2, top + 11 * k), line, fill=(0, 0, 0))
     canvas.save(path, format="PNG")
     return path
 

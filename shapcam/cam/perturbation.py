@@ -153,11 +153,15 @@ class MeaningfulPerturbation(_BlackBoxCAM):
     loss = l1 * mean|1 - m| + tv * TV_beta(m) + score. The saliency is 1 - up(m). Defaults follow
     the PyTorch reference port of the method (jacobgil/pytorch-explain-black-box): 28x28 mask for
     224x224 inputs (input size / 8), blur sigma 5 (kernel 11), Adam lr 0.1, 500 iterations,
-    l1 = 0.01, tv = 0.2, beta = 3, noise sd 0.2 — scaled to the input size where sizes matter.
+    l1 = 0.01, tv = 0.2, beta = 3, noise sd 0.2 — scaled to the input size where sizes matter,
+    and the noise to the input's own statistics: the reference's 0.2 is in units of ImageNet-
+    normalised inputs, whose channels have sd ~1, so here it is 0.2 times each image's own
+    per-channel sd (on [0, 1] pixels an absolute 0.2 would be ~4x stronger than the method's).
 
     Args:
         model, target_layer: as for RISE (the layer is unused).
-        iterations, lr, l1, tv, tv_beta, noise: the optimisation above.
+        iterations, lr, l1, tv, tv_beta: the optimisation above.
+        noise: sd of the added Gaussian noise, relative to the image's per-channel sd.
         mask_scale: input size / mask size (8 -> 28x28 for 224x224).
         seed: the noise sequence (the same for every image, so a map does not depend on the
             batch it came in).
@@ -197,6 +201,9 @@ class MeaningfulPerturbation(_BlackBoxCAM):
         # (image, target) pairs of that pair's own loss, so each mask's gradient is its own.
         xs = x.repeat_interleave(m, 0)
         bs = blurred.repeat_interleave(m, 0)
+        # the noise in the image's own units: its per-channel sd (the reference's sd 0.2 is for
+        # ImageNet-normalised inputs, sd ~1); a constant channel gets none
+        sd = xs.std(dim=(2, 3), keepdim=True) * self.noise
         ts = targets.reshape(-1, 1)
         mask = torch.ones((N * m, 1, h, w), dtype=x.dtype, device=x.device, requires_grad=True)
         opt = torch.optim.Adam([mask], lr=self.lr)
@@ -206,7 +213,7 @@ class MeaningfulPerturbation(_BlackBoxCAM):
             with torch.enable_grad():
                 for _ in range(self.iterations):
                     up = F.interpolate(mask, size=(H, W), mode="bilinear", align_corners=False)
-                    noise = torch.randn((1, C, H, W), generator=g).to(x) * self.noise
+                    noise = torch.randn((1, C, H, W), generator=g).to(x) * sd
                     perturbed = xs * up + bs * (1 - up) + noise
                     score = self._scores(perturbed, ts)[:, 0]
                     dy = (mask[..., 1:, :] - mask[..., :-1, :]).abs().pow(self.tv_beta)
