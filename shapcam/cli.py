@@ -141,8 +141,6 @@ def unique_stems(paths):
 
 
 def cmd_explain(args) -> int:
-    import torch
-
     from . import viz
     from .cam import parse_methods
     from .loading import default_layer, load_model, read_images

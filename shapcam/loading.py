@@ -186,9 +186,11 @@ def _load_file(path, arch, device, trust_pickle):
 
 
 def default_layer(model, example) -> str:
-    """The module that finishes last with a spatial (h*w > 1) 4-D output and is called once: for a
-    ResNet ``layer4``, for the bundled models ``features``. A model may name its own with a
-    ``default_cam_layer`` attribute (the bundled ones do: their VGG-style head max-pools before
+    """The module call that finishes last with a spatial (h*w > 1) 4-D output: for a ResNet
+    ``layer4``, for the bundled models ``features``; where that is a module the forward calls
+    several times (a shared activation), that call site, ``"name@k"`` (EfficientNet-Lite0's
+    last ``_swish``, whose output the head pools; not the batch norm before it, whose output is
+    mostly negative). A model may name its own with a ``default_cam_layer`` attribute (the bundled ones do: their VGG-style head max-pools before
     flattening, and the paper's layer is the last convolution's, before that pooling).
     example: one input batch [1, C, H, W]."""
     import torch
@@ -204,9 +206,10 @@ def default_layer(model, example) -> str:
             continue
 
         def hook(_m, _i, out, name=name):
-            seen[name] = seen.get(name, 0) + 1
+            call = seen.get(name, 0)
+            seen[name] = call + 1
             if torch.is_tensor(out) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
-                order.append(name)
+                order.append((name, call))
 
         hooks.append(mod.register_forward_hook(hook))
     try:
@@ -215,10 +218,13 @@ def default_layer(model, example) -> str:
     finally:
         for h in hooks:
             h.remove()
-    for name in reversed(order):
-        if seen[name] == 1:
-            return name
-    raise ValueError("target layer: found no module with a spatial 4-D output called once; name one")
+    if not order:
+        raise ValueError("target layer: found no module with a spatial 4-D output; name one")
+    # the last call: a module called once by its name; a shared one (an activation module the
+    # whole network reuses: EfficientNet's _swish) at that call site, name@k
+    name, call = order[-1]
+    return name if seen[name] == 1 else f"{name}@{call}"
+
 
 
 def read_image(path, spec: InputSpec):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ._arrays import is_real_number
+
 
 def _check_maps(images, maps):
     if images.dim() != 4:
@@ -154,11 +156,8 @@ def deletion_insertion(model, images, maps, targets, *, steps: int = 32, baselin
 
 # --- ROAD: RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci, ICML 2022) ------------
 
-# Noisy linear imputation's neighbours: each removed pixel is the weighted mean of its in-image
-# neighbours, 1/6 for the 4 edge neighbours and 1/12 for the 4 diagonal ones (the reference code,
-# which pytorch-grad-cam ships as NoisyLinearImputer).
-ROAD_NEIGHBOURS = ((1, 1, 1 / 12), (0, 1, 1 / 6), (-1, 1, 1 / 12), (1, -1, 1 / 12),
-                   (0, -1, 1 / 6), (-1, -1, 1 / 12), (1, 0, 1 / 6), (-1, 0, 1 / 6))
+from ._imputation import ROAD_NEIGHBOURS  # noqa: E402 - the stencil, re-exported
+
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
@@ -181,88 +180,9 @@ def road_keep_masks(maps, percentiles=ROAD_PERCENTILES, order: str = "morf"):
     return torch.from_numpy(out)
 
 
-def _nested_dissection(rows, cols, leaf=64):
-    """An order of grid points (rows, cols) [U] that factors with little fill: split the points by
-    a line across their longer side, order each half recursively, the line last (for the 8-point
-    stencil a line of width 1 separates: points two rows apart are not neighbours)."""
-    import numpy as np
-
-    out, stack = [], [(np.arange(len(rows)), False)]
-    while stack:  # explicit stack: halves pushed right then left, a separator after its halves
-        ix, emit = stack.pop()
-        if emit or len(ix) <= leaf:
-            out.append(ix)
-            continue
-        r, c = rows[ix], cols[ix]
-        key = r if r.max() - r.min() >= c.max() - c.min() else c
-        mid = (int(key.min()) + int(key.max())) // 2
-        left, sep, right = ix[key < mid], ix[key == mid], ix[key > mid]
-        if not len(left) or not len(right):
-            out.append(ix)
-            continue
-        stack += [(sep, True), (right, False), (left, False)]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-
-def _imputation_system(keep, image):
-    """The sparse system of one imputation: unknowns u (the removed pixels, row-major),
-    s_u x_u - sum_{removed v ~ u} w_uv x_v = sum_{kept k ~ u} w_uk image_k, s_u the weights of
-    u's in-image neighbours. keep [H, W] bool; image [C, H, W] float64 NumPy. Returns (A CSC
-    [U, U], b [U, C], removed flat indices [U])."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    H, W = keep.shape
-    flat_keep = keep.ravel()
-    removed = np.flatnonzero(~flat_keep)
-    U = len(removed)
-    var = np.full(H * W, -1, dtype=np.int64)
-    var[removed] = np.arange(U)
-    r, c = removed // W, removed % W
-    diag = np.zeros(U)
-    b = np.zeros((U, image.shape[0]))
-    img = image.reshape(image.shape[0], -1)
-    rows, cols, vals = [], [], []
-    for dr, dc, w in ROAD_NEIGHBOURS:
-        rr, cc = r + dr, c + dc
-        inside = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
-        u = np.flatnonzero(inside)
-        nb = rr[u] * W + cc[u]
-        diag[u] += w
-        known = flat_keep[nb]
-        b[u[known]] += w * img[:, nb[known]].T
-        rows.append(u[~known])
-        cols.append(var[nb[~known]])
-        vals.append(np.full(int((~known).sum()), -w))
-    rows.append(np.arange(U))
-    cols.append(np.arange(U))
-    vals.append(diag)
-    A = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(U, U))
-    return A, b, removed
-
-
-def _solve_direct(keep, image):
-    """The removed pixels' values [U, C] and their flat indices: a sparse LU of the system in a
-    nested-dissection order (SPD and diagonally dominant: no pivoting needed)."""
-    import numpy as np
-    from scipy.sparse.linalg import splu
-
-    A, b, removed = _imputation_system(keep, image)
-    if not len(removed):
-        return b, removed
-    W = keep.shape[1]
-    perm = _nested_dissection(removed // W, removed % W)
-    lu = splu(A[perm][:, perm].tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0,
-              options=dict(SymmetricMode=True))
-    x = np.empty_like(b)
-    x[perm] = lu.solve(b[perm])
-    return x, removed
-
-
 def _solve_cg(keep, images, tol=1e-7, max_iter=None):
     """Batched conjugate gradients on the device: keep [B, H, W] bool, images [B, C, H, W] ->
-    the imputed images [B, C, H, W] (float64). The same system as _imputation_system, applied as
+    the imputed images [B, C, H, W] (float64). The same system as _imputation.imputation_system, applied as
     an 8-point stencil on whole images (zero at kept pixels), Jacobi-preconditioned, until every
     system's residual is at most tol times its right side (or max_iter: 4 (H + W) by default)."""
     import torch.nn.functional as F
@@ -304,21 +224,24 @@ def _solve_cg(keep, images, tol=1e-7, max_iter=None):
     return known + rem * x
 
 
-def road_impute(images, keep, *, noise: float = 0.01, seed: int = 0, solver: str = "auto"):
+def road_impute(images, keep, *, noise: float = 0.01, seed: int = 0, solver: str = "auto",
+                workers: int = 1):
     """Noisy linear imputation (ROAD): images [B, C, H, W] with the pixels where keep [B, H, W]
     is False replaced by the solution of the linear system that makes each the weighted mean of
     its in-image neighbours (ROAD_NEIGHBOURS), plus Gaussian noise of sd ``noise`` (absolute,
     seeded). solver: "direct" (a sparse LU per image, on the host), "cg" (batched
     conjugate gradients on the images' device, to a relative residual of 1e-7), "auto" (cg on a
-    GPU, direct elsewhere). Returns [B, C, H, W] in the images' dtype and device."""
-    import numpy as np
-
+    GPU, direct elsewhere). workers: processes for the direct solver (2 on a 2-core machine
+    nearly halves its time; spawned, so a script that uses them needs the usual
+    ``if __name__ == "__main__":`` guard). Returns [B, C, H, W] in the images' dtype and device."""
     if images.dim() != 4 or keep.shape != (images.shape[0],) + tuple(images.shape[2:]):
         raise ValueError(f"images [B, C, H, W] and keep [B, H, W]: got {tuple(images.shape)} and "
                          f"{tuple(keep.shape)}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected a positive int, got {workers!r}")
     if solver not in ("auto", "direct", "cg"):
         raise ValueError(f"solver: expected 'auto', 'direct' or 'cg', got {solver!r}")
-    if not (isinstance(noise, (int, float)) and noise >= 0 and noise == noise):
+    if not (is_real_number(noise) and 0 <= noise < float("inf")):
         raise ValueError(f"noise: expected a number >= 0, got {noise!r}")
     keep = keep.to(torch.bool)
     if bool((keep.flatten(1).sum(1) == 0).any()):
@@ -329,11 +252,12 @@ def road_impute(images, keep, *, noise: float = 0.01, seed: int = 0, solver: str
     if solver == "cg":
         out = _solve_cg(keep.to(images.device), images)
     else:
+        from ._imputation import solve_many
+
         imgs = images.detach().double().cpu().numpy()
         kp = keep.cpu().numpy()
         out_np = imgs.copy().reshape(B, C, H * W)
-        for i in range(B):  # (threads gain nothing: SuperLU holds the GIL)
-            x, removed = _solve_direct(kp[i], imgs[i])
+        for i, (x, removed) in enumerate(solve_many(list(kp), list(imgs), workers)):
             out_np[i][:, removed] = x.T
         out = torch.from_numpy(out_np.reshape(B, C, H, W)).to(images.device)
     if noise:
@@ -360,7 +284,8 @@ def _road_scores(model, images, targets, score, batch_size):
 @torch.no_grad()
 def road(model, images, maps, targets, *, order: str = "morf",
          percentiles=ROAD_PERCENTILES, noise: float = 0.01, score: str = "probability",
-         seed: int = 0, solver: str = "auto", batch_size: int = 64) -> torch.Tensor:
+         seed: int = 0, solver: str = "auto", workers: int = 1,
+         batch_size: int = 64) -> torch.Tensor:
     """ROAD (Rong et al., ICML 2022): per image, the mean over ``percentiles`` of (the target's
     score after imputation - its score on the image). For each percentile p the image keeps p%
     of its pixels — below the map's p-th percentile for ``order="morf"`` (most relevant removed
@@ -371,13 +296,14 @@ def road(model, images, maps, targets, *, order: str = "morf",
 
     images [N, C, H, W] as the model takes them; maps [N, H, W]; targets [N]; score:
     "probability" or "logit" (theirs with ClassifierOutputTarget). All (image, percentile)
-    imputations are solved as one batch. Returns [N] float64."""
+    imputations are solved as one batch (solver, workers: as for road_impute). Returns [N]
+    float64."""
     from .cam.base import check_score
 
     _check_maps(images, maps)
     check_score(score)
     percentiles = tuple(percentiles)
-    if not percentiles or not all(isinstance(p, (int, float)) and 0 < p < 100 for p in percentiles):
+    if not percentiles or not all(is_real_number(p) and 0 < p < 100 for p in percentiles):
         raise ValueError(f"percentiles: expected numbers in (0, 100), got {percentiles!r}")
     targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
     N, C, H, W = images.shape
@@ -386,7 +312,7 @@ def road(model, images, maps, targets, *, order: str = "morf",
     P = len(percentiles)
     keep = road_keep_masks(maps, percentiles, order).reshape(N * P, H, W)
     reps = images.repeat_interleave(P, 0)
-    imputed = road_impute(reps, keep, noise=noise, seed=seed, solver=solver)
+    imputed = road_impute(reps, keep, noise=noise, seed=seed, solver=solver, workers=workers)
     before = _road_scores(model, images, targets, score, batch_size)
     after = _road_scores(model, imputed, targets.repeat_interleave(P), score, batch_size)
     return (after.view(N, P) - before[:, None]).mean(1)

@@ -417,3 +417,41 @@ def test_grid_row_labels_are_whole(tmp_path):
     label = np.asarray(Image.open(path).convert("L"))[:, :90]
     rows_with_ink = np.flatnonzero((label < 128).any(1))
     assert rows_with_ink.max() - rows_with_ink.min() > 12  # two lines: nothing cut at 14 characters
+
+
+# --- a shared activation module: its output at one call site ---------------------------------
+
+class _SharedAct(nn.Module):
+    """One ReLU module called after every convolution (as EfficientNet's _swish is)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.act(self.c2(self.act(self.c1(x)))).mean((2, 3)))
+
+
+def test_a_shared_activation_is_named_by_its_call_site():
+    from shapcam.loading import default_layer
+
+    model = _SharedAct().eval()
+    x = torch.rand((2, 3, 10, 10))
+    assert default_layer(model, x[:1]) == "act@1"
+    fx = GradCAM(model, "act@1").explain(x, targets=[1, 2])
+    hooks = GradCAM(model, "act@1", split="hooks").explain(x, targets=[1, 2])
+    last = GradCAM(model, "act@-1", split="hooks").explain(x, targets=[1, 2])
+    torch.testing.assert_close(fx.values, hooks.values, rtol=0, atol=0)
+    torch.testing.assert_close(fx.values, last.values, rtol=0, atol=0)
+    sc = ShapCAM(model, "act@1", K=8).explain(x, targets=[1, 2])
+    assert sc.path == "incremental" and float(sc.efficiency_gap.abs().max()) < 1e-9
+    for split in ("auto", "hooks"):
+        with pytest.raises(ValueError, match=r"act@0 \.\. act@1"):
+            GradCAM(model, "act", split=split).explain(x)
+    with pytest.raises(ValueError, match="called 2 times"):
+        GradCAM(model, "act@2").explain(x)
+    with pytest.raises(ValueError, match="call index"):
+        GradCAM(model, "act@last")

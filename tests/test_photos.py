@@ -53,3 +53,18 @@ def test_photos_example_runs(tmp_path):
     with open(tmp_path / "photos_grid.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert photos.main(["--photos", "moon-landing", "--out", str(tmp_path)]) == 2
+
+
+def test_default_layer_is_the_last_activation_and_score_cam_sees_it(lite0):
+    from shapcam.cam import ScoreCAM
+    from shapcam.loading import default_layer
+
+    model, spec = lite0
+    x, _ = photos.load_photos(["chelsea"], spec)
+    layer = default_layer(model, x)
+    assert layer == "_swish@1"  # the head's swish (the stem's is call 0), not the batch norm
+    small = torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+    at_default = ScoreCAM(model, layer, batch_size=256).explain(small, targets=[285])
+    at_bn = ScoreCAM(model, "_bn1", batch_size=256).explain(small, targets=[285])
+    assert float(at_bn.values.max()) < 0 and float(at_bn.maps.max()) == 0  # the empty map
+    assert float(at_default.values.max()) > 0 and float(at_default.maps.max()) > 0.9

@@ -59,6 +59,17 @@ def test_imputation_equals_the_dense_solve(solver):
                                       images[i].numpy()[:, keep[i].numpy()])
 
 
+def test_imputation_on_worker_processes_is_the_same():
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand((4, 3, 20, 20), generator=g, dtype=torch.float64)
+    keep = torch.rand((4, 20, 20), generator=g) < 0.4
+    one = metrics.road_impute(images, keep, noise=0.01, seed=1, solver="direct")
+    two = metrics.road_impute(images, keep, noise=0.01, seed=1, solver="direct", workers=2)
+    assert torch.equal(one, two)
+    with pytest.raises(ValueError, match="workers"):
+        metrics.road_impute(images, keep, workers=0)
+
+
 def test_imputation_noise_is_seeded_and_only_where_removed():
     images = torch.rand((2, 3, 16, 16), dtype=torch.float64)
     keep = torch.rand((2, 16, 16)) < 0.5

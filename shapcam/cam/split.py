@@ -18,10 +18,27 @@ import torch
 from torch import nn
 
 
+def call_site(name: str) -> tuple[str, int | None]:
+    """(module name, call index) of a layer name: "features.3" is a module, called once;
+    "_swish@16" is the 17th call (from 0; negative from the end) of a module the forward calls
+    several times — a shared activation, whose output at one call site is the feature map."""
+    base, at, k = name.rpartition("@")
+    if not at:
+        return name, None
+    try:
+        return base, int(k)
+    except ValueError:
+        raise ValueError(f"target_layer: {name!r}: after '@' comes a call index (an int)") from None
+
+
 def resolve_layer(model: nn.Module, target_layer) -> tuple[str, nn.Module]:
-    """(dotted name, module) of target_layer, given as a module of model or its dotted name."""
+    """(dotted name, module) of target_layer, given as a module of model or its dotted name
+    (``"name@k"``: the k-th call of a module called several times; see call_site)."""
     names = dict(model.named_modules())
     if isinstance(target_layer, str):
+        base, k = call_site(target_layer)
+        if k is not None and base in names and base:
+            return target_layer, names[base]
         if target_layer not in names or target_layer == "":
             candidates = [n for n in names if n]
             close = difflib.get_close_matches(target_layer, candidates, n=8, cutoff=0.4)
@@ -90,13 +107,16 @@ def _fx_split(model, name, layer) -> Split:
     graph = tracer.trace(model)
     gm = torch.fx.GraphModule(tracer.root, graph)
     nodes = list(gm.graph.nodes)
-    calls = [n for n in nodes if n.op == "call_module" and n.target == name]
+    base, k = call_site(name)
+    calls = [n for n in nodes if n.op == "call_module" and n.target == base]
     if not calls:
         raise RuntimeError(f"layer {name!r} is not called in the traced forward")
-    if len(calls) > 1:
-        raise SplitError(f"target_layer {name!r} is called {len(calls)} times in the forward (a "
-                         "shared module); pick a layer that is called once")
-    tnode = calls[0]
+    if k is None and len(calls) > 1:
+        raise SplitError(_shared_message(base, len(calls)))
+    if k is not None and not -len(calls) <= k < len(calls):
+        raise SplitError(f"target_layer {name!r}: {base!r} is called {len(calls)} times "
+                         f"(calls {base}@0 .. {base}@{len(calls) - 1})")
+    tnode = calls[0 if k is None else k]
     dependents = set()
     for n in nodes[nodes.index(tnode) + 1:]:
         if any(a is tnode or a in dependents for a in n.all_input_nodes):
@@ -182,29 +202,58 @@ def layer_output_error(name, out) -> str:
             f"convolution)")
 
 
+def _shared_message(base, count):
+    return (f"target_layer {base!r} is called {count} times in the forward (a shared module): "
+            f"name one call, {base}@0 .. {base}@{count - 1} ({base}@-1 the last), or a layer "
+            f"that is called once")
+
+
 def _hook_split(model, name, layer) -> Split:
+    base, k = call_site(name)
+    calls = {}  # the forward's number of calls of the layer, from the trunk's run
+
     def trunk(images):
-        store = {}
+        store = {"calls": 0}
 
         def grab(_m, _i, out):
-            if "a" in store:
-                raise SplitError(f"target_layer {name!r} is called more than once in the forward "
-                                 "(a shared module); pick a layer that is called once")
-            if not torch.is_tensor(out):
-                raise SplitError(layer_output_error(name, out))
-            store["a"] = out.clone()  # the rest of the forward may change `out` in place
+            i = store["calls"]
+            store["calls"] += 1
+            if k is None and i >= 1:
+                return  # a shared module: refused once the forward has counted its calls
+            if k is None or i == k or k < 0:
+                if not torch.is_tensor(out):
+                    raise SplitError(layer_output_error(name, out))
+                if k is None or i == k:
+                    store["a"] = out.clone()  # the rest of the forward may change `out` in place
+                else:  # from the end: the last -k calls' outputs kept until the forward ends
+                    store.setdefault("tail", []).append(out.clone())
+                    del store["tail"][:-(-k)]
 
         with _hook(layer, grab):
             model(images)
+        calls["n"] = store["calls"]
+        if k is None and store["calls"] > 1:
+            raise SplitError(_shared_message(base, store["calls"]))
+        if k is not None and k < 0 and len(store.get("tail", ())) == -k:
+            store["a"] = store["tail"][0]
         if "a" not in store:
+            if store["calls"]:
+                raise SplitError(f"target_layer {name!r}: {base!r} is called {store['calls']} "
+                                 f"times in the forward")
             raise RuntimeError(f"layer {name!r} was not called in the forward pass")
         return store["a"], [images]
 
     def head(acts, extras, inplace_ok=False):
         image = extras[0]
         B = acts.shape[0]
+        at = {"i": 0}
+        want = 0 if k is None else (k if k >= 0 else calls.get("n", 0) + k)
 
         def replace(_m, _i, out):
+            i = at["i"]
+            at["i"] += 1
+            if i != want:
+                return None  # another call of a shared module: its own output
             if out.shape[1:] != acts.shape[1:]:
                 raise RuntimeError("layer output shape changed")
             return acts if inplace_ok else acts.clone()
