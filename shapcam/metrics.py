@@ -161,11 +161,16 @@ from ._imputation import ROAD_NEIGHBOURS  # noqa: E402 - the stencil, re-exporte
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
-def road_keep_masks(maps, percentiles=ROAD_PERCENTILES, order: str = "morf"):
+def road_keep_masks(maps, percentiles=ROAD_PERCENTILES, order: str = "morf", seed: int = 0):
     """[N, P, H, W] bool: the pixels ROAD keeps for each map [N, H, W] and percentile p, as
     pytorch-grad-cam defines them. "morf" (most relevant first removed) keeps the pixels below
     the map's p-th percentile (p% of the image kept); "lerf" keeps those below the p-th
-    percentile of 1 - map (the p% most relevant kept). Computed in float32 NumPy, as theirs."""
+    percentile of 1 - map (the p% most relevant kept). Computed in float32 NumPy, as theirs.
+
+    Ties: theirs keeps only the pixels strictly below the percentile, which is none where more
+    than p% of the map ties at its minimum (a ReLU'd map's zeros, a constant map: a singular
+    system); there, and only there, a seeded random round(p%) of the tied pixels is kept.
+    Elsewhere the masks are exactly theirs."""
     import numpy as np
 
     if order not in ("morf", "lerf"):
@@ -174,9 +179,20 @@ def road_keep_masks(maps, percentiles=ROAD_PERCENTILES, order: str = "morf"):
     if order == "lerf":
         m = 1 - m
     out = np.empty((m.shape[0], len(percentiles)) + m.shape[1:], dtype=bool)
+    size = m[0].size
     for i in range(m.shape[0]):
         for j, p in enumerate(percentiles):
-            out[i, j] = m[i] < np.percentile(m[i], p)
+            thr = np.percentile(m[i], p)
+            keep = m[i] < thr
+            tied = np.flatnonzero(m[i].ravel() == thr)
+            want = min(size - 1, max(1, int(round(p / 100 * size))))
+            have = int(keep.sum())
+            if have == 0:  # all tied at the bottom: theirs would impute from nothing
+                rng = np.random.default_rng([int(seed) % 2**63, i, j])
+                flat = keep.ravel()
+                flat[rng.permutation(tied)[:want - have]] = True
+                keep = flat.reshape(keep.shape)
+            out[i, j] = keep
     return torch.from_numpy(out)
 
 
@@ -310,7 +326,7 @@ def road(model, images, maps, targets, *, order: str = "morf",
     if targets.shape[0] != N:
         raise ValueError(f"targets: expected one class per image ({N}), got {targets.shape[0]}")
     P = len(percentiles)
-    keep = road_keep_masks(maps, percentiles, order).reshape(N * P, H, W)
+    keep = road_keep_masks(maps, percentiles, order, seed=seed).reshape(N * P, H, W)
     reps = images.repeat_interleave(P, 0)
     imputed = road_impute(reps, keep, noise=noise, seed=seed, solver=solver, workers=workers)
     before = _road_scores(model, images, targets, score, batch_size)

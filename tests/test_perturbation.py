@@ -84,3 +84,38 @@ def test_registry_and_bad_input():
         MeaningfulPerturbation(net, iterations=0)
     with pytest.raises(ValueError, match="create_graph"):
         RISE(net, n_masks=2).explain(image(), create_graph=True)
+
+
+class _Texture(torch.nn.Module):
+    """A model whose answer is known: class 1's logit counts a checkerboard texture (the 4x4
+    checker filter's response above 0.1, so small noise does not fire it); class 0 is 0. A
+    textured box alone makes class 1 (0.97); blurred away, class 0."""
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        k = ((torch.arange(4)[:, None] + torch.arange(4)[None]) % 2).float() * 2 - 1
+        r = F.conv2d(x.mean(1, keepdim=True), k[None, None].to(x)) / 16
+        e = torch.relu(r.abs() - 0.1).mean((1, 2, 3)) * 650 - 4
+        return torch.stack([torch.zeros_like(e), e], 1)
+
+
+def test_mask_localises_the_box_that_makes_the_class():
+    import torch.nn.functional as F
+
+    from shapcam import metrics
+
+    g = torch.Generator().manual_seed(0)
+    x = F.interpolate(torch.rand((1, 3, 6, 6), generator=g), size=(48, 48), mode="bilinear",
+                      align_corners=False)
+    box = (28, 8, 40, 20)  # x0, y0, x1, y1: 6% of the image
+    checker = ((torch.arange(12)[:, None] + torch.arange(12)[None]) % 2).float()
+    x[:, :, 8:20, 28:40] = 0.2 + 0.6 * checker
+    model = _Texture()
+    assert float(torch.softmax(model(x), 1)[0, 1]) > 0.95
+    res = MeaningfulPerturbation(model, iterations=300, mask_scale=4).explain(x, targets=[1])
+    inside = float(res.maps[0, 8:20, 28:40].mean())
+    assert inside > 4 * float(res.maps.mean())  # measured: 0.83 against 0.16
+    # the energy in the box: 5x chance (measured 0.32 against 0.0625; the 4-pixel mask cells and
+    # the blur spread it around the box)
+    assert float(metrics.energy_pointing_game(res.maps, [[box]])[0]) > 0.25

@@ -209,3 +209,21 @@ def test_spearman_matches_scipy():
     for i in range(4):
         assert float(ours[i]) == pytest.approx(stats.spearmanr(a[i], b[i]).statistic, abs=1e-12)
     assert torch.isnan(metrics.spearman(a[:1], torch.zeros(1, 50)))[0]
+
+
+def test_keep_masks_with_ties_keep_their_share():
+    maps = torch.zeros((2, 10, 10))
+    maps[0, :5] = torch.rand((5, 10))  # half the map ties at 0 (a ReLU'd map)
+    for order in ("morf", "lerf"):
+        keep = metrics.road_keep_masks(maps, (10, 30, 50, 70, 90), order, seed=1)
+        for j, p in enumerate((10, 30, 50, 70, 90)):
+            assert int(keep[1, j].sum()) == p  # the constant map: p% of its 100 pixels
+            assert int(keep[0, j].sum()) >= 1
+            if order == "morf" and p <= 50:  # half the map ties at its minimum: p% of it kept
+                assert int(keep[0, j].sum()) == p and not maps[0][keep[0, j]].any()
+        assert torch.equal(keep, metrics.road_keep_masks(maps, (10, 30, 50, 70, 90), order, seed=1))
+    model = digits.load_model()
+    x = digits.to_tensor(digits.load_heldout()["images"][:2])
+    flat = torch.zeros((2, 64, 64))
+    out = metrics.road(model, x, flat, [1, 2], noise=0.0)
+    assert torch.isfinite(out).all()
