@@ -85,19 +85,30 @@ def solve_direct(keep, image):
     return x, removed
 
 
-def _solve_task(args):
-    keep, image = args
-    return solve_direct(keep, image)
+def _solve_group(args):
+    image, keeps = args
+    return [solve_direct(k, image) for k in keeps]
 
 
 def solve_many(keeps, images, workers: int = 1):
     """solve_direct for each (keep [H, W], image [C, H, W]) pair, in order: in this process, or
-    on ``workers`` spawned processes (SuperLU holds the GIL, so threads would not help)."""
+    on ``workers`` spawned processes (SuperLU holds the GIL, so threads would not help). Runs of
+    the same image (ROAD's percentiles of one image) go to a worker together, the image sent
+    once."""
+    groups = []
+    for k, im in zip(keeps, images):
+        if groups and (groups[-1][0] is im or np.array_equal(groups[-1][0], im)):
+            groups[-1][1].append(k)
+        else:
+            groups.append((im, [k]))
     if workers <= 1 or len(keeps) < 2:
-        return [solve_direct(k, im) for k, im in zip(keeps, images)]
+        parts = map(_solve_group, groups)
+        return [r for part in parts for r in part]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(keeps)),
+    if len(groups) < workers:  # one image: its systems split across the workers
+        groups = [(im, [k]) for k, im in zip(keeps, images)]
+    with ProcessPoolExecutor(max_workers=min(workers, len(groups)),
                              mp_context=mp.get_context("spawn")) as ex:
-        return list(ex.map(_solve_task, zip(keeps, images), chunksize=1))
+        return [r for part in ex.map(_solve_group, groups, chunksize=1) for r in part]

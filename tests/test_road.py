@@ -66,6 +66,13 @@ def test_imputation_on_worker_processes_is_the_same():
     one = metrics.road_impute(images, keep, noise=0.01, seed=1, solver="direct")
     two = metrics.road_impute(images, keep, noise=0.01, seed=1, solver="direct", workers=2)
     assert torch.equal(one, two)
+    # runs of one image (ROAD's percentiles) go to a worker together
+    reps, keeps = images.repeat_interleave(3, 0), torch.rand((12, 20, 20), generator=g) < 0.5
+    one = metrics.road_impute(reps, keeps, noise=0.0, solver="direct")
+    two = metrics.road_impute(reps, keeps, noise=0.0, solver="direct", workers=2)
+    assert torch.equal(one, two)
+    single = metrics.road_impute(reps[:3], keeps[:3], noise=0.0, solver="direct", workers=2)
+    assert torch.equal(single, one[:3])
     with pytest.raises(ValueError, match="workers"):
         metrics.road_impute(images, keep, workers=0)
 
