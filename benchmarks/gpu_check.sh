@@ -41,4 +41,7 @@ if [ "${BENCH:-all}" = all ]; then
 fi
 echo "== samplers with games on the GPU (issue 15)"
 $PY benchmarks/gpu_bench.py --samplers 2>&1 | tee "$OUT/gpu_samplers.log" | tail -8
+echo "== ROAD: batched CG imputation on the GPU against the host's LU"
+$PY -m pytest -q -rfE tests/test_road.py -k cuda -p no:cacheprovider 2>&1 | tail -2
+$PY benchmarks/gpu_road.py 2>&1 | tee "$OUT/gpu_road.log" | tail -3
 echo "cuda tests rc=$test_rc"
