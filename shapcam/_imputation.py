@@ -3,6 +3,8 @@ SciPy only (no torch), so that worker processes can solve images side by side wi
 the deep-learning stack. shapcam.metrics.road_impute is the public entry."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
@@ -35,14 +37,28 @@ def nested_dissection(rows, cols, leaf=64):
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def imputation_system(keep, image):
-    """The sparse system of one imputation: unknowns u (the removed pixels, row-major),
-    s_u x_u - sum_{removed v ~ u} w_uv x_v = sum_{kept k ~ u} w_uk image_k, s_u the weights of
-    u's in-image neighbours. keep [H, W] bool; image [C, H, W] float64 NumPy. Returns (A CSC
-    [U, U], b [U, C], removed flat indices [U])."""
+@functools.lru_cache(maxsize=8)
+def grid_rank(H: int, W: int) -> np.ndarray:
+    """[H * W]: each pixel's position in the nested-dissection order of the whole H x W grid.
+    Restricted to any set of removed pixels it is still a dissection order (a separator line of
+    the grid separates every subset), so one order per image size serves every mask."""
+    order = nested_dissection(np.repeat(np.arange(H), W), np.tile(np.arange(W), H))
+    rank = np.empty(H * W, dtype=np.int64)
+    rank[order] = np.arange(H * W)
+    rank.setflags(write=False)
+    return rank
+
+
+def imputation_system(keep, image, rank=None):
+    """The sparse system of one imputation: unknowns u (the removed pixels, row-major, or by
+    ``rank`` [H * W] when given), s_u x_u - sum_{removed v ~ u} w_uv x_v = sum_{kept k ~ u}
+    w_uk image_k, s_u the weights of u's in-image neighbours. keep [H, W] bool; image [C, H, W]
+    float64 NumPy. Returns (A CSC [U, U], b [U, C], removed flat indices [U], in that order)."""
     H, W = keep.shape
     flat_keep = keep.ravel()
     removed = np.flatnonzero(~flat_keep)
+    if rank is not None:
+        removed = removed[np.argsort(rank[removed], kind="stable")]
     U = len(removed)
     var = np.full(H * W, -1, dtype=np.int64)
     var[removed] = np.arange(U)
@@ -71,18 +87,13 @@ def imputation_system(keep, image):
 
 
 def solve_direct(keep, image):
-    """The removed pixels' values [U, C] and their flat indices: a sparse LU of the system in a
-    nested-dissection order (SPD and diagonally dominant: no pivoting needed)."""
-    A, b, removed = imputation_system(keep, image)
+    """The removed pixels' values [U, C] and their flat indices: a sparse LU of the system in the
+    grid's nested-dissection order (SPD and diagonally dominant: no pivoting needed)."""
+    A, b, removed = imputation_system(keep, image, grid_rank(*keep.shape))
     if not len(removed):
         return b, removed
-    W = keep.shape[1]
-    perm = nested_dissection(removed // W, removed % W)
-    lu = splu(A[perm][:, perm].tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0,
-              options=dict(SymmetricMode=True))
-    x = np.empty_like(b)
-    x[perm] = lu.solve(b[perm])
-    return x, removed
+    lu = splu(A, permc_spec="NATURAL", diag_pivot_thresh=0.0, options=dict(SymmetricMode=True))
+    return lu.solve(b), removed
 
 
 def _solve_group(args):
