@@ -80,14 +80,12 @@ class ShapleyResult:
         """``np.asarray(result)``: the values as a NumPy array. NumPy's ``copy`` contract: a
         copy unless copy=False is asked (a write to ``np.array(result)`` never reaches the
         result); copy=False raises where a copy cannot be avoided (values on a GPU)."""
-        host = host_numpy(self.values)
         if copy is False:
-            if host is not self.values and not isinstance(self.values, np.ndarray) and \
-                    is_cuda_array(self.values):
+            if is_cuda_array(self.values):
                 raise ValueError("np.asarray(result, copy=False): the values are on a GPU; a "
                                  "copy to the host cannot be avoided")
-            return np.asarray(host, dtype=dtype)
-        return np.array(host, dtype=dtype, copy=True)
+            return np.asarray(host_numpy(self.values), dtype=dtype)
+        return np.array(host_numpy(self.values), dtype=dtype, copy=True)
 
     def __eq__(self, other):
         """Same type and the same numbers in every public field (arrays compared whole, NaN equal
