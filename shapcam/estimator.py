@@ -114,6 +114,60 @@ class ShapleyResult:
         q = t_quantile(0.5 + level / 2, self.dof) if self.n_samples >= 2 else float("nan")
         return self.values - q * self.stderr, self.values + q * self.stderr
 
+    def to_shap(self, feature_names=None, data=None):
+        """This result as a ``shap.Explanation`` (shap must be installed), for shap's plots:
+        values [n] (or [n, m]: one column per output), base_values v(none), error_std the
+        standard errors, data the explained row's values, feature_names the players' names
+        (default: a TabularGame's names when the result came from one and none are given; else
+        shap's own). Host NumPy arrays, copies."""
+        try:
+            import shap
+        except ImportError:
+            raise ImportError("to_shap needs shap: pip install shap") from None
+        values = np.array(host_numpy(self.values), dtype=np.float64)
+        n = values.shape[0]
+        names = feature_names if feature_names is not None else self._feature_names
+        if names is not None and len(names) != n:
+            raise ValueError(f"feature_names: expected {n} names, got {len(names)}")
+        if data is not None:
+            data = np.asarray(host_numpy(data) if is_torch(data) else data)
+            if data.shape[:1] != (n,):
+                raise ValueError(f"data: expected the {n} players' values, got shape {data.shape}")
+        base = np.array(host_numpy(self.v_empty), dtype=np.float64)
+        return shap.Explanation(values=values, base_values=base if base.ndim else float(base),
+                                data=data, feature_names=None if names is None else list(names),
+                                error_std=np.array(host_numpy(self.stderr), dtype=np.float64))
+
+    def to_shapiq(self, output=None):
+        """This result as a ``shapiq.InteractionValues`` of order 1 (index "SV"; shapiq must be
+        installed): the empty coalition's entry is v(none), player i's is its value; ``estimated``
+        is False for exact results. With several outputs, ``output`` picks one (an index)."""
+        try:
+            from shapiq import InteractionValues
+        except ImportError:
+            raise ImportError("to_shapiq needs shapiq: pip install shapiq") from None
+        values = np.array(host_numpy(self.values), dtype=np.float64)
+        base = np.array(host_numpy(self.v_empty), dtype=np.float64).reshape(-1)
+        if values.ndim == 2:
+            m = values.shape[1]
+            if not (isinstance(output, (int, np.integer)) and not isinstance(output, bool)
+                    and -m <= output < m):
+                raise ValueError(f"output: the result has {m} outputs; pick one with output=0.."
+                                 f"{m - 1} (InteractionValues holds one)")
+            values, base = values[:, output], base[[output]]
+        elif output not in (None, 0):
+            raise ValueError(f"output: the result has one output, got output={output!r}")
+        n = values.shape[0]
+        lookup = {(): 0, **{(i,): i + 1 for i in range(n)}}
+        return InteractionValues(np.concatenate([base[:1], values]), index="SV", max_order=1,
+                                 min_order=0, n_players=n, interaction_lookup=lookup,
+                                 estimated=self.stop_reason != "exact",
+                                 estimation_budget=int(self.n_evals), baseline_value=float(base[0]))
+
+    @property
+    def _feature_names(self):
+        return getattr(self, "_names", None)
+
     @property
     def efficiency_gap(self):
         """sum(values) - (v_full - v_empty): zero up to float rounding for every estimate."""
@@ -1000,10 +1054,14 @@ def _result(values, stderr, m, n_evals, K_eff, count, v_full, v_empty, seed, ant
         v_full, v_empty = v_full[0], v_empty[0]
         if not is_torch(v_full):
             v_full, v_empty = float(v_full), float(v_empty)
-    return ShapleyResult(values=values, stderr=stderr, n_evals=int(n_evals), n_permutations=K_eff,
-                         n_samples=int(count), v_full=v_full, v_empty=v_empty, seed=seed,
-                         antithetic=antithetic, engine=eng, stop_reason=stop_reason, state=state,
-                         sampler=sampler or ("antithetic" if antithetic else "plain"), _dof=dof)
+    res = ShapleyResult(values=values, stderr=stderr, n_evals=int(n_evals), n_permutations=K_eff,
+                        n_samples=int(count), v_full=v_full, v_empty=v_empty, seed=seed,
+                        antithetic=antithetic, engine=eng, stop_reason=stop_reason, state=state,
+                        sampler=sampler or ("antithetic" if antithetic else "plain"), _dof=dof)
+    names = getattr(game, "feature_names", None)
+    if names is not None:
+        res._names = list(names)  # the players' names, for to_shap
+    return res
 
 
 def _to_game_type(a, game: Game):

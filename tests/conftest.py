@@ -39,7 +39,7 @@ def pytest_report_header(config):
 # CUDA, hardening, ...) count permutations and evaluations the way the permutation designs spend
 # them; they run with estimate_shapley's default set to the permutation default. The default
 # itself ("regression" where it applies) is tested in test_regression.py and test_samplers.py.
-DEFAULT_AS_IS = {"test_regression", "test_samplers", "test_adversarial"}
+DEFAULT_AS_IS = {"test_regression", "test_samplers", "test_adversarial", "test_tabular"}
 
 
 @pytest.fixture(autouse=True)
