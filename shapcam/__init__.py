@@ -12,13 +12,13 @@ from ._version import __version__
 from .estimator import ShapleyResult, estimate_shapley
 from .exact import exact_shapley
 from .games import CellTableGame, Game, MaskedInputGame, MaskGame, TruncatedGame
-from .tabular import TabularGame
+from .tabular import TabularGame, explain_rows
 
 _CAM_NAMES = ("ShapCAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "RISE", "MeaningfulPerturbation",
               "CAMResult")
 
 __all__ = ["__version__", "engine_info", "estimate_shapley", "exact_shapley", "ShapleyResult", "Game", "MaskGame", "CellTableGame", "TruncatedGame",
-           "MaskedInputGame", "TabularGame", *_CAM_NAMES]
+           "MaskedInputGame", "TabularGame", "explain_rows", *_CAM_NAMES]
 
 
 def __getattr__(name):

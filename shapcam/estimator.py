@@ -55,6 +55,8 @@ class ShapleyResult:
     stop_reason: str = "K"
     state: dict | None = field(default=None, repr=False)  # the Welford state, for resume=
     sampler: str = "antithetic"
+    # explain_rows: values and stderr [rows, players(, m)], v_full and v_empty [rows(, m)]
+    stacked: bool = False
     # interval's degrees of freedom: None (n_samples - 1), an int, or the regression sampler's
     # shapcam.regression.PendingDof, turned into an int when first asked (or pickled)
     _dof: object = field(default=None, repr=False, compare=False)
@@ -125,14 +127,20 @@ class ShapleyResult:
         except ImportError:
             raise ImportError("to_shap needs shap: pip install shap") from None
         values = np.array(host_numpy(self.values), dtype=np.float64)
-        n = values.shape[0]
+        n = values.shape[1 if self.stacked else 0]
         names = feature_names if feature_names is not None else self._feature_names
         if names is not None and len(names) != n:
             raise ValueError(f"feature_names: expected {n} names, got {len(names)}")
+        if data is None and self.stacked:
+            data = getattr(self, "_data", None)
+            if data is not None and data.shape[1:] != (n,):
+                data = None  # the rows' columns are grouped into fewer players
         if data is not None:
             data = np.asarray(host_numpy(data) if is_torch(data) else data)
-            if data.shape[:1] != (n,):
-                raise ValueError(f"data: expected the {n} players' values, got shape {data.shape}")
+            want = values.shape[:2] if self.stacked else (n,)
+            if data.shape[:len(want)] != want:
+                raise ValueError(f"data: expected shape {want} (the players' values), got "
+                                 f"{data.shape}")
         base = np.array(host_numpy(self.v_empty), dtype=np.float64)
         return shap.Explanation(values=values, base_values=base if base.ndim else float(base),
                                 data=data, feature_names=None if names is None else list(names),
@@ -170,8 +178,9 @@ class ShapleyResult:
 
     @property
     def efficiency_gap(self):
-        """sum(values) - (v_full - v_empty): zero up to float rounding for every estimate."""
-        return self.values.sum(0) - (self.v_full - self.v_empty)
+        """sum(values) - (v_full - v_empty): zero up to float rounding for every estimate (per
+        row for explain_rows' stacked results)."""
+        return self.values.sum(1 if self.stacked else 0) - (self.v_full - self.v_empty)
 
 
 def _same_numbers(a, b) -> bool:

@@ -51,7 +51,8 @@ class TabularGame(MaskedInputGame):
     The values sum to v(all) - v(none) = link(f(x)) - link(weighted mean of f(background)).
     """
 
-    def __init__(self, predict, x, background, *, groups=None, weights=None, link=None):
+    def __init__(self, predict, x, background, *, groups=None, weights=None, link=None,
+                 _rows=False):
         if not callable(predict):
             raise TypeError(f"predict: expected a callable, got {type(predict).__name__}")
         if link is not None and not callable(link):
@@ -63,20 +64,25 @@ class TabularGame(MaskedInputGame):
         if len(bshape) != 2 or bshape[0] < 1 or bshape[1] < 1:
             raise ValueError(f"background: expected [R, d] rows (R >= 1), got shape {bshape}")
         R, d = bshape
-        if xshape not in ((d,), (1, d)):
+        if _rows:  # explain_rows: x holds N rows, explained together (outputs N * m)
+            if len(xshape) != 2 or xshape[1] != d or xshape[0] < 1:
+                raise ValueError(f"X: expected [N, {d}] rows of the background's {d} columns, got "
+                                 f"shape {xshape}")
+        elif xshape not in ((d,), (1, d)):
             raise ValueError(f"x: expected one row of the background's {d} columns, got shape {xshape}")
+        N = xshape[0] if _rows else 1
         if is_torch(xv) != is_torch(bg):
             raise TypeError("x and background: both torch tensors or neither")
         if is_torch(xv):
             if xv.device != bg.device:
                 raise ValueError(f"x on {xv.device} and background on {bg.device}: one device")
             dtype = bg.dtype if bg.is_floating_point() else __import__("torch").float64
-            xv, bg = xv.reshape(d).to(dtype), bg.to(dtype)
+            xv, bg = xv.reshape(N, d).to(dtype), bg.to(dtype)
             finite = bool(__import__("torch").isfinite(xv).all() and
                           __import__("torch").isfinite(bg).all())
         else:
             dtype = bg.dtype if bg.dtype in (np.float32, np.float64) else np.float64
-            xv, bg = np.asarray(xv, dtype=dtype).reshape(d), np.ascontiguousarray(bg, dtype=dtype)
+            xv, bg = np.asarray(xv, dtype=dtype).reshape(N, d), np.ascontiguousarray(bg, dtype=dtype)
             finite = bool(np.isfinite(xv).all() and np.isfinite(bg).all())
         if not finite:
             raise ValueError("x and background: contain NaN or inf (impute them first)")
@@ -89,22 +95,29 @@ class TabularGame(MaskedInputGame):
             if w.shape != (R,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
                 raise ValueError(f"weights: expected {R} non-negative finite numbers, not all 0")
             w = w / w.sum()
-        self.predict, self.link, self.R, self.d = predict, link, R, d
+        self.predict, self.link, self.R, self.d, self.n_rows = predict, link, R, d, N
         self.weights = w
         self._w_dev = None
         if is_torch(xv):
             import torch
 
-            xs = xv.reshape(1, d).expand(R, d).contiguous()
+            xs = xv.reshape(N, 1, d).expand(N, R, d).contiguous()
+            base = bg.reshape(1, R, d).expand(N, R, d).contiguous()
             self._w_dev = torch.as_tensor(w, dtype=torch.float64, device=xv.device)
         else:
-            xs = np.ascontiguousarray(np.broadcast_to(xv, (R, d)))
-        players = np.ascontiguousarray(np.broadcast_to(ids, (R, d)))
-        super().__init__(self._value, xs, baseline=bg, players=players, n_players=int(ids.max()) + 1)
+            xs = np.ascontiguousarray(np.broadcast_to(xv[:, None, :], (N, R, d)))
+            base = np.ascontiguousarray(np.broadcast_to(bg, (N, R, d)))
+        players = np.ascontiguousarray(np.broadcast_to(ids, (N, R, d)))
+        if not _rows:
+            xs, base, players = xs.reshape(R, d), base.reshape(R, d), players.reshape(R, d)
+        self._stacked = _rows
+        super().__init__(self._value, xs, baseline=base, players=players,
+                         n_players=int(ids.max()) + 1)
 
     def _value(self, rows):
-        """rows [B, R, d] hybrid rows -> [B] or [B, m] values."""
-        B = shape_of(rows)[0]
+        """rows [B, R, d] hybrid rows -> [B] or [B, m] values (explain_rows: [B, N, R, d] ->
+        [B, N * m], or [B, N] for one output)."""
+        B = shape_of(rows)[0] * self.n_rows  # one block of R rows per (coalition, row)
         flat = rows.reshape(B * self.R, self.d)
         if self._frame_columns is not None:
             import pandas as pd
@@ -120,13 +133,53 @@ class TabularGame(MaskedInputGame):
             out = np.asarray(host_numpy(out) if is_torch(out) else out, dtype=np.float64)
             w = self.weights
         shape = tuple(out.shape)
+        self._scalar = len(shape) == 1
         if shape not in ((B * self.R,),) and not (len(shape) == 2 and shape[0] == B * self.R
                                                    and shape[1] >= 1):
             raise ValueError(f"predict: returned shape {shape} for {B * self.R} rows; expected "
                              f"[{B * self.R}] or [{B * self.R}, m]")
         v = out.reshape((B, self.R) + shape[1:])
         mean = (v * w.reshape((1, self.R) + (1,) * (len(shape) - 1))).sum(1)
-        return mean if self.link is None else self.link(mean)
+        mean = mean if self.link is None else self.link(mean)
+        if self._stacked:  # [B * N(, m)] -> [B, N * m]: every (row, output) is one output
+            mean = mean.reshape(B // self.n_rows, -1)
+        return mean
+
+
+def explain_rows(predict, X, background, *, groups=None, weights=None, link=None, K=64, **kwargs):
+    """Explain ``predict`` at every row of X [N, d] against one background set, as TabularGame
+    explains one row, in one run: one sampling plan (the same coalitions for every row), each
+    batch of coalitions one ``predict`` call on the hybrid rows of all N rows, and each (row,
+    output) an output of that run, with its own standard error. K and the other keywords go to
+    estimate_shapley (seed, sampler, tol, max_evals, batch_size, ...).
+
+    Returns a ShapleyResult whose fields stack the rows: values and stderr [N, players] (or
+    [N, players, m]), v_full and v_empty [N] (or [N, m]); ``efficiency_gap`` per row; it is not
+    resumable. ``to_shap()`` gives a multi-row Explanation (data: X) for shap's beeswarm."""
+    from .estimator import estimate_shapley
+
+    game = TabularGame(predict, X, background, groups=groups, weights=weights, link=link,
+                       _rows=True)
+    res = estimate_shapley(game, K=K, **kwargs)
+    N, n = game.n_rows, game.n_players
+    values, stderr = np.asarray(host_numpy(res.values)), np.asarray(host_numpy(res.stderr))
+    m = values.shape[1] // N
+    one = m == 1 and getattr(game, "_scalar", True)
+
+    def rows(a):  # [n, N * m] -> [N, n(, m)]
+        a = a.reshape(n, N, m).transpose(1, 0, 2)
+        return np.ascontiguousarray(a[..., 0] if one else a)
+
+    def ends(v):
+        v = np.asarray(host_numpy(v), dtype=np.float64).reshape(N, m)
+        return v[:, 0].copy() if one else v
+
+    res.values, res.stderr = rows(values), rows(stderr)
+    res.v_full, res.v_empty = ends(res.v_full), ends(res.v_empty)
+    res.state, res.stacked = None, True
+    res._names = game.feature_names
+    res._data = np.asarray(host_numpy(_columns_of(X)[0]))
+    return res
 
 
 def _player_ids(groups, d, names):

@@ -176,3 +176,30 @@ def test_to_shapiq_is_order_one_with_the_baseline():
     est = shapcam.estimate_shapley(lambda m: np.asarray(m, float) @ np.arange(1.0, 13), 12, K=8,
                                    sampler="stratified")
     assert est.to_shapiq().estimated and est.to_shapiq()[(3,)] == pytest.approx(4.0)
+
+
+def test_explain_rows_is_each_row_explained_alone():
+    Xs = RNG.normal(size=(4, D))
+    stacked = shapcam.explain_rows(predict, Xs, BG, K=16, sampler="stratified", seed=2)
+    assert stacked.values.shape == (4, D, 3) and stacked.v_full.shape == (4, 3)
+    for i in range(4):
+        alone = shapcam.estimate_shapley(shapcam.TabularGame(predict, Xs[i], BG), K=16,
+                                         sampler="stratified", seed=2)
+        np.testing.assert_array_equal(stacked.values[i], alone.values)
+        np.testing.assert_array_equal(stacked.stderr[i], alone.stderr)
+        np.testing.assert_array_equal(stacked.v_empty[i], alone.v_empty)
+    assert np.abs(stacked.efficiency_gap).max() < 1e-12
+    # the default sampler, one output: [rows, players]; the same plan for every row
+    one = shapcam.explain_rows(lambda X: np.tanh(np.asarray(X) @ W[:, 0]), Xs, BG, K=16)
+    assert one.values.shape == (4, D) and one.sampler == "regression"
+    alone = shapcam.estimate_shapley(shapcam.TabularGame(lambda X: np.tanh(np.asarray(X) @ W[:, 0]),
+                                                         Xs[1], BG), K=16)
+    np.testing.assert_allclose(one.values[1], alone.values, rtol=0, atol=1e-12)
+    calls = []
+    shapcam.explain_rows(lambda X: calls.append(len(X)) or np.zeros(len(X)), Xs, BG, K=4,
+                         sampler="plain", batch_size=1000)
+    assert calls and all(c % (4 * R) == 0 for c in calls)  # each call: every row's hybrids
+    shap = pytest.importorskip("shap")
+    ex = one.to_shap()
+    assert isinstance(ex, shap.Explanation) and ex.values.shape == (4, D)
+    np.testing.assert_array_equal(ex.data, Xs)
