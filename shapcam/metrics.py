@@ -43,15 +43,7 @@ def limit_positive(maps: torch.Tensor, keep: float | None) -> torch.Tensor:
 @torch.no_grad()
 def target_probabilities(model, images, targets, batch_size=64) -> torch.Tensor:
     """Softmax probability of targets[i] for images[i]: [N] float64."""
-    from .cam.base import check_logits
-
-    out = []
-    for s in range(0, images.shape[0], batch_size):
-        logits = model(images[s:s + batch_size])
-        check_logits(logits)
-        p = torch.softmax(logits.double(), 1)
-        out.append(p.gather(1, targets[s:s + batch_size, None].to(p.device))[:, 0])
-    return torch.cat(out)
+    return target_scores(model, images, targets, "probability", batch_size)
 
 
 def average_drop_increase(model, images, maps, targets, *, keep: float | None = 0.5,
@@ -283,8 +275,9 @@ def road_impute(images, keep, *, noise: float = 0.01, seed: int = 0, solver: str
     return out.to(images.dtype)
 
 
-def _road_scores(model, images, targets, score, batch_size):
-    """[B] float64: the target's probability or logit on each image."""
+def target_scores(model, images, targets, score="probability", batch_size=64) -> torch.Tensor:
+    """[N] float64: targets[i]'s softmax probability (or logit) on images[i], batch_size images
+    per forward pass."""
     from .cam.base import check_logits
 
     out = []
@@ -329,8 +322,8 @@ def road(model, images, maps, targets, *, order: str = "morf",
     keep = road_keep_masks(maps, percentiles, order, seed=seed).reshape(N * P, H, W)
     reps = images.repeat_interleave(P, 0)
     imputed = road_impute(reps, keep, noise=noise, seed=seed, solver=solver, workers=workers)
-    before = _road_scores(model, images, targets, score, batch_size)
-    after = _road_scores(model, imputed, targets.repeat_interleave(P), score, batch_size)
+    before = target_scores(model, images, targets, score, batch_size)
+    after = target_scores(model, imputed, targets.repeat_interleave(P), score, batch_size)
     return (after.view(N, P) - before[:, None]).mean(1)
 
 
